@@ -1,0 +1,1 @@
+"""Detectors: find identifiers and volumes, emit Observations; they never decide."""

@@ -1,0 +1,1 @@
+"""Enrichers: add who/where facts to flows and devices."""
