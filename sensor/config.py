@@ -1,0 +1,248 @@
+"""TOML configuration into typed, validated settings.
+
+Every section is a dataclass; the loader walks the TOML tables against those dataclasses, so an
+unknown key, a wrong type or a bad value is an error naming the file, the key and the reason.
+Defaults are the dataclass defaults: a missing file section means "all defaults".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LAN_NETWORKS = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+)
+
+DEVICE_KINDS = ("phone", "tablet", "computer", "tv", "iot", "unknown")
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names file, key and reason."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}")
+        self.source = source
+        self.key = key
+        self.reason = reason
+
+
+def normalize_mac(text: str) -> str:
+    """'AA-BB-CC-DD-EE-FF' / 'aabbccddeeff' -> 'aa:bb:cc:dd:ee:ff'; ValueError if not a MAC."""
+    t = text.strip().lower()
+    if not _MAC_RE.match(t):
+        raise ValueError(f"not a MAC address: {text!r}")
+    hexdigits = t.replace(":", "").replace("-", "")
+    return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    lan_networks: tuple[str, ...] = DEFAULT_LAN_NETWORKS
+    """Prefixes whose hosts are LAN devices (the client side of a flow)."""
+    home_country: str | None = None
+    """ISO 3166-1 alpha-2 code of the country the network is in; "abroad" is any other."""
+
+    def validate(self) -> None:
+        for net in self.lan_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"lan_networks: {exc}") from None
+        if self.home_country is not None and not re.fullmatch(r"[A-Z]{2}", self.home_country):
+            raise ValueError("home_country: must be a two-letter upper-case country code")
+
+
+@dataclass(frozen=True, slots=True)
+class PathsConfig:
+    state_dir: str = "/var/lib/phonehome"
+    """Where downloaded data files, learned identifiers and the event log live."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowsConfig:
+    max_flows: int = 200_000
+    """Hard cap on the flow table; the oldest flows are evicted (and counted) beyond it."""
+    tcp_idle_timeout: float = 300.0
+    udp_idle_timeout: float = 60.0
+    inspect_packets: int = 6
+    """Payload packets per flow direction handed to the decoders; the rest are only counted."""
+    http_body_budget: int = 4096
+    """Bytes of each HTTP request body kept for identifier detection."""
+    max_http_requests: int = 8
+    """HTTP requests remembered per flow."""
+
+    def validate(self) -> None:
+        if self.max_flows < 16:
+            raise ValueError("max_flows: must be at least 16")
+        if self.tcp_idle_timeout <= 0 or self.udp_idle_timeout <= 0:
+            raise ValueError("idle timeouts must be positive")
+        if not 0 <= self.inspect_packets <= 64:
+            raise ValueError("inspect_packets: must be between 0 and 64")
+        if not 0 <= self.http_body_budget <= 1 << 20:
+            raise ValueError("http_body_budget: must be between 0 and 1048576")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    max_cache: int = 65_536
+    """Entries in the (client, address) -> name cache; least recently used go first."""
+    ttl_grace: float = 0.0
+    """Seconds an answer stays usable after its TTL ran out."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    mac: str
+    name: str | None = None
+    kind: str | None = None
+
+    def validate(self) -> None:
+        if self.kind is not None and self.kind not in DEVICE_KINDS:
+            raise ValueError(f"kind: must be one of {', '.join(DEVICE_KINDS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    site: SiteConfig = field(default_factory=SiteConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    flows: FlowsConfig = field(default_factory=FlowsConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    devices: tuple[DeviceConfig, ...] = ()
+    source: str = "<defaults>"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "site": SiteConfig,
+    "paths": PathsConfig,
+    "flows": FlowsConfig,
+    "dns": DnsConfig,
+}
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
+    """Check `value` against a type hint of the simple kinds settings use."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, source, key)
+            except ConfigError as exc:
+                errors.append(exc.reason)
+        raise ConfigError(source, key, "; ".join(errors))
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_coerce(v, item, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
+        _, vtype = typing.get_args(hint)
+        return {str(k): _coerce(v, vtype, source, f"{key}.{k}") for k, v in value.items()}
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(source, key, f"expected a number, got {type(value).__name__}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"expected an integer, got {type(value).__name__}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true or false, got {type(value).__name__}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"expected a string, got {type(value).__name__}")
+        return value
+    raise ConfigError(source, key, f"unsupported setting type {hint!r}")
+
+
+def _build(cls: type[Any], table: Any, source: str, prefix: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(source, prefix, "expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}"
+        if key not in names:
+            raise ConfigError(source, dotted, "unknown key")
+        kwargs[key] = _coerce(value, hints[key], source, dotted)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(source, prefix, f"missing required key ({exc})") from None
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as exc:
+            # validate() says "key: reason"; lift the key into the dotted name
+            name, sep, reason = str(exc).partition(": ")
+            if sep and name in names:
+                raise ConfigError(source, f"{prefix}.{name}", reason) from None
+            raise ConfigError(source, prefix, str(exc)) from None
+    return obj
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a parsed TOML document into a Config."""
+    sections: dict[str, Any] = {}
+    devices: list[DeviceConfig] = []
+    for key, value in data.items():
+        if key == "devices":
+            if not isinstance(value, list):
+                raise ConfigError(source, "devices", "expected an array of tables [[devices]]")
+            for i, entry in enumerate(value):
+                dev = _build(DeviceConfig, entry, source, f"devices[{i}]")
+                try:
+                    dev = dataclasses.replace(dev, mac=normalize_mac(dev.mac))
+                except ValueError as exc:
+                    raise ConfigError(source, f"devices[{i}].mac", str(exc)) from None
+                devices.append(dev)
+        elif key in _SECTIONS:
+            sections[key] = _build(_SECTIONS[key], value, source, key)
+        else:
+            raise ConfigError(source, key, "unknown section")
+    return Config(**sections, devices=tuple(devices), source=source)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML file; None gives the embedded defaults."""
+    if path is None:
+        return Config()
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, "-", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "-", f"not UTF-8: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "-", f"invalid TOML: {exc}") from None
+    return parse_config(data, source)
