@@ -107,6 +107,24 @@ class DnsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GeoConfig:
+    country_db: str | None = None
+    """A MaxMind-format country (or city) database (GeoLite2, DB-IP lite); replaces the
+    embedded default when set."""
+    asn_db: str | None = None
+    """A MaxMind-format ASN database."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateConfig:
+    urls: dict[str, str] = field(default_factory=dict)
+    """Per-source download URL overrides for `phonehome update-data` (source name -> URL)."""
+    timeout: float = 60.0
+    max_bytes: int = 64 << 20
+    """A download larger than this is rejected."""
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     mac: str
     name: str | None = None
@@ -123,6 +141,8 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    geo: GeoConfig = field(default_factory=GeoConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     devices: tuple[DeviceConfig, ...] = ()
     source: str = "<defaults>"
 
@@ -132,6 +152,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "paths": PathsConfig,
     "flows": FlowsConfig,
     "dns": DnsConfig,
+    "geo": GeoConfig,
+    "update": UpdateConfig,
 }
 
 
