@@ -82,6 +82,8 @@ class FlowsConfig:
     udp_idle_timeout: float = 60.0
     inspect_packets: int = 6
     """Payload packets per flow direction handed to the decoders; the rest are only counted."""
+    inspect_bytes: int = 65536
+    """Payload bytes per flow direction handed to the decoders at most."""
     http_body_budget: int = 4096
     """Bytes of each HTTP request body kept for identifier detection."""
     max_http_requests: int = 8

@@ -1,0 +1,234 @@
+"""The only packet I/O for files: pcap and pcapng readers yielding (timestamp, linktype, frame).
+
+Readers stream in chunks (memory stays bounded whatever the file size), never raise on a damaged
+file after its header: a truncated or corrupt tail ends the stream with a warning, keeping every
+packet read before it. A file that is not a capture at all raises `CaptureError`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+Packet = tuple[float, int, bytes]
+"""(Unix time in seconds, link-layer type, frame bytes)."""
+
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+DLT_RAW_BSD = 12
+DLT_RAW_OPENBSD = 14
+
+_CHUNK = 1 << 20
+_MAX_RECORD = 1 << 18
+"""A record claiming more than 256 KiB is corruption (GRO frames top out at 64 KiB)."""
+
+_PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+
+
+class CaptureError(Exception):
+    """The file cannot be read as a capture at all."""
+
+
+class CaptureFile:
+    """One pcap or pcapng file; iterate it for packets; `warnings` fills in as it is read."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.warnings: list[str] = []
+        self.packets = 0
+        try:
+            self._fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the iterator
+        except OSError as exc:
+            raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        head = self._fh.read(24)
+        if len(head) < 4:
+            self._fh.close()
+            raise CaptureError(f"{path}: not a capture file (empty or too short)")
+        magic = head[:4]
+        if magic in _PCAP_MAGIC:
+            if len(head) < 24:
+                self._fh.close()
+                raise CaptureError(f"{path}: truncated pcap file header")
+            self.format = "pcap"
+            self._endian, self._tsres = _PCAP_MAGIC[magic]
+            major, _minor, _tz, _sig, snaplen, network = struct.unpack(
+                self._endian + "HHiIII", head[4:24]
+            )
+            if major != 2:
+                self._fh.close()
+                raise CaptureError(f"{path}: unsupported pcap version {major}")
+            # The FCS/flag bits live in the top of the link-type field; the type is the low 16.
+            self.linktype = network & 0xFFFF
+            self._start = head[24:]
+        elif magic == _PCAPNG_SHB:
+            self.format = "pcapng"
+            self.linktype = -1
+            self._start = head
+        else:
+            self._fh.close()
+            raise CaptureError(f"{path}: not a pcap or pcapng capture file")
+
+    def __iter__(self) -> Iterator[Packet]:
+        try:
+            if self.format == "pcap":
+                yield from self._read_pcap()
+            else:
+                yield from self._read_pcapng()
+        finally:
+            self._fh.close()
+
+    def _warn(self, text: str) -> None:
+        self.warnings.append(f"{self.path}: {text}")
+
+    def _read_pcap(self) -> Iterator[Packet]:
+        fh = self._fh
+        hdr = struct.Struct(self._endian + "IIII")
+        unpack_from = hdr.unpack_from
+        res = self._tsres
+        linktype = self.linktype
+        buf = self._start + fh.read(_CHUNK)
+        pos = 0
+        count = 0
+        while True:
+            end = len(buf)
+            # Parse every whole record in the buffer; the hot loop of file reading.
+            while pos + 16 <= end:
+                sec, frac, caplen, _origlen = unpack_from(buf, pos)
+                nxt = pos + 16 + caplen
+                if nxt > end:
+                    if caplen > _MAX_RECORD:
+                        self._warn(
+                            f"corrupt record header at packet {count + 1} "
+                            f"(length {caplen}); stopped"
+                        )
+                        self.packets = count
+                        return
+                    break
+                count += 1
+                yield sec + frac * res, linktype, buf[pos + 16 : nxt]
+                pos = nxt
+            more = fh.read(_CHUNK)
+            if not more:
+                if pos < end:
+                    self._warn(
+                        f"truncated: {end - pos} bytes of an incomplete record after "
+                        f"packet {count}; kept the {count} whole packets"
+                    )
+                self.packets = count
+                return
+            buf = buf[pos:] + more
+            pos = 0
+
+    def _read_pcapng(self) -> Iterator[Packet]:
+        """Section header, interface description, enhanced/simple packet blocks."""
+        fh = self._fh
+        buf = self._start + fh.read(_CHUNK)
+        pos = 0
+        count = 0
+        endian = "<"
+        # per interface: (linktype, seconds per tick)
+        ifaces: list[tuple[int, float]] = []
+        while True:
+            if len(buf) - pos < 12:
+                more = fh.read(_CHUNK)
+                if not more:
+                    if pos < len(buf):
+                        self._warn(
+                            f"truncated: {len(buf) - pos} bytes of an incomplete block after "
+                            f"packet {count}; kept the {count} whole packets"
+                        )
+                    self.packets = count
+                    return
+                buf = buf[pos:] + more
+                pos = 0
+                continue
+            btype_raw = buf[pos : pos + 4]
+            if btype_raw == _PCAPNG_SHB:
+                bom = buf[pos + 8 : pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    endian = ">"
+                else:
+                    self._warn(f"bad byte-order magic in section header after packet {count}")
+                    self.packets = count
+                    return
+                ifaces = []
+            btype, blen = struct.unpack_from(endian + "II", buf, pos)
+            if blen < 12 or blen % 4 or blen > _MAX_RECORD + 64:
+                self._warn(f"corrupt block (type {btype:#x}, length {blen}) after packet {count}")
+                self.packets = count
+                return
+            if len(buf) - pos < blen:
+                more = fh.read(max(_CHUNK, blen))
+                if not more:
+                    self._warn(
+                        f"truncated: incomplete block of {blen} bytes after packet {count}; "
+                        f"kept the {count} whole packets"
+                    )
+                    self.packets = count
+                    return
+                buf = buf[pos:] + more
+                pos = 0
+                continue
+            body = buf[pos + 8 : pos + blen - 4]
+            pos += blen
+            if btype == 1:  # Interface Description Block
+                if len(body) < 8:
+                    self._warn("short interface description block")
+                    continue
+                linktype = struct.unpack_from(endian + "H", body, 0)[0]
+                ifaces.append((linktype, _if_tsresol(body[8:], endian)))
+            elif btype == 6:  # Enhanced Packet Block
+                if len(body) < 20:
+                    self._warn(f"short packet block after packet {count}")
+                    continue
+                ifid, tsh, tsl, caplen, _olen = struct.unpack_from(endian + "IIIII", body, 0)
+                if ifid >= len(ifaces) or 20 + caplen > len(body):
+                    self._warn(f"packet block with bad interface or length after packet {count}")
+                    continue
+                lt, res = ifaces[ifid]
+                count += 1
+                yield ((tsh << 32) | tsl) * res, lt, body[20 : 20 + caplen]
+            elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
+                if not ifaces or len(body) < 4:
+                    continue
+                count += 1
+                yield 0.0, ifaces[0][0], body[4:]
+            # other blocks (name resolution, statistics, custom) carry no packets
+
+
+def _if_tsresol(options: bytes, endian: str) -> float:
+    """The if_tsresol option of an interface description block; default microseconds."""
+    pos = 0
+    while pos + 4 <= len(options):
+        code, length = struct.unpack_from(endian + "HH", options, pos)
+        if code == 0:
+            break
+        if code == 9 and length >= 1:
+            v = options[pos + 4]
+            return float(2 ** -(v & 0x7F)) if v & 0x80 else float(10 ** -(v & 0x7F))
+        pos += 4 + ((length + 3) & ~3)
+    return 1e-6
+
+
+def read_captures(files: Iterable[CaptureFile]) -> Iterator[Packet]:
+    """Packets of several files merged in time order (each file is assumed sorted)."""
+    files = list(files)
+    if len(files) == 1:
+        return iter(files[0])
+    return heapq.merge(*files, key=lambda p: p[0])

@@ -1,0 +1,106 @@
+"""Link layers: Ethernet (with 802.1Q/802.1ad/QinQ tags), Linux cooked SLL/SLL2, raw IP, BSD null."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sensor.model import Weird
+
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+ETH_ARP = 0x0806
+_VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
+_MAX_TAGS = 4
+
+# Linux packet types (sll_pkttype): how the frame passed the capturing interface.
+PACKET_HOST = 0
+PACKET_OUTGOING = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    offset: int
+    """Where the network-layer header starts in the frame."""
+    ethertype: int
+    src_mac: bytes | None
+    dst_mac: bytes | None
+    vlans: tuple[int, ...] = ()
+    pkttype: int | None = None
+    """SLL/SLL2 packet type, None for other link layers."""
+
+
+def mac_str(raw: bytes) -> str:
+    return raw.hex(":")
+
+
+def parse_link(linktype: int, frame: bytes) -> Link | Weird:
+    n = len(frame)
+    if linktype == 1:  # Ethernet
+        if n < 14:
+            return Weird("link.truncated")
+        off = 12
+        vlans: list[int] = []
+        et = (frame[off] << 8) | frame[off + 1]
+        while et in _VLAN_TAGS:
+            if len(vlans) >= _MAX_TAGS:
+                return Weird("link.too_many_vlan_tags")
+            if n < off + 6:
+                return Weird("link.truncated")
+            vlans.append(((frame[off + 2] << 8) | frame[off + 3]) & 0x0FFF)
+            off += 4
+            et = (frame[off] << 8) | frame[off + 1]
+        if et < 0x0600:
+            return Weird("link.llc_frame")
+        return Link(off + 2, et, frame[6:12], frame[0:6], tuple(vlans))
+    if linktype == 113:  # Linux SLL
+        if n < 16:
+            return Weird("link.truncated")
+        pkttype = (frame[0] << 8) | frame[1]
+        alen = min((frame[4] << 8) | frame[5], 8)
+        src = frame[6 : 6 + alen] if alen == 6 else None
+        et = (frame[14] << 8) | frame[15]
+        return _cooked(16, et, src, pkttype, frame)
+    if linktype == 276:  # Linux SLL2
+        if n < 20:
+            return Weird("link.truncated")
+        et = (frame[0] << 8) | frame[1]
+        pkttype = frame[10]
+        alen = min(frame[11], 8)
+        src = frame[12 : 12 + alen] if alen == 6 else None
+        return _cooked(20, et, src, pkttype, frame)
+    if linktype in (101, 12, 14):  # raw IP, version from the first nibble
+        return _raw(0, frame)
+    if linktype == 228:
+        return Link(0, ETH_IPV4, None, None)
+    if linktype == 229:
+        return Link(0, ETH_IPV6, None, None)
+    if linktype == 0:  # BSD loopback: 4-byte host-order address family
+        if n < 4:
+            return Weird("link.truncated")
+        return _raw(4, frame)
+    return Weird("link.unsupported_linktype")
+
+
+def _raw(off: int, frame: bytes) -> Link | Weird:
+    if len(frame) <= off:
+        return Weird("link.truncated")
+    version = frame[off] >> 4
+    if version == 4:
+        return Link(off, ETH_IPV4, None, None)
+    if version == 6:
+        return Link(off, ETH_IPV6, None, None)
+    return Weird("link.raw_not_ip")
+
+
+def _cooked(off: int, et: int, src: bytes | None, pkttype: int, frame: bytes) -> Link | Weird:
+    # A cooked header names only the sender's address; for frames the capturing host sent
+    # (PACKET_OUTGOING) that is the host itself, so it is not reported as a source MAC.
+    vlans: list[int] = []
+    n = len(frame)
+    while et in _VLAN_TAGS:
+        if len(vlans) >= _MAX_TAGS or n < off + 4:
+            return Weird("link.truncated")
+        vlans.append(((frame[off] << 8) | frame[off + 1]) & 0x0FFF)
+        et = (frame[off + 2] << 8) | frame[off + 3]
+        off += 4
+    return Link(off, et, src, None, tuple(vlans), pkttype)

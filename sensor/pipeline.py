@@ -1,0 +1,573 @@
+"""decode -> flows: the packet loop shared by `analyze` and the daemon.
+
+Most packets of a home network are bulk TLS data and ACKs of flows we already know and have
+finished naming. For those, `run` does fixed-offset header reads, one slice for the flow key, one
+dict lookup and three counter updates: no objects, no decoders. Everything else (a new flow, a
+packet of a flow whose first payload packets are still being inspected, anything unusual) goes to
+`_slow`, which decodes fully with the decode/ modules and never lets an exception out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from typing import Protocol
+
+from sensor.capture import Packet
+from sensor.config import Config
+from sensor.decode import dhcp as dhcp_dec
+from sensor.decode import dns as dns_dec
+from sensor.decode import http as http_dec
+from sensor.decode import quic as quic_dec
+from sensor.decode import tls as tls_dec
+from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
+from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
+from sensor.flows import FlowEntry, FlowTable, Half
+from sensor.model import ClientHello, DhcpMessage, Device, DnsMessage, Flow, HttpRequest, Weird
+from sensor.names import DnsCache
+
+log = logging.getLogger(__name__)
+
+_SYN = 0x02
+_ACK = 0x10
+_RST = 0x04
+_FIN = 0x01
+
+_DNS_PORTS = (53,)
+_MDNS_PORT = 5353
+_DHCP_PORTS = (67, 68)
+_DHCP6_PORTS = (546, 547)
+_SMALL_PROTOCOL_INSPECT = 64
+"""Packets per direction inspected on DNS/DHCP flows (small, and every packet matters)."""
+_UNLIMITED = 1 << 30
+
+MAX_DEVICES = 4096
+MAX_DEVICE_IPS = 16
+MAX_USER_AGENTS = 8
+MAX_DNS_QUERIES = 16
+MAX_FRAGMENTS = 4096
+MAX_IP_MAC = 65536
+MAX_LAN_CACHE = 65536
+
+
+class Sink(Protocol):
+    """Where the pipeline's records go (report writers, later the alert and metrics stages)."""
+
+    def flow(self, flow: Flow) -> None: ...
+
+    def device(self, device: Device) -> None: ...
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, sink: Sink) -> None:
+        self.cfg = cfg
+        self.sink = sink
+        self.flows = FlowTable(cfg.flows, self._on_flow_end)
+        self.dns = DnsCache(cfg.dns.max_cache, cfg.dns.ttl_grace)
+        self.quic = quic_dec.QuicInitialTracker()
+        self.devices: OrderedDict[str, Device] = OrderedDict()
+        self.ip_mac: OrderedDict[str, str] = OrderedDict()
+        self.skipped: Counter[str] = Counter()
+        self.weird: Counter[str] = Counter()
+        self.packets_read = 0
+        self.packets_decoded = 0
+        self.packets_fast = 0
+        self.devices_dropped = 0
+        self._fragments: OrderedDict[tuple[bytes, bytes, int, int], Half] = OrderedDict()
+        self._lan_cache: dict[bytes, bool] = {}
+        self._lan_v4: list[tuple[int, int]] = []
+        self._lan_v6: list[tuple[int, int]] = []
+        for net in cfg.site.lan_networks:
+            n = ipaddress.ip_network(net, strict=False)
+            rng = (int(n.network_address), int(n.broadcast_address))
+            (self._lan_v4 if n.version == 4 else self._lan_v6).append(rng)
+        self._next_sweep = 0.0
+        self._uid = 0
+        self.last_ts = 0.0
+
+    # --- the packet loop ------------------------------------------------------------------------
+
+    def run(self, packets: Iterable[Packet]) -> None:
+        """Feed packets through decode and the flow table. Never raises on packet content."""
+        tcp = self.flows.tcp
+        udp = self.flows.udp
+        slow = self._slow
+        next_sweep = self._next_sweep
+        n = 0
+        fast = 0
+        ts = self.last_ts
+        for ts, lt, frame in packets:
+            n += 1
+            if ts >= next_sweep:
+                next_sweep = self._sweep(ts)
+            try:
+                # Link layer at fixed offsets; anything unusual takes the slow path.
+                if lt == 1:
+                    t = frame[12]
+                    if t == 8 and frame[13] == 0:
+                        off, v = 14, 4
+                    elif t == 0x86 and frame[13] == 0xDD:
+                        off, v = 14, 6
+                    else:
+                        slow(ts, lt, frame)
+                        continue
+                elif lt == 276 or lt == 113:
+                    off = 20 if lt == 276 else 16
+                    t, u = (frame[0], frame[1]) if lt == 276 else (frame[14], frame[15])
+                    if t == 8 and u == 0:
+                        v = 4
+                    elif t == 0x86 and u == 0xDD:
+                        v = 6
+                    else:
+                        slow(ts, lt, frame)
+                        continue
+                elif lt == 101 or lt == 228 or lt == 229 or lt == 12 or lt == 14:
+                    off = 0
+                    v = frame[0] >> 4
+                else:
+                    slow(ts, lt, frame)
+                    continue
+                if v == 4:
+                    # No IP options, not a fragment (MF clear, offset 0).
+                    if frame[off] != 0x45 or frame[off + 6] & 0x3F or frame[off + 7]:
+                        slow(ts, lt, frame)
+                        continue
+                    p = frame[off + 9]
+                    key = frame[off + 12 : off + 24]
+                    iplen = (frame[off + 2] << 8) | frame[off + 3]
+                    l4 = off + 20
+                    hl = 20
+                elif v == 6:
+                    p = frame[off + 6]
+                    key = frame[off + 8 : off + 44]
+                    iplen = ((frame[off + 4] << 8) | frame[off + 5]) + 40
+                    l4 = off + 40
+                    hl = 40
+                else:
+                    slow(ts, lt, frame)
+                    continue
+                if p == 6:
+                    h = tcp.get(key)
+                    if h is None or iplen <= hl:
+                        slow(ts, lt, frame)
+                        continue
+                    if h.inspect and iplen - hl - ((frame[l4 + 12] >> 4) << 2) > 0:
+                        slow(ts, lt, frame)
+                        continue
+                elif p == 17:
+                    h = udp.get(key)
+                    if h is None or iplen <= hl or (h.inspect and iplen - hl > 8):
+                        slow(ts, lt, frame)
+                        continue
+                else:
+                    slow(ts, lt, frame)
+                    continue
+            except IndexError:
+                slow(ts, lt, frame)
+                continue
+            h.packets += 1
+            h.nbytes += iplen
+            h.last = ts
+            fast += 1
+        self._next_sweep = next_sweep
+        self.last_ts = ts
+        self.packets_read += n
+        self.packets_fast += fast
+        self.packets_decoded += fast
+
+    def _sweep(self, ts: float) -> float:
+        if self._next_sweep:
+            self.flows.sweep(ts)
+        self._next_sweep = ts + self.flows.sweep_interval
+        return self._next_sweep
+
+    def _skip(self, reason: str) -> None:
+        """A packet that could not be counted to a flow."""
+        self.skipped[reason] += 1
+
+    def _weird(self, reason: str) -> None:
+        """A payload a decoder could not make sense of (its packet was still counted)."""
+        self.weird[reason] += 1
+
+    def _slow(self, ts: float, lt: int, frame: bytes) -> None:
+        try:
+            self._decode(ts, lt, frame)
+        except Exception as exc:  # a decoder bug must not stop the capture
+            self._weird("internal." + type(exc).__name__)
+            log.debug("packet decode failed", exc_info=True)
+
+    def _decode(self, ts: float, lt: int, frame: bytes) -> None:
+        link = parse_link(lt, frame)
+        if isinstance(link, Weird):
+            return self._skip(link.reason)
+        ipk = parse_ip(frame, link.offset, link.ethertype)
+        if isinstance(ipk, Weird):
+            return self._skip(ipk.reason)
+        if ipk.proto != TCP and ipk.proto != UDP:
+            return self._skip("ip.not_tcp_udp")
+        if ipk.frag_offset:
+            # A later fragment: no ports. Count it to the flow its first fragment opened.
+            h = self._fragments.get((ipk.src, ipk.dst, ipk.proto, ipk.frag_id or 0))
+            if h is None:
+                return self._skip("ip.fragment_without_first")
+            h.packets += 1
+            h.nbytes += ipk.length
+            h.last = ts
+            self.packets_decoded += 1
+            return None
+        tr = parse_transport(frame, ipk)
+        if isinstance(tr, Weird):
+            return self._skip(tr.reason)
+        is_tcp = ipk.proto == TCP
+        key = ipk.src + ipk.dst + frame[ipk.l4 : ipk.l4 + 4]
+        table = self.flows.tcp if is_tcp else self.flows.udp
+        h = table.get(key)
+        if h is None:
+            entry = self._new_flow(ts, ipk.src, ipk.dst, tr.sport, tr.dport, is_tcp, tr.flags, link)
+            h = entry.up if entry.key_up == key else entry.down
+        entry = h.entry
+        h.packets += 1
+        h.nbytes += ipk.length
+        h.last = ts
+        self.packets_decoded += 1
+        if ipk.more_fragments:
+            frags = self._fragments
+            frags[(ipk.src, ipk.dst, ipk.proto, ipk.frag_id or 0)] = h
+            if len(frags) > MAX_FRAGMENTS:
+                frags.popitem(last=False)
+        flow = entry.flow
+        if h.up and flow.device_mac is None:
+            mac = _lan_mac(link.src_mac, link.pkttype)
+            if mac is not None:
+                flow.device_mac = mac
+                self._note_device(mac, flow.src_ip, ts)
+        if is_tcp:
+            if tr.flags & _SYN and h.up:
+                entry.isn = (tr.seq + 1) & 0xFFFFFFFF
+            if tr.payload and h.inspect:
+                self._inspect_tcp(entry, h, tr.seq, tr.payload, ts)
+        elif tr.payload and h.inspect:
+            self._inspect_udp(entry, h, tr.sport, tr.dport, tr.payload, ts)
+        return None
+
+    # --- flows ----------------------------------------------------------------------------------
+
+    def is_lan(self, addr: bytes) -> bool:
+        hit = self._lan_cache.get(addr)
+        if hit is None:
+            x = int.from_bytes(addr, "big")
+            ranges = self._lan_v4 if len(addr) == 4 else self._lan_v6
+            hit = any(lo <= x <= hi for lo, hi in ranges)
+            if len(self._lan_cache) >= MAX_LAN_CACHE:
+                self._lan_cache.clear()
+            self._lan_cache[addr] = hit
+        return hit
+
+    def _new_flow(
+        self,
+        ts: float,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        is_tcp: bool,
+        flags: int,
+        link: object,
+    ) -> FlowEntry:
+        src_lan, dst_lan = self.is_lan(src), self.is_lan(dst)
+        if src_lan != dst_lan:
+            up = src_lan
+        elif is_tcp and flags & _SYN:
+            up = not flags & _ACK  # SYN opens, SYN-ACK answers
+        elif sport < 1024 <= dport or (sport in _SERVER_PORTS and dport not in _SERVER_PORTS):
+            up = False  # first seen packet came from the service side
+        else:
+            up = True
+        if not up:
+            src, dst, sport, dport = dst, src, dport, sport
+        client_ip = ip_str(src)
+        server_ip = ip_str(dst)
+        self._uid += 1
+        mac = None
+        lk = link
+        if not up:
+            dst_mac = getattr(lk, "dst_mac", None)
+            if dst_mac is not None and not dst_mac[0] & 1:
+                mac = mac_str(dst_mac)
+        else:
+            mac = _lan_mac(getattr(lk, "src_mac", None), getattr(lk, "pkttype", None))
+        if mac is None:
+            mac = self.ip_mac.get(client_ip)
+        else:
+            self._note_device(mac, client_ip, ts)
+        flow = Flow(
+            uid=f"F{self._uid:x}",
+            proto="tcp" if is_tcp else "udp",
+            src_ip=client_ip,
+            src_port=sport,
+            dst_ip=server_ip,
+            dst_port=dport,
+            device_mac=mac,
+            first_seen=ts,
+            last_seen=ts,
+        )
+        ports = sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+        rports = ports[2:] + ports[:2]
+        entry = self.flows.add(flow, src + dst + ports, dst + src + rports)
+        name = self.dns.lookup(client_ip, server_ip, ts)
+        if name is not None:
+            flow.server_name, flow.name_source = name, "dns"
+        budget = self.cfg.flows.inspect_packets
+        if _MDNS_PORT in (sport, dport):
+            entry.app = "mdns"
+        elif dport in _DNS_PORTS or sport in _DNS_PORTS:
+            entry.app = "dns"
+            entry.up.inspect = entry.down.inspect = _SMALL_PROTOCOL_INSPECT
+        elif not is_tcp and (dport in _DHCP_PORTS or dport in _DHCP6_PORTS):
+            entry.app = "dhcp"
+            entry.up.inspect = entry.down.inspect = _SMALL_PROTOCOL_INSPECT
+        else:
+            entry.up.inspect = budget
+        return entry
+
+    def _on_flow_end(self, entry: FlowEntry, reason: str) -> None:
+        flow = entry.sync()
+        if flow.server_name is None and entry.app not in ("dns", "mdns", "dhcp"):
+            name = self.dns.lookup(flow.src_ip, flow.dst_ip, flow.first_seen, flow.last_seen)
+            if name is not None:
+                flow.server_name, flow.name_source = name, "dns"
+        if flow.device_mac is None:
+            flow.device_mac = self.ip_mac.get(flow.src_ip)
+        if entry.app:
+            flow.extra["app"] = entry.app
+        try:
+            self.sink.flow(flow)
+        except Exception:  # a failing sink must not stop the packet loop
+            log.exception("flow sink failed")
+
+    # --- payload inspection ---------------------------------------------------------------------
+
+    def _done(self, h: Half) -> None:
+        h.inspect = 0
+
+    def _spend(self, h: Half, size: int) -> None:
+        h.ibytes += size
+        h.inspect -= 1
+        if h.ibytes >= self.cfg.flows.inspect_bytes:
+            h.inspect = 0
+
+    def _inspect_tcp(self, entry: FlowEntry, h: Half, seq: int, payload: bytes, ts: float) -> None:
+        self._spend(h, len(payload))
+        if entry.app == "dns":
+            self._dns_tcp(entry, h, payload, ts)
+            return
+        if not h.up:
+            return
+        if entry.app is None:
+            in_order = entry.isn is None or entry.isn == seq
+            if in_order and http_dec.looks_like_http_request(payload):
+                entry.app = "http"
+                entry.http = http_dec.HttpRequestAssembler(self.cfg.flows.http_body_budget)
+                h.inspect = _UNLIMITED  # HTTP: the byte budget decides
+            elif in_order and not tls_dec.looks_like_tls(payload):
+                entry.app = "other"
+                return
+            else:
+                # TLS, or a segment that arrived before the stream's first: let TLS reassemble.
+                entry.app = "tls"
+                entry.tls = tls_dec.ClientHelloAssembler(isn=entry.isn)
+        if entry.app == "tls":
+            res = entry.tls.feed(seq, payload)
+            if res is None:
+                return
+            entry.tls = None
+            if isinstance(res, Weird):
+                self._weird(res.reason)
+                if res.reason == "tls.not_tls":
+                    entry.app = "other"
+                self._done(h)
+                return
+            self._client_hello(entry, res, "tls")
+            self._done(h)
+        elif entry.app == "http":
+            self._http_feed(entry, h, payload, ts)
+
+    def _http_feed(self, entry: FlowEntry, h: Half, payload: bytes, ts: float) -> None:
+        asm = entry.http
+        if asm is None:
+            if not http_dec.looks_like_http_request(payload):
+                return  # body bytes past the budget, or a response-less upload
+            asm = entry.http = http_dec.HttpRequestAssembler(self.cfg.flows.http_body_budget)
+        res = asm.feed(payload)
+        if res is None:
+            return
+        entry.http = None
+        if isinstance(res, Weird):
+            self._weird(res.reason)
+            return
+        self._http_request(entry, res, ts)
+
+    def _http_request(self, entry: FlowEntry, req: HttpRequest, ts: float) -> None:
+        flow = entry.flow
+        if len(flow.http) < self.cfg.flows.max_http_requests:
+            flow.http.append(req)
+        if req.host and flow.name_source in (None, "dns"):
+            host = _host_only(req.host)
+            if host:
+                flow.server_name, flow.name_source = host, "http"
+        if req.user_agent and flow.device_mac:
+            dev = self.devices.get(flow.device_mac)
+            if (
+                dev is not None
+                and req.user_agent not in dev.user_agents
+                and len(dev.user_agents) < MAX_USER_AGENTS
+            ):
+                dev.user_agents.append(req.user_agent)
+
+    def _client_hello(self, entry: FlowEntry, ch: ClientHello, source: str) -> None:
+        flow = entry.flow
+        if ch.alpn:
+            flow.alpn = ch.alpn
+        if ch.sni:
+            flow.server_name = ch.sni.lower().rstrip(".")
+            flow.name_source = "tls" if source == "tls" else "quic"
+
+    def _inspect_udp(
+        self, entry: FlowEntry, h: Half, sport: int, dport: int, payload: bytes, ts: float
+    ) -> None:
+        self._spend(h, len(payload))
+        app = entry.app
+        if app == "dns":
+            self._dns_message(entry, dns_dec.parse_dns(payload), ts)
+        elif app == "dhcp":
+            if dport in _DHCP_PORTS or sport in _DHCP_PORTS:
+                self._dhcp(dhcp_dec.parse_dhcp(payload), ts)
+            else:
+                self._dhcp(dhcp_dec.parse_dhcpv6(payload), ts, entry.flow.device_mac)
+        elif h.up and app in (None, "quic"):
+            if app is None and not quic_dec.is_quic_long_header(payload):
+                entry.app = "other"
+                return
+            entry.app = "quic"
+            res = self.quic.feed(payload, entry.key_up)
+            if res is None:
+                return
+            if isinstance(res, Weird):
+                self._weird(res.reason)
+            else:
+                self._client_hello(entry, res, "quic")
+            self._done(h)
+
+    # --- DNS and DHCP ----------------------------------------------------------------------------
+
+    def _dns_tcp(self, entry: FlowEntry, h: Half, payload: bytes, ts: float) -> None:
+        if h.up:
+            return  # queries carry nothing we need from TCP
+        buf = entry.dns_buf + payload
+        msgs, rest = dns_dec.split_tcp_dns(buf)
+        entry.dns_buf = rest[:65538]
+        for m in msgs:
+            self._dns_message(entry, dns_dec.parse_dns(m), ts)
+
+    def _dns_message(self, entry: FlowEntry, msg: DnsMessage | Weird, ts: float) -> None:
+        if isinstance(msg, Weird):
+            self._weird(msg.reason)
+            return
+        flow = entry.flow
+        queries = flow.extra.setdefault("dns_queries", [])
+        assert isinstance(queries, list)
+        for qname, _qtype in msg.questions:
+            if qname not in queries and len(queries) < MAX_DNS_QUERIES:
+                queries.append(qname)
+        if not msg.is_response:
+            return
+        for address, qname, ttl in dns_dec.resolve_chain(msg):
+            if not dns_dec.is_local_name(qname):
+                self.dns.put(flow.src_ip, address, qname, ttl, ts)
+
+    def _dhcp(self, msg: DhcpMessage | Weird, ts: float, fallback_mac: str | None = None) -> None:
+        if isinstance(msg, Weird):
+            self._weird(msg.reason)
+            return
+        mac = msg.client_mac or fallback_mac
+        if mac is None or msg.message_type in (2, 5, 6, 7):  # server replies describe no client
+            return
+        dev = self._device(mac, ts)
+        if dev is None:
+            return
+        if msg.hostname:
+            dev.hostname = msg.hostname[:255]
+        if msg.vendor_class:
+            dev.dhcp_vendor_class = msg.vendor_class[:255]
+        if msg.param_list:
+            dev.dhcp_params = msg.param_list[:64]
+        for ip in (msg.requested_ip, msg.client_ip):
+            if ip and ip not in ("0.0.0.0", "::"):
+                self._note_device(mac, ip, ts)
+
+    # --- devices --------------------------------------------------------------------------------
+
+    def _device(self, mac: str, ts: float) -> Device | None:
+        dev = self.devices.get(mac)
+        if dev is None:
+            if len(self.devices) >= MAX_DEVICES:
+                self.devices_dropped += 1
+                return None
+            dev = self.devices[mac] = Device(mac=mac, first_seen=ts)
+        dev.last_seen = ts
+        return dev
+
+    def _note_device(self, mac: str, ip: str, ts: float) -> None:
+        dev = self._device(mac, ts)
+        if dev is not None and ip not in dev.ips and len(dev.ips) < MAX_DEVICE_IPS:
+            dev.ips.add(ip)
+        self.ip_mac[ip] = mac
+        if len(self.ip_mac) > MAX_IP_MAC:
+            self.ip_mac.popitem(last=False)
+
+    # --- end ------------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """End every flow and report every device."""
+        self.flows.flush()
+        for dev in self.devices.values():
+            try:
+                self.sink.device(dev)
+            except Exception:
+                log.exception("device sink failed")
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "packets_read": self.packets_read,
+            "packets_decoded": self.packets_decoded,
+            "packets_fast_path": self.packets_fast,
+            "packets_skipped": sum(self.skipped.values()),
+            "skipped": dict(sorted(self.skipped.items())),
+            "weird": dict(sorted(self.weird.items())),
+            "flows": self.flows.created,
+            "flows_evicted": {"idle": self.flows.evicted_idle, "cap": self.flows.evicted_cap},
+            "devices": len(self.devices),
+            "devices_dropped": self.devices_dropped,
+            "dns_cache": len(self.dns),
+        }
+
+
+_SERVER_PORTS = frozenset((53, 67, 80, 123, 443, 547, 853, 1883, 5222, 5228, 8080, 8443, 8883))
+
+
+def _lan_mac(src_mac: bytes | None, pkttype: int | None) -> str | None:
+    if src_mac is None or pkttype == PACKET_OUTGOING or src_mac[0] & 1:
+        return None
+    return mac_str(src_mac)
+
+
+def _host_only(host: str) -> str:
+    """Host header without port or brackets, lower case."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        return h[1 : h.find("]")] if "]" in h else ""
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
