@@ -504,7 +504,7 @@ class Pipeline:
         if msg.param_list:
             dev.dhcp_params = msg.param_list[:64]
         for ip in (msg.requested_ip, msg.client_ip):
-            if ip and ip not in ("0.0.0.0", "::"):
+            if ip:
                 self._note_device(mac, ip, ts)
 
     # --- devices --------------------------------------------------------------------------------
@@ -520,6 +520,8 @@ class Pipeline:
         return dev
 
     def _note_device(self, mac: str, ip: str, ts: float) -> None:
+        if ip in _NOT_HOST_ADDRESSES:
+            return
         dev = self._device(mac, ts)
         if dev is not None and ip not in dev.ips and len(dev.ips) < MAX_DEVICE_IPS:
             dev.ips.add(ip)
@@ -554,6 +556,7 @@ class Pipeline:
         }
 
 
+_NOT_HOST_ADDRESSES = frozenset(("0.0.0.0", "::", "255.255.255.255"))
 _SERVER_PORTS = frozenset((53, 67, 80, 123, 443, 547, 853, 1883, 5222, 5228, 8080, 8443, 8883))
 
 
