@@ -39,6 +39,46 @@ _PCAP_MAGIC = {
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 
 
+class Chunk:
+    """A buffer of pcap-format records: 16-byte header (seconds, fraction, captured length,
+    original length) then the frame; the last record may be incomplete.
+
+    The packet loop walks these in place, without a Python object per packet, and records in
+    `stop` where the first incomplete record starts, so the reader knows what to carry over
+    without walking the records a second time.
+    """
+
+    __slots__ = ("buf", "count", "end", "header", "linktype", "start", "stop", "tsres")
+
+    def __init__(
+        self, linktype: int, buf: bytes, start: int, end: int, tsres: float, header: struct.Struct
+    ) -> None:
+        self.linktype = linktype
+        self.buf = buf
+        self.start = start
+        self.end = end
+        self.tsres = tsres
+        """Seconds per unit of the header's fraction field (1e-6 or 1e-9)."""
+        self.header = header
+        self.stop = -1
+        self.count = 0
+        """Whole records the consumer walked (set along with `stop`)."""
+
+
+def walk_records(chunk: Chunk) -> None:
+    """Set `stop` and `count` for a chunk whose consumer did not."""
+    pos, end, buf = chunk.start, chunk.end, chunk.buf
+    unpack_from = chunk.header.unpack_from
+    n = 0
+    while pos + 16 <= end:
+        nxt = pos + 16 + unpack_from(buf, pos)[2]
+        if nxt > end:
+            break
+        pos = nxt
+        n += 1
+    chunk.stop, chunk.count = pos, n
+
+
 class CaptureError(Exception):
     """The file cannot be read as a capture at all."""
 
@@ -95,43 +135,60 @@ class CaptureFile:
         self.warnings.append(f"{self.path}: {text}")
 
     def _read_pcap(self) -> Iterator[Packet]:
-        fh = self._fh
-        hdr = struct.Struct(self._endian + "IIII")
-        unpack_from = hdr.unpack_from
-        res = self._tsres
-        linktype = self.linktype
-        buf = self._start + fh.read(_CHUNK)
-        pos = 0
-        count = 0
-        while True:
-            end = len(buf)
-            # Parse every whole record in the buffer; the hot loop of file reading.
+        for chunk in self._pcap_chunks():
+            unpack_from = chunk.header.unpack_from
+            buf, pos, end, res, lt = chunk.buf, chunk.start, chunk.end, chunk.tsres, chunk.linktype
+            n = 0
             while pos + 16 <= end:
                 sec, frac, caplen, _origlen = unpack_from(buf, pos)
                 nxt = pos + 16 + caplen
                 if nxt > end:
-                    if caplen > _MAX_RECORD:
-                        self._warn(
-                            f"corrupt record header at packet {count + 1} "
-                            f"(length {caplen}); stopped"
-                        )
-                        self.packets = count
-                        return
                     break
-                count += 1
-                yield sec + frac * res, linktype, buf[pos + 16 : nxt]
+                yield sec + frac * res, lt, buf[pos + 16 : nxt]
                 pos = nxt
+                n += 1
+            chunk.stop, chunk.count = pos, n
+
+    def _pcap_chunks(self) -> Iterator[Chunk]:
+        """The file as it is, a megabyte at a time; the consumer walks the records."""
+        fh = self._fh
+        header = struct.Struct(self._endian + "IIII")
+        buf = self._start + fh.read(_CHUNK)
+        pos = 0
+        while True:
+            end = len(buf)
+            chunk = Chunk(self.linktype, buf, pos, end, self._tsres, header)
+            yield chunk
+            if chunk.stop < pos:
+                walk_records(chunk)
+            pos = chunk.stop
+            self.packets += chunk.count
+            if pos + 16 <= end and header.unpack_from(buf, pos)[2] > _MAX_RECORD:
+                self._warn(
+                    f"corrupt record header after packet {self.packets} "
+                    f"(length {header.unpack_from(buf, pos)[2]}); stopped"
+                )
+                return
             more = fh.read(_CHUNK)
             if not more:
                 if pos < end:
                     self._warn(
                         f"truncated: {end - pos} bytes of an incomplete record after "
-                        f"packet {count}; kept the {count} whole packets"
+                        f"packet {self.packets}; kept the {self.packets} whole packets"
                     )
-                self.packets = count
                 return
             buf = buf[pos:] + more
             pos = 0
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Packets as runs of pcap-format records (see `Chunk`), the packet loop's input."""
+        try:
+            if self.format == "pcap":
+                yield from self._pcap_chunks()
+            else:
+                yield from pack_chunks(self._read_pcapng())
+        finally:
+            self._fh.close()
 
     def _read_pcapng(self) -> Iterator[Packet]:
         """Section header, interface description, enhanced/simple packet blocks."""
@@ -226,9 +283,35 @@ def _if_tsresol(options: bytes, endian: str) -> float:
     return 1e-6
 
 
-def read_captures(files: Iterable[CaptureFile]) -> Iterator[Packet]:
-    """Packets of several files merged in time order (each file is assumed sorted)."""
+def read_captures(files: Iterable[CaptureFile]) -> Iterator[Chunk]:
+    """Chunks of one file as read, or of several files merged into time order."""
     files = list(files)
     if len(files) == 1:
-        return iter(files[0])
-    return heapq.merge(*files, key=lambda p: p[0])
+        return files[0].chunks()
+    return pack_chunks(heapq.merge(*files, key=lambda p: p[0]))
+
+
+_NS_HEADER = struct.Struct("<IIII")
+
+
+def pack_chunks(packets: Iterable[Packet], batch: int = 512) -> Iterator[Chunk]:
+    """Re-pack single packets (pcapng, merged files, live sources) into pcap-format chunks.
+
+    Timestamps keep nanosecond precision; a change of link type starts a new chunk.
+    """
+    parts: list[bytes] = []
+    lt_cur = -1
+    pack = _NS_HEADER.pack
+    for ts, lt, frame in packets:
+        if lt != lt_cur or len(parts) >= batch:
+            if parts:
+                buf = b"".join(parts)
+                yield Chunk(lt_cur, buf, 0, len(buf), 1e-9, _NS_HEADER)
+                parts = []
+            lt_cur = lt
+        sec = int(ts)
+        parts.append(pack(sec, round((ts - sec) * 1e9), len(frame), len(frame)))
+        parts.append(frame)
+    if parts:
+        buf = b"".join(parts)
+        yield Chunk(lt_cur, buf, 0, len(buf), 1e-9, _NS_HEADER)
