@@ -52,7 +52,9 @@ def _bulk(cap: Capture, s: TcpSession, nbytes: int, up: bool) -> None:
         s.sseq = seq
 
 
-def home_mix(fh: BinaryIO, packets: int, seed: int = 7, quic_datagrams: list[bytes] | None = None) -> int:
+def home_mix(
+    fh: BinaryIO, packets: int, seed: int = 7, quic_flights: list[list[bytes]] | None = None
+) -> int:
     """Write about `packets` packets of home traffic; returns the exact count."""
     rng = random.Random(seed)
     cap = Capture(PcapWriter(fh), seed=seed)
@@ -83,9 +85,9 @@ def home_mix(fh: BinaryIO, packets: int, seed: int = 7, quic_datagrams: list[byt
             size = int(rng.lognormvariate(12.0, 1.2))
             _bulk(cap, s, min(size, 8_000_000), up=rng.random() < 0.15)
             s.close()
-        elif kind < 0.90 and quic_datagrams:
+        elif kind < 0.90 and quic_flights:
             # QUIC: the client's Initial datagrams, then bulk UDP both ways.
-            for dgram in quic_datagrams:
+            for dgram in rng.choice(quic_flights):
                 cap.udp(dev, server, port, 443, dgram, up=True)
             for _ in range(rng.randrange(20, 400)):
                 cap.udp(dev, server, port, 443, b"\x40" + bytes(1200), up=False)

@@ -26,7 +26,7 @@ LINKTYPE_LINUX_SLL2 = 276
 DLT_RAW_BSD = 12
 DLT_RAW_OPENBSD = 14
 
-_CHUNK = 1 << 20
+_CHUNK = 4 << 20
 _MAX_RECORD = 1 << 18
 """A record claiming more than 256 KiB is corruption (GRO frames top out at 64 KiB)."""
 
@@ -91,7 +91,8 @@ class CaptureFile:
         self.warnings: list[str] = []
         self.packets = 0
         try:
-            self._fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the iterator
+            # Unbuffered: we read big chunks ourselves, so a buffer layer would only copy.
+            self._fh: BinaryIO = open(path, "rb", buffering=0)  # noqa: SIM115 - iterator closes
         except OSError as exc:
             raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from None
         head = self._fh.read(24)
@@ -153,7 +154,8 @@ class CaptureFile:
         """The file as it is, a megabyte at a time; the consumer walks the records."""
         fh = self._fh
         header = struct.Struct(self._endian + "IIII")
-        buf = self._start + fh.read(_CHUNK)
+        fh.seek(24)
+        buf = _read_full(fh, _CHUNK)
         pos = 0
         while True:
             end = len(buf)
@@ -169,15 +171,19 @@ class CaptureFile:
                     f"(length {header.unpack_from(buf, pos)[2]}); stopped"
                 )
                 return
-            more = fh.read(_CHUNK)
-            if not more:
+            if end < _CHUNK:  # a short read: the end of the file
                 if pos < end:
                     self._warn(
                         f"truncated: {end - pos} bytes of an incomplete record after "
                         f"packet {self.packets}; kept the {self.packets} whole packets"
                     )
                 return
-            buf = buf[pos:] + more
+            # Re-read the incomplete record with the next chunk instead of copying buffers.
+            fh.seek(pos - end, 1)
+            if pos == 0:  # one record bigger than a chunk: cannot happen below _MAX_RECORD
+                self._warn(f"record larger than the read buffer after packet {self.packets}")
+                return
+            buf = _read_full(fh, _CHUNK)
             pos = 0
 
     def chunks(self) -> Iterator[Chunk]:
@@ -267,6 +273,22 @@ class CaptureFile:
                 count += 1
                 yield 0.0, ifaces[0][0], body[4:]
             # other blocks (name resolution, statistics, custom) carry no packets
+
+
+def _read_full(fh: BinaryIO, size: int) -> bytes:
+    """Read `size` bytes, or fewer only at the end of the file."""
+    data = fh.read(size)
+    if data and len(data) < size:
+        parts = [data]
+        got = len(data)
+        while got < size:
+            more = fh.read(size - got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        data = b"".join(parts)
+    return data or b""
 
 
 def _if_tsresol(options: bytes, endian: str) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import struct
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
@@ -107,6 +108,7 @@ class Pipeline:
         n = 0
         fast = 0
         ts = self.last_ts
+        v6hdr = _V6_HEADER.unpack_from
         for chunk in chunks:
             buf = chunk.buf
             pos = chunk.start
@@ -115,22 +117,17 @@ class Pipeline:
             res = chunk.tsres
             unpack_from = chunk.header.unpack_from
             start_n = n
-            # Link layer at fixed offsets (relative to the frame start `s`).
-            if lt == 1:
-                eth = 12
-                l3 = 14
-            elif lt == 276:
-                eth = 0
-                l3 = 20
-            elif lt == 113:
-                eth = 14
-                l3 = 16
-            elif lt == 101 or lt == 228 or lt == 229 or lt == 12 or lt == 14:
-                eth = -1
+            layout = _LINK_LAYOUTS.get(lt)
+            if layout is None:
+                lead = None
                 l3 = 0
+                raw = False
             else:
-                eth = -2
-                l3 = 0
+                lead = layout[0].unpack_from
+                l3 = layout[1]
+                raw = layout[2]
+            min4 = l3 + 40  # IPv4 + TCP headers: every read below stays in the frame (the
+            min6 = l3 + 60  # buffer goes on past it, so no IndexError would say otherwise)
             while pos + 16 <= end:
                 sec, frac, caplen, _ = unpack_from(buf, pos)
                 s = pos + 16
@@ -142,42 +139,31 @@ class Pipeline:
                 ts = sec + frac * res
                 if ts >= next_sweep:
                     next_sweep = self._sweep(ts)
+                if lead is None:
+                    slow(ts, lt, buf[s:e])
+                    continue
                 try:
-                    off = s + l3
-                    if eth >= 0:
-                        t = buf[s + eth]
-                        if t == 8 and buf[s + eth + 1] == 0 and caplen >= l3 + 24:
-                            v = 4
-                        elif t == 0x86 and buf[s + eth + 1] == 0xDD and caplen >= l3 + 44:
-                            v = 6
-                        else:
-                            slow(ts, lt, buf[s:e])
-                            continue
-                    elif eth == -1:
-                        v = buf[off] >> 4
+                    # Link type, IPv4 version/IHL, total length, flags/fragment, protocol.
+                    if raw:
+                        vihl, iplen, frag, p = lead(buf, s)
+                        et = 0x0800 if vihl >> 4 == 4 else 0x86DD
                     else:
-                        slow(ts, lt, buf[s:e])
-                        continue
-                    if v == 4:
-                        # No IP options, not a fragment (MF clear, offset 0).
-                        if buf[off] != 0x45 or buf[off + 6] & 0x3F or buf[off + 7]:
-                            slow(ts, lt, buf[s:e])
-                            continue
-                        p = buf[off + 9]
+                        et, vihl, iplen, frag, p = lead(buf, s)
+                    off = s + l3
+                    if et == 0x0800 and vihl == 0x45 and not frag & 0x3FFF and caplen >= min4:
                         key = buf[off + 12 : off + 24]
-                        iplen = (buf[off + 2] << 8) | buf[off + 3]
                         hl = 20
-                    elif v == 6:
-                        p = buf[off + 6]
+                    elif et == 0x86DD and caplen >= min6:
+                        plen, p = v6hdr(buf, off)
                         key = buf[off + 8 : off + 44]
-                        iplen = ((buf[off + 4] << 8) | buf[off + 5]) + 40
+                        iplen = plen + 40
                         hl = 40
                     else:
                         slow(ts, lt, buf[s:e])
                         continue
                     if p == 6:
                         h = tcp.get(key)
-                        if h is None or iplen <= hl or e < off + hl + 20:
+                        if h is None or iplen <= hl:
                             slow(ts, lt, buf[s:e])
                             continue
                         if h.inspect and iplen - hl - ((buf[off + hl + 12] >> 4) << 2) > 0:
@@ -191,7 +177,7 @@ class Pipeline:
                     else:
                         slow(ts, lt, buf[s:e])
                         continue
-                except IndexError:
+                except (IndexError, struct.error):
                     slow(ts, lt, buf[s:e])
                     continue
                 h.packets += 1
@@ -584,6 +570,22 @@ class Pipeline:
             "dns_cache": len(self.dns),
         }
 
+
+# Per link type: a struct reading, at the frame's start, the link's EtherType and the IPv4
+# fields the fast path needs; the network header's offset; whether the link is raw IP (no
+# EtherType: the version nibble decides).
+_LINK_LAYOUTS: dict[int, tuple[struct.Struct, int, bool]] = {
+    1: (struct.Struct(">12xHBxHxxHxB"), 14, False),  # Ethernet (tagged frames go slow)
+    113: (struct.Struct(">14xHBxHxxHxB"), 16, False),  # Linux SLL
+    276: (struct.Struct(">H18xBxHxxHxB"), 20, False),  # Linux SLL2
+    101: (struct.Struct(">BxHxxHxB"), 0, True),  # raw IP
+    12: (struct.Struct(">BxHxxHxB"), 0, True),
+    14: (struct.Struct(">BxHxxHxB"), 0, True),
+    228: (struct.Struct(">BxHxxHxB"), 0, True),
+    229: (struct.Struct(">BxHxxHxB"), 0, True),
+}
+_V6_HEADER = struct.Struct(">4xHB")
+"""IPv6 payload length and next header."""
 
 _NOT_HOST_ADDRESSES = frozenset(("0.0.0.0", "::", "255.255.255.255"))
 _SERVER_PORTS = frozenset((53, 67, 80, 123, 443, 547, 853, 1883, 5222, 5228, 8080, 8443, 8883))
