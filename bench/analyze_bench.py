@@ -75,9 +75,17 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     "tshark",
                     [
-                        "tshark", "-r", str(path), "-T", "fields",
-                        "-e", "tls.handshake.extensions_server_name",
-                        "-e", "http.host", "-e", "dns.qry.name",
+                        "tshark",
+                        "-r",
+                        str(path),
+                        "-T",
+                        "fields",
+                        "-e",
+                        "tls.handshake.extensions_server_name",
+                        "-e",
+                        "http.host",
+                        "-e",
+                        "dns.qry.name",
                     ],
                 )
             )

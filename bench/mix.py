@@ -59,7 +59,9 @@ def home_mix(
     rng = random.Random(seed)
     cap = Capture(PcapWriter(fh), seed=seed)
     devices = [
-        Host(f"64:09:80:00:00:{i:02x}" if i % 3 else f"3c:22:fb:00:00:{i:02x}", f"192.168.1.{10 + i}")
+        Host(
+            f"64:09:80:00:00:{i:02x}" if i % 3 else f"3c:22:fb:00:00:{i:02x}", f"192.168.1.{10 + i}"
+        )
         for i in range(12)
     ] + [Host(f"64:09:80:00:01:{i:02x}", f"fd00:1::{10 + i:x}") for i in range(4)]
     hellos = {}
@@ -70,7 +72,9 @@ def home_mix(
         v6 = dev.v6
         resolver = "fd00:1::1" if v6 else "192.168.1.1"
         name = rng.choice(names)
-        server = f"2001:db8::{rng.randrange(1, 4000):x}" if v6 else f"203.0.113.{rng.randrange(1, 255)}"
+        server = (
+            f"2001:db8::{rng.randrange(1, 4000):x}" if v6 else f"203.0.113.{rng.randrange(1, 255)}"
+        )
         port = port + 1 if port < 60000 else 30000
         kind = rng.random()
         cap.dns_lookup(dev, resolver, name, [server], ttl=300)

@@ -42,9 +42,7 @@ def analyze(
     pipeline.finish()
     stats = pipeline.stats()
     warnings = [w for f in files for w in f.warnings]
-    stats["files"] = [
-        {"path": f.path, "format": f.format, "packets": f.packets} for f in files
-    ]
+    stats["files"] = [{"path": f.path, "format": f.format, "packets": f.packets} for f in files]
     stats["warnings"] = warnings
     for w in warnings:
         err.write(f"phonehome: warning: {w}\n")

@@ -106,7 +106,7 @@ class CaptureFile:
                 raise CaptureError(f"{path}: truncated pcap file header")
             self.format = "pcap"
             self._endian, self._tsres = _PCAP_MAGIC[magic]
-            major, _minor, _tz, _sig, snaplen, network = struct.unpack(
+            major, _minor, _tz, _sig, _snaplen, network = struct.unpack(
                 self._endian + "HHiIII", head[4:24]
             )
             if major != 2:

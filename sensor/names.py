@@ -35,7 +35,9 @@ class DnsCache:
             m.popitem(last=False)
             self.evicted += 1
 
-    def lookup(self, client: str, address: str, when: float, latest: float | None = None) -> str | None:
+    def lookup(
+        self, client: str, address: str, when: float, latest: float | None = None
+    ) -> str | None:
         """The name `client` resolved `address` from, if the answer was live at `when`.
 
         The answer must have arrived by `latest` (default `when`): a flow can only have been

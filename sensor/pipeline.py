@@ -26,7 +26,7 @@ from sensor.decode import tls as tls_dec
 from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
 from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
 from sensor.flows import FlowEntry, FlowTable, Half
-from sensor.model import ClientHello, DhcpMessage, Device, DnsMessage, Flow, HttpRequest, Weird
+from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.names import DnsCache
 
 log = logging.getLogger(__name__)

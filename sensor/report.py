@@ -122,7 +122,9 @@ class SummarySink:
 
     def stats(self, stats: dict[str, Any]) -> None:
         w = self.out.write
-        for dev_key in sorted(self.usage, key=lambda d: -sum(r[0] + r[1] for r in self.usage[d].values())):
+        for dev_key in sorted(
+            self.usage, key=lambda d: -sum(r[0] + r[1] for r in self.usage[d].values())
+        ):
             servers = self.usage[dev_key]
             up = sum(r[0] for r in servers.values())
             down = sum(r[1] for r in servers.values())

@@ -8,6 +8,7 @@ caller passes others.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import random
@@ -67,7 +68,9 @@ class PcapWriter:
     def _block(self, btype: int, body: bytes) -> None:
         pad = (-len(body)) % 4
         blen = 12 + len(body) + pad
-        self.fh.write(struct.pack("<II", btype, blen) + body + b"\0" * pad + struct.pack("<I", blen))
+        self.fh.write(
+            struct.pack("<II", btype, blen) + body + b"\0" * pad + struct.pack("<I", blen)
+        )
 
     def write(self, ts: float, frame: bytes) -> None:
         if self.pcapng:
@@ -106,10 +109,8 @@ def client_hello(
         ctx.set_alpn_protocols(protos)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):  # it waits for the ServerHello
         obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
     return outgoing.read()
 
 
@@ -241,9 +242,7 @@ class Capture:
         msg = dpkt.dhcp.DHCP(chaddr=lan.mac_bytes, xid=self.rng.randrange(1 << 32), opts=opts)
         u = dpkt.udp.UDP(sport=68, dport=67, data=bytes(msg))
         u.ulen = 8 + len(bytes(msg))
-        pkt = dpkt.ip.IP(
-            src=b"\0\0\0\0", dst=b"\xff\xff\xff\xff", p=17, ttl=64, data=u
-        )
+        pkt = dpkt.ip.IP(src=b"\0\0\0\0", dst=b"\xff\xff\xff\xff", p=17, ttl=64, data=u)
         self.emit(bytes(pkt), False, lan, True)
 
 
@@ -262,8 +261,13 @@ class TcpSession:
     def _seg(self, up: bool, flags: int, seq: int, ack: int, data: bytes = b"") -> bytes:
         sp, dp = (self.lport, self.rport) if up else (self.rport, self.lport)
         t = dpkt.tcp.TCP(
-            sport=sp, dport=dp, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF, flags=flags,
-            win=65535, data=data,
+            sport=sp,
+            dport=dp,
+            seq=seq & 0xFFFFFFFF,
+            ack=ack & 0xFFFFFFFF,
+            flags=flags,
+            win=65535,
+            data=data,
         )
         src, dst = (self.lan.ip, self.remote) if up else (self.remote, self.lan.ip)
         return self.cap.ip(src, dst, 6, t)
@@ -273,7 +277,9 @@ class TcpSession:
         c.emit(self._seg(True, dpkt.tcp.TH_SYN, self.cseq, 0), self.lan.v6, self.lan, True)
         c.emit(
             self._seg(False, dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK, self.sseq, self.cseq + 1),
-            self.lan.v6, self.lan, False,
+            self.lan.v6,
+            self.lan,
+            False,
         )
         self.cseq += 1
         self.sseq += 1
@@ -285,16 +291,27 @@ class TcpSession:
         for i in range(0, len(data), segment):
             chunk = data[i : i + segment]
             if up:
-                out.append(self._seg(True, dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, self.cseq, self.sseq, chunk))
+                out.append(
+                    self._seg(True, dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, self.cseq, self.sseq, chunk)
+                )
                 self.cseq += len(chunk)
             else:
-                out.append(self._seg(False, dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, self.sseq, self.cseq, chunk))
+                out.append(
+                    self._seg(
+                        False, dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, self.sseq, self.cseq, chunk
+                    )
+                )
                 self.sseq += len(chunk)
         return out
 
     def send(
-        self, data: bytes, up: bool = True, segment: int = 1448, order: Iterable[int] | None = None,
-        duplicate: Sequence[int] = (), ack: bool = True,
+        self,
+        data: bytes,
+        up: bool = True,
+        segment: int = 1448,
+        order: Iterable[int] | None = None,
+        duplicate: Sequence[int] = (),
+        ack: bool = True,
     ) -> None:
         """Send `data` in segments; `order` permutes them, `duplicate` resends some."""
         segs = self.segments(data, up, segment)
@@ -320,7 +337,11 @@ class TcpSession:
 
 
 def http_request(
-    method: str, host: str, path: str, user_agent: str | None = None, body: bytes = b"",
+    method: str,
+    host: str,
+    path: str,
+    user_agent: str | None = None,
+    body: bytes = b"",
     headers: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
@@ -353,15 +374,25 @@ def sample_home(fh: BinaryIO, linktype: int = LINK_ETHERNET, pcapng: bool = Fals
     s.open()
     body = b"deviceId=redacted&model=Redmi+Note+8+Pro&lang=en"
     s.send(
-        http_request("POST", "api.account.xiaomi.com", "/pass/v2/register", REDMI_UA, body,
-                     [("Content-Type", "application/x-www-form-urlencoded")])
+        http_request(
+            "POST",
+            "api.account.xiaomi.com",
+            "/pass/v2/register",
+            REDMI_UA,
+            body,
+            [("Content-Type", "application/x-www-form-urlencoded")],
+        )
     )
     s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", up=False)
     s.close()
     # A TLS upload to a data-collection endpoint (198.51.100.0/24 stands in for AWS Singapore).
     cap.dns_lookup(
-        PHONE, RESOLVER, "tracking.intl.miui.com", ["198.51.100.20"],
-        cnames=["tracking.intl.miui.com.cdn.example.net"], ttl=300,
+        PHONE,
+        RESOLVER,
+        "tracking.intl.miui.com",
+        ["198.51.100.20"],
+        cnames=["tracking.intl.miui.com.cdn.example.net"],
+        ttl=300,
     )
     s = TcpSession(cap, PHONE, "198.51.100.20", 40002, 443)
     s.open()

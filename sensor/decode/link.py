@@ -1,4 +1,4 @@
-"""Link layers: Ethernet (with 802.1Q/802.1ad/QinQ tags), Linux cooked SLL/SLL2, raw IP, BSD null."""
+"""Link layers: Ethernet (802.1Q/802.1ad/QinQ tags), Linux cooked SLL/SLL2, raw IP, BSD null."""
 
 from __future__ import annotations
 

@@ -1,0 +1,43 @@
+# Phonehome: `make demo` runs the main job, `make test` runs the test suite.
+# Each installs what it needs: Debian packages (packaging/system-deps.sh) and a virtual
+# environment in .venv with the pinned dependencies.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR := var/demo
+
+.PHONY: demo test lint bench venv sysdeps-test sysdeps-bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+sysdeps-test:
+	packaging/system-deps.sh test
+
+sysdeps-bench:
+	packaging/system-deps.sh bench
+
+demo: venv
+	mkdir -p $(DEMO_DIR)
+	$(PY) -c "from sensor.synth import write_sample; write_sample('$(DEMO_DIR)/home.pcap')"
+	$(VENV)/bin/phonehome analyze $(DEMO_DIR)/home.pcap
+
+lint: venv
+	$(VENV)/bin/ruff check sensor tests bench
+	$(VENV)/bin/mypy
+
+test: sysdeps-test venv lint
+	$(VENV)/bin/pytest -q
+
+bench: sysdeps-bench venv
+	$(PY) -m bench.analyze_bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
