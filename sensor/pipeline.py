@@ -368,8 +368,14 @@ class Pipeline:
         h.inspect = 0
 
     def _spend(self, h: Half, size: int) -> None:
+        """Charge a payload packet to the direction's inspection budget.
+
+        A ClientHello still being reassembled is not charged per packet: its assembler bounds
+        itself (bytes and segments), and a hello with post-quantum key shares easily spans more
+        segments than the budget."""
         h.ibytes += size
-        h.inspect -= 1
+        if h.entry.tls is None:
+            h.inspect -= 1
         if h.ibytes >= self.cfg.flows.inspect_bytes:
             h.inspect = 0
 
