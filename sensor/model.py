@@ -132,3 +132,80 @@ class Device:
     first_seen: float = 0.0
     last_seen: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+
+
+# --- detection and alerts ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a flow goes, as enrichment knows it."""
+
+    ip: str
+    port: int
+    server_name: str | None = None
+    vendor: str | None = None
+    provider: str | None = None
+    region: str | None = None
+    country: str | None = None
+    asn: int | None = None
+    asn_org: str | None = None
+    abroad: bool | None = None
+    """True/False against site.home_country; None when either country is unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    """The LAN device an observation is about."""
+
+    mac: str | None
+    ip: str
+    name: str | None = None
+    vendor: str | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What a detector saw; the alert rules decide what it means.
+
+    `what` is "identifier" (an identifier in outbound plaintext), "upload" (bytes sent to one
+    vendor/provider abroad over a period) or "country" (first contact with a country)."""
+
+    what: Literal["identifier", "upload", "country"]
+    ts: float
+    device: DeviceRef
+    dst: Destination
+    flow_uid: str | None = None
+    identifier: str | None = None
+    """Identifier kind: imei, imsi, iccid, phone, mac, serial, email, android_id, ad_id,
+    contacts."""
+    encoding: str | None = None
+    """plain, hex, base64, url, md5, sha1, sha256, ..."""
+    location: str | None = None
+    """url, header, cookie, body, dns, payload."""
+    value: str | None = None
+    """Redacted form only (e.g. "…1234"); never the identifier in full."""
+    keyed_hash: str | None = None
+    """HMAC of the identifier under the install's key, to correlate without revealing it."""
+    known: bool = False
+    """Matched an identifier the owner configured or the sensor learned."""
+    bytes_up: int = 0
+    period: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    rule: str
+    severity: Literal["critical", "warning", "info"]
+    ts: float
+    device: DeviceRef
+    dst: Destination
+    summary: str
+    identifier: str | None = None
+    encoding: str | None = None
+    location: str | None = None
+    value: str | None = None
+    keyed_hash: str | None = None
+    bytes_up: int = 0
+    flow_uid: str | None = None
