@@ -14,7 +14,7 @@ import logging
 import struct
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from sensor.capture import Chunk, Packet, pack_chunks
 from sensor.config import Config
@@ -61,10 +61,35 @@ class Sink(Protocol):
     def device(self, device: Device) -> None: ...
 
 
+class Observer(Protocol):
+    """Told of outbound plaintext as soon as it is decoded (detection must not wait for the
+    flow to end). Calls happen on the packet loop: keep them cheap, never raise."""
+
+    def http_request(self, flow: Flow, req: HttpRequest, ts: float) -> None: ...
+
+    def dns_query(self, flow: Flow, qname: str, ts: float) -> None: ...
+
+    def payload(self, flow: Flow, data: bytes, ts: float) -> None:
+        """The first bytes (within the inspection budget) that the LAN device sent on a flow
+        that is neither TLS, QUIC, HTTP nor DNS."""
+
+
+class NullObserver:
+    def http_request(self, flow: Flow, req: HttpRequest, ts: float) -> None:
+        pass
+
+    def dns_query(self, flow: Flow, qname: str, ts: float) -> None:
+        pass
+
+    def payload(self, flow: Flow, data: bytes, ts: float) -> None:
+        pass
+
+
 class Pipeline:
-    def __init__(self, cfg: Config, sink: Sink) -> None:
+    def __init__(self, cfg: Config, sink: Sink, observer: Observer | None = None) -> None:
         self.cfg = cfg
         self.sink = sink
+        self.observer: Observer = observer or NullObserver()
         self.flows = FlowTable(cfg.flows, self._on_flow_end)
         self.dns = DnsCache(cfg.dns.max_cache, cfg.dns.ttl_grace)
         self.quic = quic_dec.QuicInitialTracker()
@@ -348,6 +373,11 @@ class Pipeline:
         return entry
 
     def _on_flow_end(self, entry: FlowEntry, reason: str) -> None:
+        if entry.http is not None:  # a request whose body never completed
+            res = entry.http.finish()
+            entry.http = None
+            if isinstance(res, HttpRequest):
+                self._http_request(entry, res, entry.up.last)
         flow = entry.sync()
         if flow.server_name is None and entry.app not in ("dns", "mdns", "dhcp"):
             name = self.dns.lookup(flow.src_ip, flow.dst_ip, flow.first_seen, flow.last_seen)
@@ -394,7 +424,6 @@ class Pipeline:
                 h.inspect = _UNLIMITED  # HTTP: the byte budget decides
             elif in_order and not tls_dec.looks_like_tls(payload):
                 entry.app = "other"
-                return
             else:
                 # TLS, or a segment that arrived before the stream's first: let TLS reassemble.
                 entry.app = "tls"
@@ -407,13 +436,22 @@ class Pipeline:
             if isinstance(res, Weird):
                 self._weird(res.reason)
                 if res.reason == "tls.not_tls":
-                    entry.app = "other"
+                    entry.app = "other"  # its bytes were buffered; later ones get scanned
                 self._done(h)
                 return
             self._client_hello(entry, res, "tls")
             self._done(h)
         elif entry.app == "http":
             self._http_feed(entry, h, payload, ts)
+        elif entry.app == "other":
+            self._observe(self.observer.payload, entry.flow, payload, ts)
+
+    def _observe(self, hook: Any, *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:  # a failing detector must not stop the packet loop
+            self._weird("internal.observer")
+            log.exception("observer failed")
 
     def _http_feed(self, entry: FlowEntry, h: Half, payload: bytes, ts: float) -> None:
         asm = entry.http
@@ -434,6 +472,7 @@ class Pipeline:
         flow = entry.flow
         if len(flow.http) < self.cfg.flows.max_http_requests:
             flow.http.append(req)
+        self._observe(self.observer.http_request, flow, req, ts)
         if req.host and flow.name_source in (None, "dns"):
             host = _host_only(req.host)
             if host:
@@ -467,9 +506,12 @@ class Pipeline:
                 self._dhcp(dhcp_dec.parse_dhcp(payload), ts)
             else:
                 self._dhcp(dhcp_dec.parse_dhcpv6(payload), ts, entry.flow.device_mac)
+        elif h.up and app == "other":
+            self._observe(self.observer.payload, entry.flow, payload, ts)
         elif h.up and app in (None, "quic"):
             if app is None and not quic_dec.is_quic_long_header(payload):
                 entry.app = "other"
+                self._observe(self.observer.payload, entry.flow, payload, ts)
                 return
             entry.app = "quic"
             res = self.quic.feed(payload, entry.key_up)
@@ -502,6 +544,8 @@ class Pipeline:
         for qname, _qtype in msg.questions:
             if qname not in queries and len(queries) < MAX_DNS_QUERIES:
                 queries.append(qname)
+                if not msg.is_response:
+                    self._observe(self.observer.dns_query, flow, qname, ts)
         if not msg.is_response:
             return
         for address, qname, ttl in dns_dec.resolve_chain(msg):
