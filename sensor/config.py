@@ -115,6 +115,9 @@ class GeoConfig:
     embedded default when set."""
     asn_db: str | None = None
     """A MaxMind-format ASN database."""
+    overrides: str | None = None
+    """A TOML file of `[[prefix]] net, country, asn, asn_org` entries that win over every
+    database (the lab maps the documentation ranges to countries with one)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,565 @@
+"""`phonehome update-data`: fetch the cloud providers' range files into `<state_dir>/data/`.
+
+Each source (`cloud.CLOUD_SOURCES`) is downloaded with urllib from its default URL or the one
+`[update.urls]` sets, or imported from a local folder (`--from DIR`, for routers without
+internet, files named as the providers publish them). A file is accepted only if the real
+parser reads it, it has at least one prefix, is no bigger than `max_bytes`, was not cut short
+(Content-Length) and has not shrunk to less than half its previous prefix count (unless
+forced). Accepted files replace the old copy atomically (temporary file in the same folder,
+fsync, rename); a rejected or failed source keeps its last good copy and is reported.
+`manifest.json` beside the files records per source where it came from, when, its SHA-256,
+size and prefix count, and the last error.
+
+Azure publishes its Service Tags under a URL that changes weekly: its configured URL may be the
+JSON itself or the download page, from which the newest ServiceTags_Public_YYYYMMDD.json link is
+taken (only links to download.microsoft.com or to the page's own host are followed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import http.client
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import urljoin, urlsplit
+
+from sensor.enrich.cloud import CLOUD_SOURCES, SOURCES_BY_NAME, CloudDataError, CloudSource
+from sensor.enrich.geo import EmbeddedGeo, GeoDataError, geo_cache_dir
+
+if TYPE_CHECKING:
+    from sensor.config import Config
+
+DATA_SUBDIR: Final = "data"
+MANIFEST: Final = "manifest.json"
+LOCK_FILE: Final = ".update.lock"
+USER_AGENT: Final = "phonehome-update-data/0.1"
+SHRINK_LIMIT: Final = 0.5
+"""A new file with fewer than this share of the current copy's prefixes is rejected."""
+
+DEFAULT_URLS: Final[Mapping[str, str]] = {
+    "aws": "https://ip-ranges.amazonaws.com/ip-ranges.json",
+    "google": "https://www.gstatic.com/ipranges/cloud.json",
+    "azure": "https://www.microsoft.com/en-us/download/details.aspx?id=56519",
+    "oracle": "https://docs.oracle.com/iaas/tools/public_ip_ranges.json",
+    "cloudflare-v4": "https://www.cloudflare.com/ips-v4",
+    "cloudflare-v6": "https://www.cloudflare.com/ips-v6",
+    "fastly": "https://api.fastly.com/public-ip-list",
+    "digitalocean": "https://digitalocean.com/geo/google.csv",
+    "linode": "https://geoip.linode.com/",
+    "vultr": "https://geofeed.constant.com/?json",
+    "huawei": "https://res-static.hc-cdn.cn/cloudbu-site/china/zh-cn/IP-location/google-geo-feed.csv",
+}
+"""Where each source is published (overridable per source in `[update.urls]`)."""
+
+AZURE_DOWNLOAD_HOST: Final = "download.microsoft.com"
+_AZURE_LINK: Final = re.compile(r"[^\s\"'<>()\\]*ServiceTags_Public_(\d{8})\.json")
+
+Status = Literal["updated", "unchanged", "failed", "skipped"]
+ProgressFn = Callable[[str, int, int | None], None]
+"""progress(source name, bytes so far, total bytes if known)."""
+
+
+class UpdateError(Exception):
+    """update-data cannot run at all (bad source names, data folder not writable, busy)."""
+
+
+class FetchError(Exception):
+    """One source could not be fetched or was rejected; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceResult:
+    """What happened to one source."""
+
+    name: str
+    status: Status
+    origin: str | None = None
+    """URL (or local path) the data came from."""
+    records: int | None = None
+    """Prefixes in the file now in place (the new one, or the kept previous one)."""
+    size: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+    kept_previous: bool = False
+    """A failed source still has its last good copy in place."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+
+# --- fetching -----------------------------------------------------------------------------------
+
+
+def _read_limited(
+    resp: IO[bytes],
+    name: str,
+    expected: int | None,
+    *,
+    max_bytes: int,
+    deadline: float,
+    progress: ProgressFn | None,
+) -> bytes:
+    chunks: list[bytes] = []
+    got = 0
+    while True:
+        chunk = resp.read(1 << 16)
+        if not chunk:
+            break
+        got += len(chunk)
+        if got > max_bytes:
+            raise FetchError(f"larger than the limit of {max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise FetchError("timed out")
+        chunks.append(chunk)
+        if progress is not None:
+            progress(name, got, expected)
+    if expected is not None and got != expected:
+        raise FetchError(f"truncated: got {got} of {expected} bytes")
+    return b"".join(chunks)
+
+
+def _gunzip(data: bytes, max_bytes: int) -> bytes:
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, max_bytes + 1)
+    except zlib.error as exc:
+        raise FetchError(f"bad gzip encoding: {exc}") from None
+    if len(out) > max_bytes or d.unconsumed_tail:
+        raise FetchError(f"larger than the limit of {max_bytes} bytes once decompressed")
+    if not d.eof:
+        raise FetchError("truncated gzip stream")
+    return out
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http/https only (urllib would also follow one to ftp)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise FetchError(f"redirect to a non-HTTP URL refused: {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def download(
+    url: str,
+    *,
+    name: str = "",
+    timeout: float = 60.0,
+    max_bytes: int = 64 << 20,
+    progress: ProgressFn | None = None,
+) -> bytes:
+    """GET `url` (http/https) with size, time and completeness checks; FetchError if not."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise FetchError(f"unsupported URL scheme {scheme!r}: {url}")
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            expected = int(length) if length and length.strip().isdigit() else None
+            if expected is not None and expected > max_bytes:
+                raise FetchError(f"{expected} bytes, larger than the limit of {max_bytes}")
+            data = _read_limited(
+                resp, name, expected, max_bytes=max_bytes, deadline=deadline, progress=progress
+            )
+            encoding = (resp.headers.get("Content-Encoding") or "").strip().lower()
+    except urllib.error.HTTPError as exc:
+        raise FetchError(f"HTTP {exc.code} {exc.reason}: {url}") from None
+    except urllib.error.URLError as exc:
+        raise FetchError(f"cannot fetch {url}: {exc.reason}") from None
+    except (http.client.HTTPException, OSError) as exc:
+        raise FetchError(f"cannot fetch {url}: {exc}") from None
+    if encoding in ("gzip", "x-gzip"):
+        data = _gunzip(data, max_bytes)
+    elif encoding not in ("", "identity"):
+        raise FetchError(f"unsupported Content-Encoding {encoding!r}")
+    return data
+
+
+def find_service_tags_link(page: bytes, page_url: str) -> str | None:
+    """The newest ServiceTags_Public_YYYYMMDD.json link on Microsoft's download page (or a page
+    standing in for it); only links to download.microsoft.com or the page's host count."""
+    text = page.decode("latin-1").replace("\\/", "/")
+    allowed = {AZURE_DOWNLOAD_HOST, (urlsplit(page_url).hostname or "").lower()}
+    best: tuple[str, str] | None = None
+    for match in _AZURE_LINK.finditer(text):
+        link = urljoin(page_url, match.group(0))
+        parts = urlsplit(link)
+        if parts.scheme not in ("http", "https") or (parts.hostname or "").lower() not in allowed:
+            continue
+        if best is None or match.group(1) > best[0]:
+            best = (match.group(1), link)
+    return best[1] if best else None
+
+
+def _fetch_source(
+    src: CloudSource, url: str, *, timeout: float, max_bytes: int, progress: ProgressFn | None
+) -> tuple[bytes, str]:
+    data = download(url, name=src.name, timeout=timeout, max_bytes=max_bytes, progress=progress)
+    if src.name == "azure" and data.lstrip()[:1] != b"{":
+        link = find_service_tags_link(data, url)
+        if link is None:
+            raise FetchError(f"neither Service Tags JSON nor a page linking to it: {url}")
+        data = download(
+            link, name=src.name, timeout=timeout, max_bytes=max_bytes, progress=progress
+        )
+        url = link
+    return data, url
+
+
+def _import_source(src: CloudSource, from_dir: Path, max_bytes: int) -> tuple[bytes, str] | None:
+    matches = sorted(
+        {p for pattern in src.import_names for p in from_dir.glob(pattern) if p.is_file()},
+        key=lambda p: p.name,
+    )
+    if not matches:
+        return None
+    path = matches[-1]
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise FetchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise FetchError(f"{path}: larger than the limit of {max_bytes} bytes")
+    return data, str(path.resolve())
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old or the new file, never a mix,
+    and a crash leaves one of the two: temporary file in the same folder, fsync, rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def read_manifest(data_dir: Path) -> dict[str, Any]:
+    """The manifest's "sources" table; empty if missing or unreadable."""
+    try:
+        doc = json.loads((data_dir / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    sources = doc.get("sources") if isinstance(doc, dict) else None
+    return {k: v for k, v in sources.items() if isinstance(v, dict)} if sources else {}
+
+
+def _write_manifest(data_dir: Path, sources: Mapping[str, Any]) -> None:
+    doc = {"version": 1, "updated": _now(), "sources": dict(sorted(sources.items()))}
+    atomic_write(data_dir / MANIFEST, json.dumps(doc, indent=2).encode() + b"\n")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """One update-data at a time per state directory."""
+    with open(data_dir / LOCK_FILE, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UpdateError(f"{data_dir}: another update-data is running") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# --- the update ---------------------------------------------------------------------------------
+
+
+def source_urls(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Default URLs with `overrides` applied; UpdateError names an unknown source."""
+    urls = dict(DEFAULT_URLS)
+    for name, url in (overrides or {}).items():
+        if name not in urls:
+            raise UpdateError(
+                f"[update.urls]: unknown source {name!r} (known: {', '.join(sorted(urls))})"
+            )
+        urls[name] = url
+    return urls
+
+
+def update(
+    state_dir: str | Path,
+    urls_override: Mapping[str, str] | None = None,
+    from_dir: str | Path | None = None,
+    *,
+    timeout: float = 60.0,
+    max_bytes: int = 64 << 20,
+    progress: ProgressFn | None = None,
+    sources: Sequence[str] | None = None,
+    allow_shrink: bool = False,
+) -> list[SourceResult]:
+    """Fetch (or with `from_dir`, import) every source, or those named in `sources`, into
+    `<state_dir>/data/`. One result per source, in `CLOUD_SOURCES` order; a failure in one
+    source never stops the others. UpdateError if nothing can be attempted at all."""
+    urls = source_urls(urls_override)
+    if sources is not None:
+        unknown = [n for n in sources if n not in SOURCES_BY_NAME]
+        if unknown:
+            raise UpdateError(f"unknown source {unknown[0]!r}")
+    chosen = [s for s in CLOUD_SOURCES if sources is None or s.name in sources]
+    import_dir = Path(from_dir) if from_dir is not None else None
+    if import_dir is not None and not import_dir.is_dir():
+        raise UpdateError(f"--from {import_dir}: not a directory")
+    data_dir = Path(state_dir) / DATA_SUBDIR
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UpdateError(f"{data_dir}: cannot create: {exc.strerror or exc}") from None
+    try:
+        with _locked(data_dir):
+            manifest = read_manifest(data_dir)
+            results = [
+                _update_one(
+                    src,
+                    urls[src.name],
+                    import_dir,
+                    data_dir,
+                    manifest,
+                    timeout=timeout,
+                    max_bytes=max_bytes,
+                    progress=progress,
+                    allow_shrink=allow_shrink,
+                )
+                for src in chosen
+            ]
+            _write_manifest(data_dir, manifest)
+    except OSError as exc:
+        raise UpdateError(f"{data_dir}: {exc.strerror or exc}") from None
+    return results
+
+
+def _update_one(
+    src: CloudSource,
+    url: str,
+    import_dir: Path | None,
+    data_dir: Path,
+    manifest: dict[str, Any],
+    *,
+    timeout: float,
+    max_bytes: int,
+    progress: ProgressFn | None,
+    allow_shrink: bool,
+) -> SourceResult:
+    previous: dict[str, Any] = manifest.get(src.name, {})
+    target = data_dir / src.filename
+    origin = str(import_dir) if import_dir is not None else url
+    try:
+        if import_dir is not None:
+            got = _import_source(src, import_dir, max_bytes)
+            if got is None:
+                missing = f"no {src.import_names[0]} in {import_dir}"
+                return SourceResult(src.name, "skipped", error=missing)
+        else:
+            got = _fetch_source(src, url, timeout=timeout, max_bytes=max_bytes, progress=progress)
+        data, origin = got
+        try:
+            records = len(src.parse(data))
+        except CloudDataError as exc:
+            raise FetchError(f"not a valid {src.filename}: {exc}") from None
+        prev_records = previous.get("records")
+        if (
+            not allow_shrink
+            and target.is_file()
+            and isinstance(prev_records, int)
+            and records < prev_records * SHRINK_LIMIT
+        ):
+            raise FetchError(
+                f"only {records} prefixes where the current copy has {prev_records}: looks "
+                "truncated (--force accepts it)"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        unchanged = (
+            previous.get("sha256") == digest
+            and target.is_file()
+            and target.stat().st_size == len(data)
+        )
+        if not unchanged:
+            atomic_write(target, data)
+        manifest[src.name] = {
+            "file": src.filename,
+            "origin": origin,
+            "fetched": _now(),
+            "sha256": digest,
+            "size": len(data),
+            "records": records,
+        }
+        return SourceResult(
+            src.name, "unchanged" if unchanged else "updated", origin, records, len(data), digest
+        )
+    except (FetchError, OSError) as exc:
+        error = str(exc) if isinstance(exc, FetchError) else f"cannot write {target}: {exc}"
+        kept = target.is_file()
+        entry = dict(previous) if kept else {"file": src.filename}
+        entry.update(last_error=error, last_attempt=_now(), last_origin=origin)
+        manifest[src.name] = entry
+        return SourceResult(
+            src.name,
+            "failed",
+            origin,
+            records=previous.get("records") if kept else None,
+            size=previous.get("size") if kept else None,
+            sha256=previous.get("sha256") if kept else None,
+            error=error,
+            kept_previous=kept,
+        )
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `phonehome update-data` (the CLI adds --config)."""
+    parser.add_argument(
+        "--from",
+        dest="from_dir",
+        metavar="DIR",
+        type=Path,
+        help="import the files from DIR (named as the providers publish them: ip-ranges.json, "
+        "cloud.json, ServiceTags_Public_*.json, public_ip_ranges.json, ips-v4, ips-v6, "
+        "google.csv, ...) instead of downloading",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="SOURCE",
+        action="append",
+        choices=[s.name for s in CLOUD_SOURCES],
+        help="update only this source (repeatable)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a file with far fewer prefixes than the current copy",
+    )
+
+
+class _TerminalProgress:
+    """One rewritten status line on a terminal."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self._last = 0.0
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.1 and done != total:
+            return
+        self._last = now
+        of = f" / {_size(total)}" if total else ""
+        self.stream.write(f"\r\x1b[K{name}: {_size(done)}{of}")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        self.stream.write("\r\x1b[K")
+        self.stream.flush()
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if n < 1 << 10:
+        return f"{n} B"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def format_result(r: SourceResult) -> str:
+    """The summary line printed for a source."""
+    if r.status in ("updated", "unchanged"):
+        return f"{r.name:<14} {r.status:<9} {r.records:>7} prefixes {_size(r.size):>9}  {r.origin}"
+    if r.status == "skipped":
+        return f"{r.name:<14} skipped   {r.error}"
+    kept = f" (kept previous copy, {r.records} prefixes)" if r.kept_previous else " (no copy)"
+    return f"{r.name:<14} FAILED    {r.error}{kept}"
+
+
+def _prepare_geo_cache(cfg: Config) -> None:
+    """Build the embedded geo data's cache now, so the daemon starts fast and small."""
+    if cfg.geo.country_db and cfg.geo.asn_db:
+        return
+    try:
+        geo = EmbeddedGeo.load(cache_dir=geo_cache_dir(cfg.paths.state_dir))
+    except GeoDataError as exc:
+        print(f"update-data: embedded geo data: {exc}", file=sys.stderr)
+        return
+    print(f"{'geo':<14} {'ready':<9} {len(geo.country_index):>7} ranges {'':>9}  {geo.info}")
+
+
+def main(args: argparse.Namespace, cfg: Config) -> int:
+    """Run `phonehome update-data`; 0 if every source is fine, 1 if any failed (the good ones
+    are written all the same), 2 if nothing could be attempted."""
+    progress = _TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
+    only = getattr(args, "only", None)
+    try:
+        results = update(
+            cfg.paths.state_dir,
+            cfg.update.urls,
+            getattr(args, "from_dir", None),
+            timeout=cfg.update.timeout,
+            max_bytes=cfg.update.max_bytes,
+            progress=progress,
+            sources=only,
+            allow_shrink=bool(getattr(args, "force", False)),
+        )
+    except UpdateError as exc:
+        if progress is not None:
+            progress.clear()
+        print(f"update-data: {exc}", file=sys.stderr)
+        return 2
+    if progress is not None:
+        progress.clear()
+    for r in results:
+        print(format_result(r))
+    _prepare_geo_cache(cfg)
+    if all(r.status == "skipped" for r in results):
+        print("update-data: no source files found", file=sys.stderr)
+        return 1
+    return 0 if all(r.ok for r in results) else 1
