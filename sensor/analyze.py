@@ -8,8 +8,10 @@ from typing import TextIO
 
 from sensor.capture import CaptureError, CaptureFile, read_captures
 from sensor.config import ConfigError, load_config
+from sensor.enrich.stage import Enricher
 from sensor.pipeline import Pipeline
 from sensor.report import JsonLinesSink, SummarySink
+from sensor.stages import Stages
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -37,7 +39,14 @@ def analyze(
         err.write(f"phonehome: {exc}\n")
         return EXIT_USAGE
     sink = JsonLinesSink(out) if as_json else SummarySink(out)
-    pipeline = Pipeline(cfg, sink)
+    try:
+        enricher = Enricher.load(cfg)
+    except (OSError, ValueError) as exc:
+        err.write(f"phonehome: cannot load data files: {exc}\n")
+        return EXIT_USAGE
+    stages = Stages(enricher, sink)
+    pipeline = Pipeline(cfg, stages, stages)
+    stages.lookup_device = pipeline.devices.get
     pipeline.run(read_captures(files))
     pipeline.finish()
     stats = pipeline.stats()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,18 @@ def _analyze(args: argparse.Namespace) -> int:
     from sensor.analyze import analyze
 
     return analyze(args.captures, config_path=args.config, as_json=args.json)
+
+
+def _update_data(args: argparse.Namespace) -> int:
+    from sensor.config import ConfigError, load_config
+    from sensor.enrich import datafiles
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"phonehome: config error: {exc}\n")
+        return 2
+    return datafiles.main(args, cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--config", metavar="FILE", help="TOML configuration")
     a.add_argument("--json", action="store_true", help="write JSON Lines records")
     a.set_defaults(func=_analyze)
+
+    u = sub.add_parser(
+        "update-data",
+        help="download (or import with --from) the cloud-range and geo data files",
+    )
+    u.add_argument("--config", metavar="FILE", help="TOML configuration")
+    from sensor.enrich import datafiles
+
+    datafiles.add_arguments(u)
+    u.set_defaults(func=_update_data)
     return p
 
 
@@ -40,5 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="phonehome: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
-    rc: int = args.func(args)
+    try:
+        rc: int = args.func(args)
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return rc

@@ -152,6 +152,7 @@ class Destination:
     asn_org: str | None = None
     abroad: bool | None = None
     """True/False against site.home_country; None when either country is unknown."""
+    city: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

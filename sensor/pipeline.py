@@ -389,6 +389,8 @@ class Pipeline:
             flow.extra["app"] = entry.app
         try:
             self.sink.flow(flow)
+        except BrokenPipeError:
+            raise  # the reader of our output went away: stop
         except Exception:  # a failing sink must not stop the packet loop
             log.exception("flow sink failed")
 
@@ -602,6 +604,8 @@ class Pipeline:
         for dev in self.devices.values():
             try:
                 self.sink.device(dev)
+            except BrokenPipeError:
+                raise
             except Exception:
                 log.exception("device sink failed")
 

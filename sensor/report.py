@@ -94,25 +94,28 @@ class JsonLinesSink:
 
 
 class SummarySink:
-    """Aggregates per device and server name; prints a table at the end."""
+    """Aggregates per device, then country and vendor, then server; prints tables at the end."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        # device key -> server label -> [bytes_up, bytes_down, flows]
-        self.usage: dict[str, dict[str, list[int]]] = defaultdict(dict)
+        # device key -> (country, vendor, server) -> [bytes_up, bytes_down, flows]
+        self.usage: dict[str, dict[tuple[str, str, str], list[int]]] = defaultdict(dict)
         self.devices: dict[str, Device] = {}
 
     def flow(self, flow: Flow) -> None:
         dev = flow.device_mac or f"ip {flow.src_ip}"
-        label = flow.server_name or f"{flow.dst_ip}"
-        servers = self.usage[dev]
-        row = servers.get(label)
+        x = flow.extra
+        country = str(x.get("country") or "--")
+        vendor = str(x.get("vendor") or x.get("provider") or x.get("asn_org") or "-")
+        key = (country, vendor, flow.server_name or flow.dst_ip)
+        rows = self.usage[dev]
+        row = rows.get(key)
         if row is None:
-            if len(servers) >= MAX_SUMMARY_SERVERS:
-                label = "(other)"
-                row = servers.get(label)
+            if len(rows) >= MAX_SUMMARY_SERVERS:
+                key = ("--", "-", "(other)")
+                row = rows.get(key)
             if row is None:
-                row = servers[label] = [0, 0, 0]
+                row = rows[key] = [0, 0, 0]
         row[0] += flow.bytes_up
         row[1] += flow.bytes_down
         row[2] += 1
@@ -122,20 +125,38 @@ class SummarySink:
 
     def stats(self, stats: dict[str, Any]) -> None:
         w = self.out.write
-        for dev_key in sorted(
-            self.usage, key=lambda d: -sum(r[0] + r[1] for r in self.usage[d].values())
-        ):
-            servers = self.usage[dev_key]
-            up = sum(r[0] for r in servers.values())
-            down = sum(r[1] for r in servers.values())
+
+        def total(d: str) -> int:
+            return sum(r[0] + r[1] for r in self.usage[d].values())
+
+        for dev_key in sorted(self.usage, key=lambda d: -total(d)):
+            rows = self.usage[dev_key]
+            up = sum(r[0] for r in rows.values())
+            down = sum(r[1] for r in rows.values())
             w(f"\n{_device_title(dev_key, self.devices.get(dev_key))}\n")
-            w(f"  {len(servers)} servers, {human_bytes(up)} up, {human_bytes(down)} down\n")
-            w(f"  {'server':<48} {'flows':>6} {'up':>10} {'down':>10}\n")
-            rows = sorted(servers.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))
-            for label, (bu, bd, n) in rows[:40]:
-                w(f"  {label[:48]:<48} {n:>6} {human_bytes(bu):>10} {human_bytes(bd):>10}\n")
-            if len(rows) > 40:
-                w(f"  ... {len(rows) - 40} more\n")
+            w(f"  {len(rows)} servers, {human_bytes(up)} up, {human_bytes(down)} down\n")
+            # countries by bytes, then vendors by bytes within them
+            by_country: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+            for (country, _v, _s), (bu, bd, _n) in rows.items():
+                by_country[country][0] += bu
+                by_country[country][1] += bd
+            w(
+                f"  {'country':<7} {'vendor':<22} {'server':<40} {'flows':>5} {'up':>9} {'down':>9}\n"
+            )
+            shown = 0
+            for country in sorted(by_country, key=lambda c: -sum(by_country[c])):
+                items = [(k, v) for k, v in rows.items() if k[0] == country]
+                items.sort(key=lambda kv: (kv[0][1], -(kv[1][0] + kv[1][1])))
+                for (c, vendor, server), (bu, bd, n) in items:
+                    if shown >= 40:
+                        break
+                    shown += 1
+                    w(
+                        f"  {c:<7} {vendor[:22]:<22} {server[:40]:<40} {n:>5} "
+                        f"{human_bytes(bu):>9} {human_bytes(bd):>9}\n"
+                    )
+            if len(rows) > shown:
+                w(f"  ... {len(rows) - shown} more\n")
         skipped = stats.get("skipped") or {}
         w(
             f"\n{stats['packets_read']} packets read, {stats['packets_decoded']} decoded, "
@@ -149,7 +170,17 @@ def _device_title(key: str, dev: Device | None) -> str:
     if dev is None:
         return key
     parts = [dev.mac]
-    if dev.hostname:
+    x = dev.extra
+    ident = " ".join(str(v) for v in (x.get("vendor"), x.get("model")) if v)
+    if x.get("name"):
+        parts.append(str(x["name"]))
+    if ident:
+        parts.append(ident)
+    if x.get("kind"):
+        parts.append(f"[{x['kind']}]")
+    if x.get("randomized_mac"):
+        parts.append("(randomized MAC)")
+    if dev.hostname and dev.hostname != x.get("name"):
         parts.append(f'"{dev.hostname}"')
     if dev.ips:
         parts.append(", ".join(sorted(dev.ips)[:4]))

@@ -360,6 +360,11 @@ LAPTOP = Host("3c:22:fb:aa:bb:cc", "192.168.1.42")
 PHONE6 = Host("64:09:80:12:34:56", "fd00:1::23")
 RESOLVER = "192.168.1.1"
 RESOLVER6 = "fd00:1::1"
+XIAOMI_API_IP = "120.92.65.10"
+"""api.account.xiaomi.com in 2014: Kingsoft Cloud, Beijing. Only ever written into capture
+files, never a target of traffic."""
+AWS_SG_IP = "52.74.0.1"
+"""An address in AWS ap-southeast-1 (Singapore) per AWS's ip-ranges.json; capture files only."""
 REDMI_UA = "Dalvik/2.1.0 (Linux; U; Android 10; Redmi Note 8 Pro MIUI/V12.0.3.0.QGGMIXM)"
 
 
@@ -368,9 +373,9 @@ def sample_home(fh: BinaryIO, linktype: int = LINK_ETHERNET, pcapng: bool = Fals
     cap = Capture(PcapWriter(fh, linktype, pcapng))
     cap.dhcp_request(PHONE, PHONE.ip, "Redmi-Note-8-Pro")
     cap.dhcp_request(LAPTOP, LAPTOP.ip, "laptop", vendor_class="MSFT 5.0")
-    # The phone resolves Xiaomi's account API (203.0.113.0/24 stands in for a server in CN).
-    cap.dns_lookup(PHONE, RESOLVER, "api.account.xiaomi.com", ["203.0.113.10"], ttl=600)
-    s = TcpSession(cap, PHONE, "203.0.113.10", 40001, 80)
+    # The phone posts to Xiaomi's account API, as the Redmi 1S did in 2014 (Kingsoft Cloud, CN).
+    cap.dns_lookup(PHONE, RESOLVER, "api.account.xiaomi.com", [XIAOMI_API_IP], ttl=600)
+    s = TcpSession(cap, PHONE, XIAOMI_API_IP, 40001, 80)
     s.open()
     body = b"deviceId=redacted&model=Redmi+Note+8+Pro&lang=en"
     s.send(
@@ -385,16 +390,16 @@ def sample_home(fh: BinaryIO, linktype: int = LINK_ETHERNET, pcapng: bool = Fals
     )
     s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", up=False)
     s.close()
-    # A TLS upload to a data-collection endpoint (198.51.100.0/24 stands in for AWS Singapore).
+    # A TLS upload to a data-collection endpoint in AWS Singapore.
     cap.dns_lookup(
         PHONE,
         RESOLVER,
         "tracking.intl.miui.com",
-        ["198.51.100.20"],
+        [AWS_SG_IP],
         cnames=["tracking.intl.miui.com.cdn.example.net"],
         ttl=300,
     )
-    s = TcpSession(cap, PHONE, "198.51.100.20", 40002, 443)
+    s = TcpSession(cap, PHONE, AWS_SG_IP, 40002, 443)
     s.open()
     s.send(client_hello("tracking.intl.miui.com"))
     s.send(bytes(3000), up=False)

@@ -15,6 +15,8 @@ from sensor.config import Config, FlowsConfig
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
 from sensor.synth import (
+    AWS_SG_IP,
+    XIAOMI_API_IP,
     LAPTOP,
     LINK_ETHERNET,
     LINK_RAW,
@@ -47,13 +49,13 @@ def sample_path(tmp_path: Path, linktype: int = LINK_ETHERNET, pcapng: bool = Fa
 def test_sample_names_sources_and_devices(tmp_path: Path) -> None:
     flows, devices, stats, err = run_analyze(sample_path(tmp_path))
     assert err == ""
-    http = flow_to(flows, "203.0.113.10", 80)
+    http = flow_to(flows, XIAOMI_API_IP, 80)
     assert (http["server_name"], http["name_source"]) == ("api.account.xiaomi.com", "http")
     assert http["src_ip"] == PHONE.ip and http["device_mac"] == PHONE.mac
     assert http["http"][0]["method"] == "POST"
     assert http["http"][0]["path"] == "/pass/v2/register"
     assert http["http"][0]["user_agent"] == REDMI_UA
-    tls = flow_to(flows, "198.51.100.20", 443)
+    tls = flow_to(flows, AWS_SG_IP, 443)
     assert (tls["server_name"], tls["name_source"]) == ("tracking.intl.miui.com", "tls")
     assert tls["bytes_up"] > 200_000 > tls["bytes_down"]
     v6 = flow_to(flows, "2001:db8::20", 443)

@@ -1,0 +1,180 @@
+"""The enrichment stage: who a flow's device is, whose cloud its server is, and where it sits.
+
+Loads its data once (`Enricher.load`), then answers from memory: geo (country, ASN), cloud
+ranges (provider, region, the region's country and city), vendor clouds (by server name, else
+by the ASN's organisation), device identity (OUI, DHCP, User-Agents, owner config).
+
+Country precedence: a cloud range's region country wins over the geo database's, because the
+providers register their blocks in one country and announce them from data centres in many
+(AWS Singapore addresses are registered in the US).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sensor.config import Config
+from sensor.enrich.cloud import CloudRanges
+from sensor.enrich.device import DeviceIdentifier, DeviceIdentity, OuiRegistry
+from sensor.enrich.geo import GeoDB, geo_cache_dir
+from sensor.enrich.vendors import VendorMap
+from sensor.model import Destination, Device, DeviceRef, Flow
+
+log = logging.getLogger(__name__)
+
+MAX_DESTINATIONS = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class DataStatus:
+    """What the stage loaded, for `check`, logs and metrics."""
+
+    cloud_sources: tuple[str, ...]
+    cloud_prefixes: int
+    geo: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+class Enricher:
+    def __init__(
+        self,
+        geo: GeoDB,
+        cloud: CloudRanges | None,
+        vendors: VendorMap,
+        devices: DeviceIdentifier,
+        home_country: str | None = None,
+    ) -> None:
+        self.geo = geo
+        self.cloud = cloud
+        self.vendors = vendors
+        self.devices = devices
+        self.home_country = home_country
+        self._dest: OrderedDict[tuple[str, str | None], Destination] = OrderedDict()
+
+    @classmethod
+    def load(cls, cfg: Config) -> Enricher:
+        """Open every data source the configuration names; missing optional data is no error."""
+        state = Path(cfg.paths.state_dir)
+        # The geo cache makes start-up ~10x faster; only where the state directory exists
+        # (`analyze` run by a user must not create /var/lib/phonehome).
+        cache_dir: Path | None = geo_cache_dir(state)
+        if not state.is_dir() or (cache_dir is not None and not _writable_dir(cache_dir)):
+            cache_dir = None
+        geo = GeoDB.open(cfg.geo, overrides_path=cfg.geo.overrides, cache_dir=cache_dir)
+        cloud = CloudRanges.load_dir(state / "data") if (state / "data").is_dir() else None
+        vendors = VendorMap.load()
+        devices = DeviceIdentifier(OuiRegistry(), cfg.devices)
+        return cls(geo, cloud, vendors, devices, cfg.site.home_country)
+
+    def status(self) -> DataStatus:
+        errors = list(self.geo.errors)
+        sources: tuple[str, ...] = ()
+        prefixes = 0
+        if self.cloud is not None:
+            sources = tuple(self.cloud.sources)
+            prefixes = sum(self.cloud.counts.values())
+            errors += [f"{name}: {err}" for name, err in self.cloud.errors.items()]
+        return DataStatus(sources, prefixes, tuple(self.geo.describe()), tuple(errors))
+
+    # --- destinations -------------------------------------------------------------------------
+
+    def destination(self, ip: str, port: int, server_name: str | None) -> Destination:
+        """Where (ip, server_name) is; cached, since flows repeat destinations."""
+        key = (ip, server_name)
+        hit = self._dest.get(key)
+        if hit is None:
+            hit = self._destination(ip, server_name)
+            self._dest[key] = hit
+            if len(self._dest) > MAX_DESTINATIONS:
+                self._dest.popitem(last=False)
+        if hit.port != port:
+            return dataclasses.replace(hit, port=port)
+        return hit
+
+    def _destination(self, ip: str, server_name: str | None) -> Destination:
+        g = self.geo.lookup(ip)
+        c = self.cloud.lookup(ip) if self.cloud is not None else None
+        country = (c.country if c is not None and c.country else None) or g.country
+        vendor = None
+        if server_name:
+            m = self.vendors.vendor_for_name(server_name)
+            if m is not None:
+                vendor = m.vendor
+        if vendor is None and g.asn_org:
+            vendor = self.vendors.vendor_for_asn_org(g.asn_org)
+        abroad = None
+        if country and self.home_country:
+            abroad = country != self.home_country
+        return Destination(
+            ip=ip,
+            port=0,
+            server_name=server_name,
+            vendor=vendor,
+            provider=c.provider if c is not None else None,
+            region=c.region if c is not None else None,
+            country=country,
+            asn=g.asn,
+            asn_org=g.asn_org,
+            abroad=abroad,
+            city=c.city if c is not None else None,
+        )
+
+    def annotate_flow(self, flow: Flow) -> Destination:
+        """Add the destination fields to the flow record and return them."""
+        d = self.destination(flow.dst_ip, flow.dst_port, flow.server_name)
+        flow.extra.update(destination_fields(d))
+        return d
+
+    # --- devices ------------------------------------------------------------------------------
+
+    def annotate_device(self, dev: Device) -> DeviceIdentity | None:
+        try:
+            return self.devices.enrich(dev)
+        except ValueError:
+            log.debug("cannot identify %s", dev.mac, exc_info=True)
+            return None
+
+    def device_ref(self, dev: Device | None, mac: str | None, ip: str) -> DeviceRef:
+        if dev is None:
+            return DeviceRef(mac=mac, ip=ip)
+        if "kind" not in dev.extra:
+            self.annotate_device(dev)
+        x = dev.extra
+        return DeviceRef(
+            mac=dev.mac,
+            ip=ip,
+            name=_str(x.get("name")) or dev.hostname,
+            vendor=_str(x.get("vendor")),
+            kind=_str(x.get("kind")),
+        )
+
+
+def destination_fields(d: Destination) -> dict[str, Any]:
+    return {
+        "vendor": d.vendor,
+        "provider": d.provider,
+        "region": d.region,
+        "country": d.country,
+        "city": d.city,
+        "asn": d.asn,
+        "asn_org": d.asn_org,
+        "abroad": d.abroad,
+    }
+
+
+def _str(v: object) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
