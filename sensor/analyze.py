@@ -46,7 +46,6 @@ def analyze(
         return EXIT_USAGE
     stages = Stages(enricher, sink)
     pipeline = Pipeline(cfg, stages, stages)
-    stages.lookup_device = pipeline.devices.get
     pipeline.run(read_captures(files))
     pipeline.finish()
     stats = pipeline.stats()

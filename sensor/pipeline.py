@@ -65,23 +65,25 @@ class Observer(Protocol):
     """Told of outbound plaintext as soon as it is decoded (detection must not wait for the
     flow to end). Calls happen on the packet loop: keep them cheap, never raise."""
 
-    def http_request(self, flow: Flow, req: HttpRequest, ts: float) -> None: ...
+    def http_request(
+        self, flow: Flow, device: Device | None, req: HttpRequest, ts: float
+    ) -> None: ...
 
-    def dns_query(self, flow: Flow, qname: str, ts: float) -> None: ...
+    def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None: ...
 
-    def payload(self, flow: Flow, data: bytes, ts: float) -> None:
+    def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
         """The first bytes (within the inspection budget) that the LAN device sent on a flow
         that is neither TLS, QUIC, HTTP nor DNS."""
 
 
 class NullObserver:
-    def http_request(self, flow: Flow, req: HttpRequest, ts: float) -> None:
+    def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
         pass
 
-    def dns_query(self, flow: Flow, qname: str, ts: float) -> None:
+    def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
         pass
 
-    def payload(self, flow: Flow, data: bytes, ts: float) -> None:
+    def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
         pass
 
 
@@ -448,9 +450,10 @@ class Pipeline:
         elif entry.app == "other":
             self._observe(self.observer.payload, entry.flow, payload, ts)
 
-    def _observe(self, hook: Any, *args: Any) -> None:
+    def _observe(self, hook: Any, flow: Flow, *args: Any) -> None:
+        dev = self.devices.get(flow.device_mac) if flow.device_mac else None
         try:
-            hook(*args)
+            hook(flow, dev, *args)
         except Exception:  # a failing detector must not stop the packet loop
             self._weird("internal.observer")
             log.exception("observer failed")

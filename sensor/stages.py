@@ -10,7 +10,6 @@ the same `Stages`; only the output sink differs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from sensor.enrich.stage import Enricher
 from sensor.model import Device, Flow, HttpRequest
@@ -20,15 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class Stages:
-    def __init__(
-        self,
-        enricher: Enricher | None,
-        output: Sink,
-        devices: Callable[[str | None], Device | None] | None = None,
-    ) -> None:
+    def __init__(self, enricher: Enricher | None, output: Sink) -> None:
         self.enricher = enricher
         self.output = output
-        self.lookup_device = devices or (lambda mac: None)
         self.failures = 0
 
     # --- Sink: ended flows and devices ----------------------------------------------------------
@@ -53,11 +46,11 @@ class Stages:
 
     # --- Observer: outbound plaintext -----------------------------------------------------------
 
-    def http_request(self, flow: Flow, req: HttpRequest, ts: float) -> None:
+    def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
         pass
 
-    def dns_query(self, flow: Flow, qname: str, ts: float) -> None:
+    def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
         pass
 
-    def payload(self, flow: Flow, data: bytes, ts: float) -> None:
+    def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
         pass

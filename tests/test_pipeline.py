@@ -16,7 +16,6 @@ from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
 from sensor.synth import (
     AWS_SG_IP,
-    XIAOMI_API_IP,
     LAPTOP,
     LINK_ETHERNET,
     LINK_RAW,
@@ -26,6 +25,7 @@ from sensor.synth import (
     PHONE6,
     REDMI_UA,
     RESOLVER,
+    XIAOMI_API_IP,
     Capture,
     Host,
     TcpSession,

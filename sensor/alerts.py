@@ -1,0 +1,657 @@
+"""Alert rules: the detectors' Observations in, Alerts out, handed to the sinks.
+
+As in Zeek's notice framework, detectors (detect/) only say what they saw; this stage decides
+what it means. It owns the rules and their named thresholds (settings section ``[alerts]``,
+`AlertsConfig`), the suppression of repeats, a rate bound, and delivery to the sinks. Time is
+the traffic's time (observation timestamps, `tick(now)`), so a replayed capture behaves like
+live traffic. All state is bounded; what a bound pushes out is counted in `stats()`.
+
+Rules
+-----
+``identifier_abroad`` (critical)
+    An identifier (IMEI, phone number, e-mail address, ...) went out in cleartext to a server
+    in another country than ``site.home_country`` (``Destination.abroad is True``).
+``identifier_cleartext`` (warning)
+    The same, to a server at home or of unknown country; the summary says which.
+``foreign_upload`` (warning)
+    More than ``foreign_upload_bytes`` (default 5 MB) went from one device to one party abroad
+    within a sliding ``upload_window`` (default one hour, kept in ``UPLOAD_BUCKETS`` slices,
+    so the window is exact to a twelfth). The party is the destination's vendor, else its
+    cloud provider, else its AS organisation, else its server name, else its address; a
+    counter is kept per (device, party, country). Fed by `AlertStage.account_upload` (the
+    pipeline calls it with the bytes each flow abroad sent since the last call) and by
+    "upload" observations, whose ``bytes_up`` is taken the same way: as new bytes.
+``foreign_upload_anomaly`` (warning)
+    The same counters summed per device over fixed periods of one ``upload_window``, against
+    the device's own habit: an exponentially weighted mean *m* and standard deviation *s*
+    (weight ``anomaly_alpha`` per period; idle periods count as zero; the device's first,
+    partial period is left out) of its past periods' totals. It fires as soon as the current
+    period's total exceeds all of ``m + anomaly_k * s``, ``anomaly_min_ratio * m`` and
+    ``anomaly_floor_bytes``, once the device has ``anomaly_min_periods`` periods of history.
+    The ratio keeps a very regular device (s near 0) from alerting on small rises; the floor
+    keeps near-silent devices from alerting on a few hundred kilobytes. It is a rule of its
+    own (not a form of ``foreign_upload``) so it can be switched off and filtered alone.
+``new_country`` (info)
+    A device talked to a country for the first time (`AlertStage.account_contact`, or a
+    "country" observation). For ``new_country_learning`` seconds (default one hour) after the
+    stage first sees a device, its countries are learned silently: long enough for a device's
+    start-up and periodic check-ins, so a fresh install does not alert on every CDN; short
+    enough that a new device is watched the same day. The home country (``abroad is False``)
+    is learned but never alerted. Known pairs are remembered up to ``max_contacts``; one
+    pushed out may alert again later.
+
+Suppression and rate
+--------------------
+An alert is keyed by (device, rule, destination, identifier kind), where the destination is
+the vendor, else the server name, else the address (for the upload rules the party, resp.
+the whole device; for ``new_country`` the country). The first alert of a key is delivered and
+opens a ``suppress_window`` (default one hour); repeats inside it are only counted. When the
+window closes (`tick`), sinks that have ``resolve`` are told, with the number of repeats.
+After suppression, a token bucket (``rate_per_second``, ``rate_burst``) bounds what reaches
+the sinks, so an alert storm cannot flood the disk or the journal; what it drops is counted
+per rule and does not open a window, so a later repeat can still get through.
+
+Sinks are called in order; an exception from one is logged (at a bounded rate) and counted,
+and the others still get the alert.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from sensor.model import Alert, Destination, DeviceRef, Observation
+from sensor.sinks import LogLimiter, ResolvingSink, Sink
+
+log = logging.getLogger(__name__)
+
+Severity = Literal["critical", "warning", "info"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    severity: Severity
+    description: str
+
+
+RULES: Final[dict[str, Rule]] = {
+    r.name: r
+    for r in (
+        Rule("identifier_abroad", "critical", "identifier sent in cleartext to a server abroad"),
+        Rule(
+            "identifier_cleartext",
+            "warning",
+            "identifier sent in cleartext to a server at home or of unknown country",
+        ),
+        Rule("foreign_upload", "warning", "more than foreign_upload_bytes to one party abroad"),
+        Rule(
+            "foreign_upload_anomaly",
+            "warning",
+            "a device's upload abroad far above its own exponentially weighted baseline",
+        ),
+        Rule("new_country", "info", "first contact of a device with a country"),
+    )
+}
+
+UPLOAD_BUCKETS: Final = 12
+"""Slices of the sliding upload window (5 minutes of a 1-hour window)."""
+MAX_IDLE_FOLD: Final = 1000
+"""Idle periods folded into a baseline at most in one go (zeros; the mean has long decayed)."""
+
+_REDACTED_OK = re.compile(r"….{0,64}|\d{1,6} numbers")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    suppress_window: float = 3600.0
+    """Seconds during which repeats of an alert (same device, rule, destination, identifier
+    kind) are counted instead of delivered; also how long an Alertmanager alert lasts."""
+    rate_per_second: float = 10.0
+    """Alerts per second reaching the sinks, on average (token bucket refill)."""
+    rate_burst: int = 100
+    """Alerts that may reach the sinks at once (token bucket size)."""
+    foreign_upload_bytes: int = 5_000_000
+    """foreign_upload fires when more than this many bytes go to one party abroad within one
+    upload_window."""
+    upload_window: float = 3600.0
+    """Length of the sliding upload window and of the anomaly baseline's periods (seconds)."""
+    anomaly_k: float = 4.0
+    """foreign_upload_anomaly: standard deviations above the mean."""
+    anomaly_alpha: float = 0.05
+    """Weight of the newest period in the exponentially weighted baseline (0.05 remembers
+    roughly the last 20 periods)."""
+    anomaly_min_ratio: float = 2.0
+    """foreign_upload_anomaly: the period's total must also be this many times the mean."""
+    anomaly_floor_bytes: int = 1_000_000
+    """foreign_upload_anomaly: and above this many bytes."""
+    anomaly_min_periods: int = 24
+    """Completed periods of a device's history before foreign_upload_anomaly may fire."""
+    new_country_learning: float = 3600.0
+    """Seconds after a device is first seen during which its countries are learned without
+    new_country alerts."""
+    disabled_rules: tuple[str, ...] = ()
+    """Rules that never fire (counted as disabled)."""
+    max_devices: int = 4096
+    """Devices with learning and baseline state; the least recently seen go first."""
+    max_contacts: int = 65536
+    """Remembered (device, country) pairs; the least recently used go first."""
+    max_suppressions: int = 65536
+    """Open suppression windows; the oldest close early beyond it."""
+    max_upload_counters: int = 16384
+    """(device, party, country) upload counters; the least recently used go first."""
+
+    def validate(self) -> None:
+        if not 1.0 <= self.suppress_window <= 7 * 86400:
+            raise ValueError("suppress_window: must be between 1 second and 7 days")
+        if not self.rate_per_second > 0:
+            raise ValueError("rate_per_second: must be positive")
+        if self.rate_burst < 1:
+            raise ValueError("rate_burst: must be at least 1")
+        if self.foreign_upload_bytes < 1:
+            raise ValueError("foreign_upload_bytes: must be positive")
+        if not 60.0 <= self.upload_window <= 7 * 86400:
+            raise ValueError("upload_window: must be between 60 seconds and 7 days")
+        if not self.anomaly_k >= 0:
+            raise ValueError("anomaly_k: must not be negative")
+        if not 0 < self.anomaly_alpha <= 1:
+            raise ValueError("anomaly_alpha: must be in (0, 1]")
+        if not self.anomaly_min_ratio >= 0:
+            raise ValueError("anomaly_min_ratio: must not be negative")
+        if self.anomaly_floor_bytes < 0:
+            raise ValueError("anomaly_floor_bytes: must not be negative")
+        if self.anomaly_min_periods < 1:
+            raise ValueError("anomaly_min_periods: must be at least 1")
+        if self.new_country_learning < 0:
+            raise ValueError("new_country_learning: must not be negative")
+        for name in self.disabled_rules:
+            if name not in RULES:
+                raise ValueError(f"disabled_rules: unknown rule {name!r}")
+        for key in ("max_devices", "max_contacts", "max_suppressions", "max_upload_counters"):
+            if getattr(self, key) < 16:
+                raise ValueError(f"{key}: must be at least 16")
+
+
+# --- state records ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Window:
+    """An open suppression window."""
+
+    alert: Alert
+    until: float
+    repeats: int = 0
+
+
+@dataclass(slots=True)
+class _Device:
+    first_seen: float
+    period: int
+    """Index of the current anomaly period (ts // upload_window)."""
+    partial: bool = True
+    """The current period is the one the device was first seen in (left out of the baseline)."""
+    current: int = 0
+    """Bytes abroad in the current period."""
+    mean: float = 0.0
+    var: float = 0.0
+    periods: int = 0
+    """Completed periods folded into mean/var."""
+
+    def fold(self, x: float, alpha: float) -> None:
+        if self.periods == 0:
+            self.mean, self.var = x, 0.0
+        else:
+            diff = x - self.mean
+            incr = alpha * diff
+            self.mean += incr
+            self.var = (1 - alpha) * (self.var + diff * incr)
+        self.periods += 1
+
+
+@dataclass(slots=True)
+class _Counter:
+    """Bytes per slice of the sliding upload window: (slice index, bytes), oldest first."""
+
+    slices: deque[list[int]] = field(default_factory=deque)
+    total: int = 0
+
+    def add(self, idx: int, nbytes: int) -> int:
+        self.expire(idx)
+        if self.slices and self.slices[-1][0] >= idx:
+            self.slices[-1][1] += nbytes  # same slice (or an out-of-order timestamp)
+        else:
+            self.slices.append([idx, nbytes])
+        self.total += nbytes
+        return self.total
+
+    def expire(self, idx: int) -> None:
+        while self.slices and self.slices[0][0] <= idx - UPLOAD_BUCKETS:
+            self.total -= self.slices.popleft()[1]
+
+
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; time is whatever clock the caller passes."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.last is None or now < self.last:
+            self.last = now  # first call, or the clock went back: no refill
+        else:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+# --- text helpers -----------------------------------------------------------------------------
+
+
+def device_key(dev: DeviceRef) -> str:
+    return dev.mac or dev.ip
+
+
+def party(dst: Destination) -> str:
+    """Whom upload counters are kept for: vendor, provider, AS organisation, name, address."""
+    if dst.vendor or dst.provider or dst.asn_org or dst.server_name:
+        return dst.vendor or dst.provider or dst.asn_org or dst.server_name or ""
+    return dst.ip
+
+
+def _device_text(dev: DeviceRef) -> str:
+    ref = dev.mac or dev.ip
+    return f"{dev.name} ({ref})" if dev.name else ref
+
+
+def _dest_text(dst: Destination) -> str:
+    host = dst.server_name or dst.ip
+    owner = dst.vendor or dst.provider
+    return f"{host} ({owner})" if owner and owner != host else host
+
+
+def _where(dst: Destination) -> str:
+    if dst.country:
+        return dst.country + (f"/{dst.region}" if dst.region else "")
+    return "an unknown country"
+
+
+def format_bytes(n: float) -> str:
+    """Decimal units, as the thresholds are written: 5000000 -> '5.0 MB'."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _span(seconds: float) -> str:
+    """3600 -> 'an hour', 7200 -> '2 hours', 1800 -> '30 minutes'."""
+    if seconds == 3600:
+        return "an hour"
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} hours"
+    if seconds % 60 == 0:
+        return f"{int(seconds // 60)} minutes"
+    return f"{seconds:g} seconds"
+
+
+def _period(seconds: float) -> str:
+    """3600 -> 'hour', 7200 -> '2-hour period'."""
+    if seconds == 3600:
+        return "hour"
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}-hour period"
+    if seconds % 60 == 0:
+        return f"{int(seconds // 60)}-minute period"
+    return f"{seconds:g}-second period"
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+class AlertStage:
+    """Rules, suppression, rate bound and delivery (see the module docstring)."""
+
+    def __init__(self, cfg: AlertsConfig | None = None, sinks: Sequence[Sink] = ()) -> None:
+        self.cfg = cfg or AlertsConfig()
+        self.sinks: list[Sink] = list(sinks)
+        self._disabled = frozenset(self.cfg.disabled_rules)
+        self._bucket = TokenBucket(self.cfg.rate_per_second, self.cfg.rate_burst)
+        self._slice = self.cfg.upload_window / UPLOAD_BUCKETS
+        self._windows: OrderedDict[tuple[str, str, str, str | None], _Window] = OrderedDict()
+        self._devices: OrderedDict[str, _Device] = OrderedDict()
+        self._contacts: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._counters: OrderedDict[tuple[str, str, str], _Counter] = OrderedDict()
+        self._limiter = LogLimiter(log)
+        self.observations: Counter[str] = Counter()
+        self.alerts: Counter[str] = Counter()
+        self.suppressed: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.disabled: Counter[str] = Counter()
+        self.sink_errors: Counter[str] = Counter()
+        self.evicted: Counter[str] = Counter()
+        self.learned = 0
+        self.values_redacted = 0
+        self.resolved = 0
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def observe(self, obs: Observation) -> Alert | None:
+        """Apply the rules to one observation; the alert delivered, if any."""
+        self.observations[obs.what] += 1
+        if obs.what == "identifier":
+            return self._identifier(obs)
+        if obs.what == "upload":
+            return self.account_upload(obs.ts, obs.device, obs.dst, obs.bytes_up, obs.flow_uid)
+        if obs.what == "country":
+            return self.account_contact(obs.ts, obs.device, obs.dst, obs.flow_uid)
+        return None
+
+    def account_upload(
+        self,
+        ts: float,
+        device: DeviceRef,
+        dst: Destination,
+        nbytes: int,
+        flow_uid: str | None = None,
+    ) -> Alert | None:
+        """Count `nbytes` a device sent to `dst` (new bytes since the last call for that
+        flow). Only destinations abroad count. Returns the foreign_upload alert delivered,
+        else the foreign_upload_anomaly one, else None (both are delivered if both fire)."""
+        if nbytes <= 0 or dst.abroad is not True:
+            return None
+        dkey = device_key(device)
+        dev = self._device(dkey, ts)
+        who = party(dst)
+        ckey = (dkey, who, dst.country or "")
+        counter = self._counters.get(ckey)
+        if counter is None:
+            counter = self._counters[ckey] = _Counter()
+            if len(self._counters) > self.cfg.max_upload_counters:
+                self._counters.popitem(last=False)
+                self.evicted["upload_counters"] += 1
+        else:
+            self._counters.move_to_end(ckey)
+        total = counter.add(int(ts // self._slice), nbytes)
+
+        first: Alert | None = None
+        if total > self.cfg.foreign_upload_bytes:
+            summary = (
+                f"{_device_text(device)} sent {format_bytes(total)} to {who} in {_where(dst)} "
+                f"within {_span(self.cfg.upload_window)} (threshold "
+                f"{format_bytes(self.cfg.foreign_upload_bytes)})"
+            )
+            first = self._emit(
+                self._alert("foreign_upload", ts, device, dst, summary, total, flow_uid), who, None
+            )
+        anomaly = self._anomaly(dev, ts, nbytes, device, dst, flow_uid)
+        return first or anomaly
+
+    def account_contact(
+        self, ts: float, device: DeviceRef, dst: Destination, flow_uid: str | None = None
+    ) -> Alert | None:
+        """Note that a device talked to `dst`; new_country if its country is new for it."""
+        country = dst.country
+        if not country:
+            return None
+        dkey = device_key(device)
+        dev = self._device(dkey, ts)
+        pair = (dkey, country)
+        if pair in self._contacts:
+            self._contacts.move_to_end(pair)
+            return None
+        self._contacts[pair] = None
+        if len(self._contacts) > self.cfg.max_contacts:
+            self._contacts.popitem(last=False)
+            self.evicted["contacts"] += 1
+        if ts - dev.first_seen < self.cfg.new_country_learning or dst.abroad is False:
+            self.learned += 1
+            return None
+        summary = (
+            f"{_device_text(device)} talked to {_where(dst)} for the first time ({_dest_text(dst)})"
+        )
+        return self._emit(
+            self._alert("new_country", ts, device, dst, summary, 0, flow_uid), country, None
+        )
+
+    def tick(self, now: float) -> None:
+        """Close suppression windows that ended (telling sinks with ``resolve``) and drop
+        upload counters that have been idle for a whole window. Call about once a second."""
+        while self._windows:
+            key, win = next(iter(self._windows.items()))
+            if win.until > now:
+                break  # windows are kept in opening order, all of the same length
+            del self._windows[key]
+            self._resolve(win, now)
+        idx = int(now // self._slice)
+        while self._counters:
+            ckey, counter = next(iter(self._counters.items()))
+            counter.expire(idx)
+            if counter.slices:
+                break  # least recently used first: the rest were used later
+            del self._counters[ckey]
+
+    def close(self) -> None:
+        """Close every sink (each failure logged, none propagated)."""
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:
+                self.sink_errors[_sink_name(sink)] += 1
+                log.exception("alert sink %s failed to close", _sink_name(sink))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and state sizes, for metrics and the status command."""
+        sink_stats: dict[str, Any] = {}
+        for sink in self.sinks:
+            get = getattr(sink, "stats", None)
+            if get is not None:
+                try:
+                    sink_stats[_sink_name(sink)] = get()
+                except Exception:
+                    self.sink_errors[_sink_name(sink)] += 1
+        return {
+            "observations": dict(self.observations),
+            "alerts": dict(self.alerts),
+            "suppressed": dict(self.suppressed),
+            "dropped": dict(self.dropped),
+            "disabled": dict(self.disabled),
+            "sink_errors": dict(self.sink_errors),
+            "evicted": dict(self.evicted),
+            "learned_contacts": self.learned,
+            "values_redacted": self.values_redacted,
+            "resolved": self.resolved,
+            "state": {
+                "suppression_windows": len(self._windows),
+                "devices": len(self._devices),
+                "contacts": len(self._contacts),
+                "upload_counters": len(self._counters),
+            },
+            "sinks": sink_stats,
+        }
+
+    # --- rules --------------------------------------------------------------------------------
+
+    def _identifier(self, obs: Observation) -> Alert | None:
+        dst = obs.dst
+        self._device(device_key(obs.device), obs.ts)
+        if dst.abroad is True:
+            rule = "identifier_abroad"
+            where = f"abroad in {_where(dst)}"
+        else:
+            rule = "identifier_cleartext"
+            if dst.abroad is False:
+                where = f"a server at home in {_where(dst)}"
+            elif dst.country:
+                where = f"a server in {dst.country} (home country not configured)"
+            else:
+                where = "a server of unknown country"
+        value = self._safe_value(obs.value)
+        what = obs.identifier or "an identifier"
+        how = ", ".join(
+            x for x in (obs.encoding, f"in {obs.location}" if obs.location else None) if x
+        )
+        summary = f"{_device_text(obs.device)} sent {what}"
+        summary += f" {value}" if value else ""
+        summary += f" in cleartext ({how})" if how else " in cleartext"
+        summary += f" to {_dest_text(dst)}, {where}"
+        alert = Alert(
+            rule=rule,
+            severity=RULES[rule].severity,
+            ts=obs.ts,
+            device=obs.device,
+            dst=dst,
+            summary=summary,
+            identifier=obs.identifier,
+            encoding=obs.encoding,
+            location=obs.location,
+            value=value,
+            keyed_hash=obs.keyed_hash,
+            flow_uid=obs.flow_uid,
+        )
+        dest = dst.vendor or dst.server_name or dst.ip
+        return self._emit(alert, dest, obs.identifier)
+
+    def _anomaly(
+        self,
+        dev: _Device,
+        ts: float,
+        nbytes: int,
+        device: DeviceRef,
+        dst: Destination,
+        flow_uid: str | None,
+    ) -> Alert | None:
+        cfg = self.cfg
+        period = int(ts // cfg.upload_window)
+        if period > dev.period:
+            if not dev.partial:
+                dev.fold(dev.current, cfg.anomaly_alpha)
+            for _ in range(min(period - dev.period - 1, MAX_IDLE_FOLD)):
+                dev.fold(0.0, cfg.anomaly_alpha)
+            dev.period, dev.partial, dev.current = period, False, 0
+        dev.current += nbytes  # an out-of-order timestamp counts in the current period
+        if dev.periods < cfg.anomaly_min_periods:
+            return None
+        sigma = math.sqrt(max(dev.var, 0.0))
+        limit = max(
+            dev.mean + cfg.anomaly_k * sigma,
+            cfg.anomaly_min_ratio * dev.mean,
+            float(cfg.anomaly_floor_bytes),
+        )
+        if dev.current <= limit:
+            return None
+        summary = (
+            f"{_device_text(device)} sent {format_bytes(dev.current)} abroad in the current "
+            f"{_period(cfg.upload_window)}, against its usual {format_bytes(dev.mean)} "
+            f"± {format_bytes(sigma)} (last to {_dest_text(dst)} in {_where(dst)})"
+        )
+        alert = self._alert(
+            "foreign_upload_anomaly", ts, device, dst, summary, dev.current, flow_uid
+        )
+        return self._emit(alert, "*", None)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _alert(
+        self,
+        rule: str,
+        ts: float,
+        device: DeviceRef,
+        dst: Destination,
+        summary: str,
+        nbytes: int,
+        flow_uid: str | None,
+    ) -> Alert:
+        return Alert(
+            rule=rule,
+            severity=RULES[rule].severity,
+            ts=ts,
+            device=device,
+            dst=dst,
+            summary=summary,
+            bytes_up=nbytes,
+            flow_uid=flow_uid,
+        )
+
+    def _safe_value(self, value: str | None) -> str | None:
+        """Detectors hand over redacted values only ("…1234", "…@example.com", "12
+        numbers"). Anything else is cut down to a tail here, so a detector's mistake cannot
+        put a whole identifier into a log."""
+        if value is None or _REDACTED_OK.fullmatch(value):
+            return value
+        self.values_redacted += 1
+        return "…" + value[-4:] if len(value) > 8 else "…"
+
+    def _device(self, key: str, ts: float) -> _Device:
+        dev = self._devices.get(key)
+        if dev is None:
+            dev = self._devices[key] = _Device(
+                first_seen=ts, period=int(ts // self.cfg.upload_window)
+            )
+            if len(self._devices) > self.cfg.max_devices:
+                self._devices.popitem(last=False)
+                self.evicted["devices"] += 1
+        else:
+            self._devices.move_to_end(key)
+        return dev
+
+    def _emit(self, alert: Alert, dest: str, ident: str | None) -> Alert | None:
+        rule = alert.rule
+        if rule in self._disabled:
+            self.disabled[rule] += 1
+            return None
+        key = (device_key(alert.device), rule, dest, ident)
+        win = self._windows.get(key)
+        if win is not None:
+            if alert.ts < win.until:
+                win.repeats += 1
+                self.suppressed[rule] += 1
+                return None
+            del self._windows[key]  # over, but tick() has not come round yet
+            self._resolve(win, alert.ts)
+        if not self._bucket.take(alert.ts):
+            self.dropped[rule] += 1
+            self._limiter.warning("rate", "alert rate limit reached; dropping alerts")
+            return None
+        self._windows[key] = _Window(alert, alert.ts + self.cfg.suppress_window)
+        if len(self._windows) > self.cfg.max_suppressions:
+            _, old = self._windows.popitem(last=False)
+            self.evicted["suppression_windows"] += 1
+            self._resolve(old, alert.ts)
+        self.alerts[rule] += 1
+        for sink in self.sinks:
+            try:
+                sink.send(alert)
+            except Exception as exc:
+                name = _sink_name(sink)
+                self.sink_errors[name] += 1
+                self._limiter.warning(f"sink:{name}", "alert sink %s failed: %r", name, exc)
+        return alert
+
+    def _resolve(self, win: _Window, ts: float) -> None:
+        self.resolved += 1
+        for sink in self.sinks:
+            if not isinstance(sink, ResolvingSink):
+                continue
+            try:
+                sink.resolve(win.alert, ts, win.repeats)
+            except Exception as exc:
+                name = _sink_name(sink)
+                self.sink_errors[name] += 1
+                self._limiter.warning(f"sink:{name}", "alert sink %s failed: %r", name, exc)
+
+
+def _sink_name(sink: object) -> str:
+    name = getattr(sink, "name", None)
+    return name if isinstance(name, str) else type(sink).__name__
