@@ -140,9 +140,7 @@ class SummarySink:
             for (country, _v, _s), (bu, bd, _n) in rows.items():
                 by_country[country][0] += bu
                 by_country[country][1] += bd
-            w(
-                f"  {'country':<7} {'vendor':<22} {'server':<40} {'flows':>5} {'up':>9} {'down':>9}\n"
-            )
+            w(_HEADER)
             shown = 0
             for country in sorted(by_country, key=lambda c: -sum(by_country[c])):
                 items = [(k, v) for k, v in rows.items() if k[0] == country]
@@ -164,6 +162,9 @@ class SummarySink:
         )
         if skipped:
             w("skipped: " + ", ".join(f"{k}={v}" for k, v in skipped.items()) + "\n")
+
+
+_HEADER = f"  {'country':<7} {'vendor':<22} {'server':<40} {'flows':>5} {'up':>9} {'down':>9}\n"
 
 
 def _device_title(key: str, dev: Device | None) -> str:
