@@ -27,7 +27,7 @@ DLT_RAW_BSD = 12
 DLT_RAW_OPENBSD = 14
 
 _CHUNK = 4 << 20
-_MAX_RECORD = 1 << 18
+MAX_RECORD = 1 << 18
 """A record claiming more than 256 KiB is corruption (GRO frames top out at 64 KiB)."""
 
 _PCAP_MAGIC = {
@@ -71,8 +71,9 @@ def walk_records(chunk: Chunk) -> None:
     unpack_from = chunk.header.unpack_from
     n = 0
     while pos + 16 <= end:
-        nxt = pos + 16 + unpack_from(buf, pos)[2]
-        if nxt > end:
+        caplen = unpack_from(buf, pos)[2]
+        nxt = pos + 16 + caplen
+        if nxt > end or caplen > MAX_RECORD:
             break
         pos = nxt
         n += 1
@@ -116,6 +117,9 @@ class CaptureFile:
             self.linktype = network & 0xFFFF
             self._start = head[24:]
         elif magic == _PCAPNG_SHB:
+            if len(head) < 12 or head[8:12] not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
+                self._fh.close()
+                raise CaptureError(f"{path}: not a pcapng capture (bad section header)")
             self.format = "pcapng"
             self.linktype = -1
             self._start = head
@@ -143,7 +147,7 @@ class CaptureFile:
             while pos + 16 <= end:
                 sec, frac, caplen, _origlen = unpack_from(buf, pos)
                 nxt = pos + 16 + caplen
-                if nxt > end:
+                if nxt > end or caplen > MAX_RECORD:
                     break
                 yield sec + frac * res, lt, buf[pos + 16 : nxt]
                 pos = nxt
@@ -165,7 +169,7 @@ class CaptureFile:
                 walk_records(chunk)
             pos = chunk.stop
             self.packets += chunk.count
-            if pos + 16 <= end and header.unpack_from(buf, pos)[2] > _MAX_RECORD:
+            if pos + 16 <= end and header.unpack_from(buf, pos)[2] > MAX_RECORD:
                 self._warn(
                     f"corrupt record header after packet {self.packets} "
                     f"(length {header.unpack_from(buf, pos)[2]}); stopped"
@@ -180,7 +184,7 @@ class CaptureFile:
                 return
             # Re-read the incomplete record with the next chunk instead of copying buffers.
             fh.seek(pos - end, 1)
-            if pos == 0:  # one record bigger than a chunk: cannot happen below _MAX_RECORD
+            if pos == 0:  # one record bigger than a chunk: cannot happen below MAX_RECORD
                 self._warn(f"record larger than the read buffer after packet {self.packets}")
                 return
             buf = _read_full(fh, _CHUNK)
@@ -205,6 +209,7 @@ class CaptureFile:
         endian = "<"
         # per interface: (linktype, seconds per tick)
         ifaces: list[tuple[int, float]] = []
+        last_ts = 0.0
         while True:
             if len(buf) - pos < 12:
                 more = fh.read(_CHUNK)
@@ -232,7 +237,7 @@ class CaptureFile:
                     return
                 ifaces = []
             btype, blen = struct.unpack_from(endian + "II", buf, pos)
-            if blen < 12 or blen % 4 or blen > _MAX_RECORD + 64:
+            if blen < 12 or blen % 4 or blen > MAX_RECORD + 64:
                 self._warn(f"corrupt block (type {btype:#x}, length {blen}) after packet {count}")
                 self.packets = count
                 return
@@ -266,12 +271,15 @@ class CaptureFile:
                     continue
                 lt, res = ifaces[ifid]
                 count += 1
-                yield ((tsh << 32) | tsl) * res, lt, body[20 : 20 + caplen]
+                last_ts = ((tsh << 32) | tsl) * res
+                yield last_ts, lt, body[20 : 20 + caplen]
             elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
                 if not ifaces or len(body) < 4:
                     continue
+                olen = struct.unpack_from(endian + "I", body, 0)[0]
                 count += 1
-                yield 0.0, ifaces[0][0], body[4:]
+                # No timestamp of its own: it takes the last one seen, so merges keep order.
+                yield last_ts, ifaces[0][0], body[4 : 4 + min(olen, len(body) - 4)]
             # other blocks (name resolution, statistics, custom) carry no packets
 
 

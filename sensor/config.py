@@ -92,8 +92,14 @@ class FlowsConfig:
     def validate(self) -> None:
         if self.max_flows < 16:
             raise ValueError("max_flows: must be at least 16")
-        if self.tcp_idle_timeout <= 0 or self.udp_idle_timeout <= 0:
-            raise ValueError("idle timeouts must be positive")
+        if self.tcp_idle_timeout <= 0:
+            raise ValueError("tcp_idle_timeout: must be positive")
+        if self.udp_idle_timeout <= 0:
+            raise ValueError("udp_idle_timeout: must be positive")
+        if self.inspect_bytes < 0:
+            raise ValueError("inspect_bytes: must not be negative")
+        if not 0 <= self.max_http_requests <= 1024:
+            raise ValueError("max_http_requests: must be between 0 and 1024")
         if not 0 <= self.inspect_packets <= 64:
             raise ValueError("inspect_packets: must be between 0 and 64")
         if not 0 <= self.http_body_budget <= 1 << 20:
@@ -106,6 +112,12 @@ class DnsConfig:
     """Entries in the (client, address) -> name cache; least recently used go first."""
     ttl_grace: float = 0.0
     """Seconds an answer stays usable after its TTL ran out."""
+
+    def validate(self) -> None:
+        if self.max_cache < 1:
+            raise ValueError("max_cache: must be at least 1")
+        if self.ttl_grace < 0:
+            raise ValueError("ttl_grace: must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +139,12 @@ class UpdateConfig:
     timeout: float = 60.0
     max_bytes: int = 64 << 20
     """A download larger than this is rejected."""
+
+    def validate(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError("timeout: must be positive")
+        if self.max_bytes < 1024:
+            raise ValueError("max_bytes: must be at least 1024")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from sensor.capture import Chunk, Packet, pack_chunks
+from sensor.capture import MAX_RECORD, Chunk, Packet, pack_chunks
 from sensor.config import Config
 from sensor.decode import dhcp as dhcp_dec
 from sensor.decode import dns as dns_dec
@@ -159,7 +159,7 @@ class Pipeline:
                 sec, frac, caplen, _ = unpack_from(buf, pos)
                 s = pos + 16
                 e = s + caplen
-                if e > end:
+                if e > end or caplen > MAX_RECORD:  # incomplete, or corrupt: capture decides
                     break
                 pos = e
                 n += 1

@@ -114,7 +114,7 @@ def _parse_v6(frame: bytes, off: int) -> IpPacket | Weird:
     frag_offset = 0
     more = False
     frag_id = None
-    for _ in range(_MAX_EXT):
+    for _ in range(_MAX_EXT + 1):  # up to _MAX_EXT headers, then the upper layer
         if nh in (_HOP_BY_HOP, _ROUTING, _DEST_OPTS, _MOBILITY, _HIP, _SHIM6):
             if n < pos + 8:
                 return Weird("ip6.truncated_ext_header")

@@ -103,4 +103,6 @@ def _cooked(off: int, et: int, src: bytes | None, pkttype: int, frame: bytes) ->
         vlans.append(((frame[off] << 8) | frame[off + 1]) & 0x0FFF)
         et = (frame[off + 2] << 8) | frame[off + 3]
         off += 4
+    if pkttype == PACKET_OUTGOING:
+        src = None
     return Link(off, et, src, None, tuple(vlans), pkttype)
