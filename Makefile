@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := var/demo
 
-.PHONY: demo test lint bench venv sysdeps-test sysdeps-bench clean
+.PHONY: demo test lint bench venv sysdeps-demo sysdeps-test sysdeps-bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,10 @@ sysdeps-test:
 sysdeps-bench:
 	packaging/system-deps.sh bench
 
-demo: venv
+sysdeps-demo:
+	packaging/system-deps.sh demo
+
+demo: sysdeps-demo venv
 	mkdir -p $(DEMO_DIR)
 	$(PY) -c "from sensor.synth import write_sample; write_sample('$(DEMO_DIR)/home.pcap')"
 	$(VENV)/bin/phonehome analyze $(DEMO_DIR)/home.pcap

@@ -4,10 +4,11 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
-want=(python3-venv)
+# libsystemd-dev and pkg-config build systemd-python (journal, sd_notify) in the venv.
+want=(python3-venv libsystemd-dev pkg-config gcc)
 case "${1:-test}" in
   demo) want+=(iproute2 nftables conntrack) ;;
-  test) want+=(tshark iproute2 nftables conntrack) ;;
+  test) want+=(tshark prometheus-alertmanager iproute2 nftables conntrack) ;;
   bench) want+=(tshark libndpi-bin iproute2 nftables conntrack) ;;
   *) echo "usage: $0 [test|demo|bench]" >&2; exit 2 ;;
 esac

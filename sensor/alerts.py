@@ -387,7 +387,9 @@ class AlertStage:
         total = counter.add(int(ts // self._slice), nbytes)
 
         first: Alert | None = None
-        if total > self.cfg.foreign_upload_bytes:
+        if total > self.cfg.foreign_upload_bytes and self._may_fire(
+            dkey, "foreign_upload", who, ts
+        ):
             summary = (
                 f"{_device_text(device)} sent {format_bytes(total)} to {who} in {_where(dst)} "
                 f"within {_span(self.cfg.upload_window)} (threshold "
@@ -420,7 +422,7 @@ class AlertStage:
             self.learned += 1
             return None
         summary = (
-            f"{_device_text(device)} talked to {_where(dst)} for the first time ({_dest_text(dst)})"
+            f"{_device_text(device)} talked to {country} for the first time ({_dest_text(dst)})"
         )
         return self._emit(
             self._alert("new_country", ts, device, dst, summary, 0, flow_uid), country, None
@@ -550,7 +552,9 @@ class AlertStage:
             cfg.anomaly_min_ratio * dev.mean,
             float(cfg.anomaly_floor_bytes),
         )
-        if dev.current <= limit:
+        if dev.current <= limit or not self._may_fire(
+            device_key(device), "foreign_upload_anomaly", "*", ts
+        ):
             return None
         summary = (
             f"{_device_text(device)} sent {format_bytes(dev.current)} abroad in the current "
@@ -606,6 +610,19 @@ class AlertStage:
         else:
             self._devices.move_to_end(key)
         return dev
+
+    def _may_fire(self, dkey: str, rule: str, dest: str, ts: float) -> bool:
+        """Cheap check before an alert is built on a hot path (uploads are accounted per
+        packet batch): False, and counted, if the rule is off or the key is suppressed."""
+        if rule in self._disabled:
+            self.disabled[rule] += 1
+            return False
+        win = self._windows.get((dkey, rule, dest, None))
+        if win is not None and ts < win.until:
+            win.repeats += 1
+            self.suppressed[rule] += 1
+            return False
+        return True
 
     def _emit(self, alert: Alert, dest: str, ident: str | None) -> Alert | None:
         rule = alert.rule

@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The alert and sink settings live beside the code they tune (their validation needs its rule
+# names and label sets); the loader treats them like every other section.
+from sensor.alerts import AlertsConfig
+from sensor.sinks import AlertmanagerConfig, EventLogConfig, JournalConfig
+
 DEFAULT_LAN_NETWORKS = (
     "10.0.0.0/8",
     "172.16.0.0/12",
@@ -166,6 +171,10 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     geo: GeoConfig = field(default_factory=GeoConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    eventlog: EventLogConfig = field(default_factory=EventLogConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    alertmanager: AlertmanagerConfig = field(default_factory=AlertmanagerConfig)
     devices: tuple[DeviceConfig, ...] = ()
     source: str = "<defaults>"
 
@@ -177,6 +186,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "dns": DnsConfig,
     "geo": GeoConfig,
     "update": UpdateConfig,
+    "alerts": AlertsConfig,
+    "eventlog": EventLogConfig,
+    "journal": JournalConfig,
+    "alertmanager": AlertmanagerConfig,
 }
 
 

@@ -260,7 +260,8 @@ _AM_DESCRIPTION_FIELDS: Final = (
 
 
 class EventLog:
-    """Alerts as JSON Lines, one whole line per alert, in a file only root can read.
+    """Alerts as JSON Lines, one whole line per alert, in a file (mode 0600) only the sensor's
+    user can read.
 
     Crash safety: each record is written with one ``os.write`` on an ``O_APPEND`` descriptor
     and fsynced before `send` returns, so an alert that was reported written (`stats()`
@@ -438,9 +439,10 @@ class EventLog:
             self._error("write", exc)
             return False
         if n != len(data):
-            # a short write (disk full): take the partial record back out
+            # a short write (disk full): take the partial record back out (from the real
+            # size, in case something else truncated the file behind our back)
             try:
-                os.ftruncate(fd, self._size)
+                os.ftruncate(fd, max(0, os.fstat(fd).st_size - n))
             except OSError as exc:
                 self._error("truncate", exc)
             self._error("write", OSError(errno.ENOSPC, "short write"))
@@ -714,6 +716,7 @@ class AlertmanagerSink:
         self.queued = 0
         self.sent = 0
         self.dropped_full = 0
+        self.dropped_closed = 0
         self.failed = 0
         self.rejected = 0
         self.retried = 0
@@ -728,7 +731,7 @@ class AlertmanagerSink:
 
     def send(self, alert: Alert) -> None:
         if self._closed:
-            self.dropped_full += 1
+            self.dropped_closed += 1
             return
         item = alertmanager_alert(
             alert, self.resolve_after, self.cfg.labels, self.cfg.generator_url
@@ -772,6 +775,7 @@ class AlertmanagerSink:
             "queued": self.queued,
             "sent": self.sent,
             "dropped_queue_full": self.dropped_full,
+            "dropped_closed": self.dropped_closed,
             "failed": self.failed,
             "rejected": self.rejected,
             "retries": self.retried,
