@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from sensor.capture import CaptureError, CaptureFile, read_captures
 from sensor.config import ConfigError, load_config
-from sensor.enrich.stage import Enricher
 from sensor.pipeline import Pipeline
 from sensor.report import JsonLinesSink, SummarySink
-from sensor.stages import Stages
+from sensor.sinks import AlertmanagerSink, EventLog, Sink
+from sensor.stages import ReportAlerts
+from sensor.stages import build as build_stages
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -39,16 +41,30 @@ def analyze(
         err.write(f"phonehome: {exc}\n")
         return EXIT_USAGE
     sink = JsonLinesSink(out) if as_json else SummarySink(out)
+    # Alerts go into the report, and into the event log when the state directory exists
+    # (a router's; `analyze` run by a user on a laptop must not create /var/lib/phonehome),
+    # and to Alertmanager when one is configured. Never to the journal from here.
+    alert_sinks: list[Sink] = [ReportAlerts(sink)]
+    if cfg.eventlog.enabled and Path(cfg.paths.state_dir).is_dir():
+        alert_sinks.append(EventLog.from_config(cfg.eventlog, cfg.paths.state_dir))
+    if cfg.alertmanager.url:
+        alert_sinks.append(AlertmanagerSink(cfg.alertmanager, cfg.alerts.suppress_window))
     try:
-        enricher = Enricher.load(cfg)
+        stages = build_stages(cfg, sink, alert_sinks)
     except (OSError, ValueError) as exc:
         err.write(f"phonehome: cannot load data files: {exc}\n")
         return EXIT_USAGE
-    stages = Stages(enricher, sink)
     pipeline = Pipeline(cfg, stages, stages)
-    pipeline.run(read_captures(files))
-    pipeline.finish()
+    stages.devices = pipeline.devices
+    try:
+        pipeline.run(read_captures(files))
+        pipeline.finish()
+    finally:
+        stages.close()
     stats = pipeline.stats()
+    if stages.detector is not None:
+        stats["detect"] = stages.detector.stats()
+        stats["alerts"] = stages.detector.alerts.stats()
     warnings = [w for f in files for w in f.warnings]
     stats["files"] = [{"path": f.path, "format": f.format, "packets": f.packets} for f in files]
     stats["warnings"] = warnings

@@ -152,15 +152,76 @@ class UpdateConfig:
             raise ValueError("max_bytes: must be at least 1024")
 
 
+IDENTIFIER_KINDS = (
+    "imei",
+    "imsi",
+    "iccid",
+    "phone",
+    "mac",
+    "serial",
+    "email",
+    "android_id",
+    "ad_id",
+)
+
+
+def _validate_identifiers(table: dict[str, tuple[str, ...]], prefix: str = "") -> None:
+    for kind, values in table.items():
+        if kind not in IDENTIFIER_KINDS:
+            raise ValueError(f"{prefix}{kind}: unknown identifier kind")
+        for v in values:
+            if not v.strip():
+                raise ValueError(f"{prefix}{kind}: empty value")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifiersConfig:
+    """The owner's own identifiers, matched in every encoding (never logged or exported)."""
+
+    imei: tuple[str, ...] = ()
+    imsi: tuple[str, ...] = ()
+    iccid: tuple[str, ...] = ()
+    phone: tuple[str, ...] = ()
+    mac: tuple[str, ...] = ()
+    serial: tuple[str, ...] = ()
+    email: tuple[str, ...] = ()
+    android_id: tuple[str, ...] = ()
+    ad_id: tuple[str, ...] = ()
+
+    def as_mapping(self) -> dict[str, tuple[str, ...]]:
+        return {k: getattr(self, k) for k in IDENTIFIER_KINDS if getattr(self, k)}
+
+
+@dataclass(frozen=True, slots=True)
+class DetectConfig:
+    learn: bool = True
+    """Remember identifiers seen in plaintext, so their later encoded or hashed forms are
+    caught too (values in memory only; their keyed hashes on disk)."""
+    max_learned: int = 512
+    contacts_min: int = 3
+    """Distinct valid phone numbers in one message that make it a contact-book upload."""
+    key_file: str | None = None
+    """The per-install HMAC key for keyed hashes; default `<state_dir>/identity.key`."""
+
+    def validate(self) -> None:
+        if not 0 <= self.max_learned <= 100_000:
+            raise ValueError("max_learned: must be between 0 and 100000")
+        if not 2 <= self.contacts_min <= 100:
+            raise ValueError("contacts_min: must be between 2 and 100")
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
     mac: str
     name: str | None = None
     kind: str | None = None
+    identifiers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """This device's own identifiers (`{ imei = ["..."], phone = ["..."] }`)."""
 
     def validate(self) -> None:
         if self.kind is not None and self.kind not in DEVICE_KINDS:
             raise ValueError(f"kind: must be one of {', '.join(DEVICE_KINDS)}")
+        _validate_identifiers(self.identifiers, "identifiers.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +236,8 @@ class Config:
     eventlog: EventLogConfig = field(default_factory=EventLogConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
     alertmanager: AlertmanagerConfig = field(default_factory=AlertmanagerConfig)
+    identifiers: IdentifiersConfig = field(default_factory=IdentifiersConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     devices: tuple[DeviceConfig, ...] = ()
     source: str = "<defaults>"
 
@@ -190,6 +253,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "eventlog": EventLogConfig,
     "journal": JournalConfig,
     "alertmanager": AlertmanagerConfig,
+    "identifiers": IdentifiersConfig,
+    "detect": DetectConfig,
 }
 
 
@@ -260,7 +325,7 @@ def _build(cls: type[Any], table: Any, source: str, prefix: str) -> Any:
         except ValueError as exc:
             # validate() says "key: reason"; lift the key into the dotted name
             name, sep, reason = str(exc).partition(": ")
-            if sep and name in names:
+            if sep and name.split(".")[0] in names:
                 raise ConfigError(source, f"{prefix}.{name}", reason) from None
             raise ConfigError(source, prefix, str(exc)) from None
     return obj

@@ -75,6 +75,9 @@ class Observer(Protocol):
         """The first bytes (within the inspection budget) that the LAN device sent on a flow
         that is neither TLS, QUIC, HTTP nor DNS."""
 
+    def tick(self, ts: float) -> None:
+        """Time passes (packet time, at every flow-table sweep)."""
+
 
 class NullObserver:
     def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
@@ -84,6 +87,9 @@ class NullObserver:
         pass
 
     def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
+        pass
+
+    def tick(self, ts: float) -> None:
         pass
 
 
@@ -222,6 +228,10 @@ class Pipeline:
     def _sweep(self, ts: float) -> float:
         if self._next_sweep:
             self.flows.sweep(ts)
+            try:
+                self.observer.tick(ts)
+            except Exception:
+                log.exception("observer tick failed")
         self._next_sweep = ts + self.flows.sweep_interval
         return self._next_sweep
 

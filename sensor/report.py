@@ -10,8 +10,10 @@ import json
 from collections import defaultdict
 from typing import Any, TextIO
 
-from sensor.model import Device, Flow, HttpRequest
+from sensor.model import Alert, Device, Flow, HttpRequest
+from sensor.sinks import alert_fields
 
+MAX_SUMMARY_ALERTS = 1000
 MAX_SUMMARY_SERVERS = 2000
 """Server rows kept per device in the summary; the rest fold into "(other)"."""
 
@@ -89,6 +91,9 @@ class JsonLinesSink:
     def device(self, device: Device) -> None:
         self.write(device_record(device))
 
+    def alert(self, alert: Alert) -> None:
+        self.write(alert_fields(alert))
+
     def stats(self, stats: dict[str, Any]) -> None:
         self.write({"type": "stats", **stats})
 
@@ -101,6 +106,11 @@ class SummarySink:
         # device key -> (country, vendor, server) -> [bytes_up, bytes_down, flows]
         self.usage: dict[str, dict[tuple[str, str, str], list[int]]] = defaultdict(dict)
         self.devices: dict[str, Device] = {}
+        self.alerts: list[Alert] = []
+
+    def alert(self, alert: Alert) -> None:
+        if len(self.alerts) < MAX_SUMMARY_ALERTS:
+            self.alerts.append(alert)
 
     def flow(self, flow: Flow) -> None:
         dev = flow.device_mac or f"ip {flow.src_ip}"
@@ -155,6 +165,11 @@ class SummarySink:
                     )
             if len(rows) > shown:
                 w(f"  ... {len(rows) - shown} more\n")
+        if self.alerts:
+            w(f"\nALERTS ({len(self.alerts)})\n")
+            for a in self.alerts:
+                w(f"  {a.severity.upper():<8} {a.rule:<21} {a.device.mac or a.device.ip}  ")
+                w(f"{a.summary}\n")
         skipped = stats.get("skipped") or {}
         w(
             f"\n{stats['packets_read']} packets read, {stats['packets_decoded']} decoded, "

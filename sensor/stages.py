@@ -4,33 +4,76 @@
 
 `Stages` is what the packet loop talks to: it is the pipeline's `Sink` (ended flows, devices)
 and its `Observer` (outbound plaintext as soon as it is decoded). `analyze` and the daemon build
-the same `Stages`; only the output sink differs.
+the same `Stages`; only the outputs differ.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
 
+from sensor.alerts import AlertStage
+from sensor.config import Config
+from sensor.detect.stage import Detector, load_or_create_key
 from sensor.enrich.stage import Enricher
-from sensor.model import Device, Flow, HttpRequest
-from sensor.pipeline import Sink
+from sensor.model import Alert, Device, Flow, HttpRequest
+from sensor.sinks import Sink
 
 log = logging.getLogger(__name__)
 
 
+class Output(Protocol):
+    """Where enriched records go (the analyze report, later the metrics)."""
+
+    def flow(self, flow: Flow) -> None: ...
+
+    def device(self, device: Device) -> None: ...
+
+
+class ReportAlerts:
+    """An alert sink that hands alerts to a report writer with an `alert` method."""
+
+    def __init__(self, report: object) -> None:
+        self.report = report
+
+    def send(self, alert: Alert) -> None:
+        write = getattr(self.report, "alert", None)
+        if write is not None:
+            write(alert)
+
+    def close(self) -> None:
+        pass
+
+
 class Stages:
-    def __init__(self, enricher: Enricher | None, output: Sink) -> None:
+    def __init__(
+        self,
+        enricher: Enricher | None,
+        output: Output,
+        detector: Detector | None = None,
+    ) -> None:
         self.enricher = enricher
         self.output = output
+        self.detector = detector
+        self.devices: Mapping[str, Device] = {}
+        """The pipeline's device table (set once the pipeline exists)."""
         self.failures = 0
+
+    def _device(self, mac: str | None) -> Device | None:
+        return self.devices.get(mac) if mac else None
 
     # --- Sink: ended flows and devices ----------------------------------------------------------
 
     def flow(self, flow: Flow) -> None:
         if self.enricher is not None:
             try:
-                self.enricher.annotate_flow(flow)
-            except Exception:  # one broken enricher must not lose the flow record
+                dst = self.enricher.annotate_flow(flow)
+                if self.detector is not None:
+                    self.detector.flow_end(flow, self._device(flow.device_mac), dst)
+            except Exception:  # one broken stage must not lose the flow record
                 self.failures += 1
                 log.exception("enriching flow %s failed", flow.uid)
         self.output.flow(flow)
@@ -47,10 +90,38 @@ class Stages:
     # --- Observer: outbound plaintext -----------------------------------------------------------
 
     def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
-        pass
+        if self.detector is not None:
+            self.detector.http_request(flow, device, req, ts)
 
     def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
-        pass
+        if self.detector is not None:
+            self.detector.dns_query(flow, device, qname, ts)
 
     def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
-        pass
+        if self.detector is not None:
+            self.detector.payload(flow, device, data, ts)
+
+    def tick(self, ts: float) -> None:
+        if self.detector is not None:
+            self.detector.tick(ts)
+
+    def close(self) -> None:
+        if self.detector is not None:
+            self.detector.close()
+            self.detector.alerts.close()
+
+
+def build(cfg: Config, output: Output, alert_sinks: list[Sink]) -> Stages:
+    """Load the data files and the install key, and wire enrich -> detect -> alerts."""
+    state = Path(cfg.paths.state_dir)
+    enricher = Enricher.load(cfg)
+    key_path = Path(cfg.detect.key_file) if cfg.detect.key_file else state / "identity.key"
+    persistent = state.is_dir() or cfg.detect.key_file is not None
+    if persistent:
+        key, persistent = load_or_create_key(key_path)
+    else:
+        key = secrets.token_bytes(32)
+    alerts = AlertStage(cfg.alerts, alert_sinks)
+    learned = state / "learned.json" if persistent else None
+    detector = Detector(cfg, key, alerts, enricher, learned)
+    return Stages(enricher, output, detector)

@@ -1,0 +1,211 @@
+"""The detection stage: outbound plaintext and flow volumes in, Observations out.
+
+Scans what the packet loop hands over (HTTP requests, DNS query names, the first bytes of other
+flows) for identifiers, learns identifiers seen in plaintext so that their encoded and hashed
+forms are caught later, and tells the alert stage about uploads and countries when flows end.
+It never decides what is alarming; `sensor.alerts` does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sensor.alerts import AlertStage
+from sensor.config import Config
+from sensor.detect import extract
+from sensor.detect.identifiers import Finding, KnownIdentifiers, Location, Scanner
+from sensor.enrich.stage import Enricher
+from sensor.model import Destination, Device, DeviceRef, Flow, HttpRequest, Observation
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+
+
+def load_or_create_key(path: Path) -> tuple[bytes, bool]:
+    """The install's HMAC key (created 0600 on first use); (key, persistent).
+
+    Without a writable place the key is random for this run only: keyed hashes then do not
+    match across runs, which costs correlation, never secrecy."""
+    try:
+        data = path.read_bytes()
+        if len(data) >= KEY_BYTES:
+            return data[:KEY_BYTES], True
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot read %s: %s; using a key for this run only", path, exc)
+        return secrets.token_bytes(KEY_BYTES), False
+    key = secrets.token_bytes(KEY_BYTES)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return key, True
+    except FileExistsError:  # another process made it first: use theirs
+        return path.read_bytes()[:KEY_BYTES], True
+    except OSError as exc:
+        log.info("cannot create %s (%s); keyed hashes are per run", path, exc)
+        return key, False
+
+
+class Detector:
+    def __init__(
+        self,
+        cfg: Config,
+        key: bytes,
+        alerts: AlertStage,
+        enricher: Enricher | None,
+        learned_path: Path | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.alerts = alerts
+        self.enricher = enricher
+        region = cfg.site.home_country or "ID"
+        per_device = {d.mac: d.identifiers for d in cfg.devices if d.identifiers}
+        known = KnownIdentifiers.from_mapping(
+            cfg.identifiers.as_mapping(), key=key, home_region=region, devices=per_device
+        )
+        if known.rejected:
+            log.warning("%d configured identifiers could not be used", known.rejected)
+        self.scanner = Scanner(
+            known, contacts_min=cfg.detect.contacts_min, max_learned=cfg.detect.max_learned
+        )
+        self.learned_path = learned_path
+        self.learned_on_disk = _read_learned(learned_path) if learned_path else set()
+        self.findings = 0
+        self.learned = 0
+        self.scanned_bytes = 0
+
+    # --- outbound plaintext -------------------------------------------------------------------
+
+    def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
+        self._scan(flow, device, extract.request_parts(req), ts)
+
+    def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
+        self._scan(flow, device, [("dns", extract.dns_name_parts(qname))], ts, dns_name=qname)
+
+    def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
+        self._scan(flow, device, [("payload", data)], ts)
+
+    def _scan(
+        self,
+        flow: Flow,
+        device: Device | None,
+        parts: Sequence[tuple[Location, bytes]],
+        ts: float,
+        dns_name: str | None = None,
+    ) -> None:
+        seen: set[tuple[str, str, str]] = set()
+        dst: Destination | None = None
+        who: DeviceRef | None = None
+        for location, data in parts:
+            self.scanned_bytes += len(data)
+            for f in self.scanner.scan(data, location):
+                dedupe = (f.kind, f.keyed_hash, f.encoding)
+                if dedupe in seen:
+                    continue
+                seen.add(dedupe)
+                self.findings += 1
+                if self.cfg.detect.learn and not f.known and f.encoding == "plain":
+                    self._learn(f, data, device)
+                if dst is None:
+                    dst = self._destination(flow, dns_name)
+                    who = self._device(device, flow)
+                assert who is not None
+                self.alerts.observe(
+                    Observation(
+                        what="identifier",
+                        ts=ts,
+                        device=who,
+                        dst=dst,
+                        flow_uid=flow.uid,
+                        identifier=f.kind,
+                        encoding=f.encoding,
+                        location=f.location,
+                        value=f.redacted,
+                        keyed_hash=f.keyed_hash,
+                        known=f.known,
+                    )
+                )
+
+    def _learn(self, f: Finding, data: bytes, device: Device | None) -> None:
+        raw = data[f.offset : f.offset + f.length]
+        if self.scanner.learn(f, raw, owner=device.mac if device else None):
+            self.learned += 1
+            self.learned_on_disk.add((f.kind, f.keyed_hash))
+
+    def _destination(self, flow: Flow, dns_name: str | None) -> Destination:
+        if dns_name is not None:
+            # Data in a DNS name goes to whoever serves that domain, wherever that is; the
+            # resolver is only the first hop. We cannot place it: country unknown.
+            return Destination(ip=flow.dst_ip, port=flow.dst_port, server_name=dns_name)
+        if self.enricher is None:
+            return Destination(ip=flow.dst_ip, port=flow.dst_port, server_name=flow.server_name)
+        return self.enricher.destination(flow.dst_ip, flow.dst_port, flow.server_name)
+
+    def _device(self, device: Device | None, flow: Flow) -> DeviceRef:
+        if self.enricher is None:
+            return DeviceRef(mac=flow.device_mac, ip=flow.src_ip)
+        return self.enricher.device_ref(device, flow.device_mac, flow.src_ip)
+
+    # --- volumes and countries, when a flow ends ------------------------------------------------
+
+    def flow_end(self, flow: Flow, device: Device | None, dst: Destination) -> None:
+        if dst.country is None:
+            return
+        who = self._device(device, flow)
+        self.alerts.account_contact(flow.first_seen, who, dst, flow.uid)
+        if dst.abroad and flow.bytes_up:
+            self.alerts.account_upload(flow.last_seen, who, dst, flow.bytes_up, flow.uid)
+
+    def tick(self, now: float) -> None:
+        self.alerts.tick(now)
+
+    def close(self) -> None:
+        if self.learned_path is not None and self.learned_on_disk:
+            _write_learned(self.learned_path, self.learned_on_disk)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "findings": self.findings,
+            "learned": self.learned,
+            "learned_on_disk": len(self.learned_on_disk),
+            "scanned_bytes": self.scanned_bytes,
+        }
+
+
+def _read_learned(path: Path) -> set[tuple[str, str]]:
+    try:
+        rows = json.loads(path.read_text())
+        return {(str(r["kind"]), str(r["keyed_hash"])) for r in rows}
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return set()
+
+
+def _write_learned(path: Path, learned: set[tuple[str, str]]) -> None:
+    """Keyed hashes only (never values), atomically, mode 0600."""
+    rows = [{"kind": k, "keyed_hash": h} for k, h in sorted(learned)]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{int(time.time())}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(rows, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot save learned identifiers to %s: %s", path, exc)
+        tmp.unlink(missing_ok=True)
