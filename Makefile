@@ -28,9 +28,10 @@ sysdeps-demo:
 	packaging/system-deps.sh demo
 
 demo: sysdeps-demo venv
-	mkdir -p $(DEMO_DIR)
+	mkdir -p $(DEMO_DIR)/state
 	$(PY) -c "from sensor.synth import write_sample; write_sample('$(DEMO_DIR)/home.pcap')"
-	$(VENV)/bin/phonehome analyze $(DEMO_DIR)/home.pcap
+	$(VENV)/bin/phonehome analyze --config etc/demo.toml $(DEMO_DIR)/home.pcap
+	@echo "alerts also written to $(DEMO_DIR)/state/events.jsonl"
 
 lint: venv
 	$(VENV)/bin/ruff check sensor tests bench
@@ -41,6 +42,8 @@ test: sysdeps-test venv lint
 
 bench: sysdeps-bench venv
 	$(PY) -m bench.analyze_bench
+	$(PY) -m bench.lookup_bench
+	$(PY) -m bench.scanner_bench
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
