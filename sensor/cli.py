@@ -29,6 +29,12 @@ def _update_data(args: argparse.Namespace) -> int:
     return datafiles.main(args, cfg)
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from sensor import lab
+
+    return lab.main(args.lab_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="phonehome",
@@ -53,10 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     datafiles.add_arguments(u)
     u.set_defaults(func=_update_data)
+
+    lab = sub.add_parser(
+        "lab",
+        help="the network-namespace gateway lab (root): up [--traffic] | down | status",
+        add_help=False,
+    )
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    lab.set_defaults(func=_lab)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lab"]:  # the lab has its own sub-commands and help
+        from sensor import lab
+
+        return lab.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -51,6 +51,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from sensor.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, REDMI_UA
+
 NS_PREFIX = "phlab"
 DEFAULT_RUN_DIR = Path("/run/phonehome-lab")
 NETNS_ETC = Path("/etc/netns")
@@ -953,8 +955,11 @@ table inet phonehome_lab {{
         user_agent: str | None,
         http3: bool = False,
         timeout: float = 60.0,
+        body: str | None = None,
     ) -> PostResult:
         args = ["post", url, "--size", str(size), "--cafile", str(self.cafile)]
+        if body is not None:
+            args += ["--body", body]
         args += ["--family", str(family), "--timeout", str(timeout)]
         if address:
             args += ["--address", address]
@@ -983,10 +988,12 @@ table inet phonehome_lab {{
         address: str | None = None,
         family: int = 0,
         user_agent: str | None = None,
+        body: str | None = None,
     ) -> PostResult:
         """Plain HTTP POST to port 80; the device resolves `host` unless `address` is given.
 
         `family` 4 or 6 picks the address family of the lookup (0: the resolver's order).
+        `body` replaces the filler bytes with a form (e.g. a leaking app's identifiers).
         """
         return self._post(
             device,
@@ -995,6 +1002,7 @@ table inet phonehome_lab {{
             address=address,
             family=family,
             user_agent=user_agent,
+            body=body,
         )
 
     def tls_upload(
@@ -1059,8 +1067,14 @@ table inet phonehome_lab {{
 
 # --- demo traffic ---------------------------------------------------------------------------------
 
-REDMI_UA = "Dalvik/2.1.0 (Linux; U; Android 10; Redmi Note 8 Pro MIUI/V12.0.3.0.QGGMIXM)"
 GALAXY_UA = "Dalvik/2.1.0 (Linux; U; Android 14; SM-S911B Build/UP1A.231005.007)"
+
+
+LEAK_BODY = (
+    f"imei={DEMO_IMEI}&phone=%2B{DEMO_PHONE[1:]}&model=Redmi+Note+8+Pro&contacts="
+    + "%2C".join(f"%2B{c[1:]}" for c in DEMO_CONTACTS)
+)
+"""What the 2014 Redmi sent in clear (made-up values, see sensor.synth)."""
 
 
 def play_demo_traffic(lab: Lab) -> list[PostResult]:
@@ -1072,9 +1086,9 @@ def play_demo_traffic(lab: Lab) -> list[PostResult]:
             lab.http_post(
                 "xiaomi",
                 "api.account.xiaomi.com",
-                48,
                 path="/pass/v2/register",
                 user_agent=REDMI_UA,
+                body=LEAK_BODY,
             )
         )
         results.append(lab.tls_upload("xiaomi", "tracking.intl.miui.com", 200_000))

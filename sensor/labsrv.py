@@ -484,8 +484,10 @@ def post(
     cafile: str | None = None,
     user_agent: str | None = None,
     timeout: float = 30.0,
+    body: bytes | None = None,
 ) -> dict[str, Any]:
-    """POST `size` bytes over HTTP/1.1 (http:// or https:// with SNI = the URL's host)."""
+    """POST `size` bytes over HTTP/1.1 (http:// or https:// with SNI = the URL's host), or
+    `body` as a form when given (what a leaking app sends)."""
     import http.client
     import urllib.parse
 
@@ -500,10 +502,13 @@ def post(
     if u.scheme == "https":
         ctx = ssl.create_default_context(cafile=cafile)
         sock = ctx.wrap_socket(sock, server_hostname=host)
+    if body is not None:
+        size = len(body)
+    ctype = "application/x-www-form-urlencoded" if body is not None else "application/octet-stream"
     head = [
         f"POST {u.path or '/'}{'?' + u.query if u.query else ''} HTTP/1.1",
         f"Host: {u.netloc}",
-        "Content-Type: application/octet-stream",
+        f"Content-Type: {ctype}",
         f"Content-Length: {size}",
         "Connection: close",
     ]
@@ -512,7 +517,7 @@ def post(
     sent = 0
     with sock:
         sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-        for chunk in _body_chunks(size):
+        for chunk in [body] if body is not None else _body_chunks(size):
             sock.sendall(chunk)
             sent += len(chunk)
         resp = http.client.HTTPResponse(sock)
@@ -656,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cafile")
     c.add_argument("--user-agent")
     c.add_argument("--http3", action="store_true")
+    c.add_argument("--body", help="send this text as a form body instead of N filler bytes")
     c.add_argument("--timeout", type=float, default=30.0)
     return p
 
@@ -692,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cafile=args.cafile,
             user_agent=args.user_agent,
             timeout=args.timeout,
+            body=args.body.encode() if args.body is not None else None,
         )
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
