@@ -29,6 +29,12 @@ def _update_data(args: argparse.Namespace) -> int:
     return datafiles.main(args, cfg)
 
 
+def _run(args: argparse.Namespace) -> int:
+    from sensor.daemon import main as daemon_main
+
+    return daemon_main(args.config)
+
+
 def _lab(args: argparse.Namespace) -> int:
     from sensor import lab
 
@@ -49,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--config", metavar="FILE", help="TOML configuration")
     a.add_argument("--json", action="store_true", help="write JSON Lines records")
     a.set_defaults(func=_analyze)
+
+    r = sub.add_parser("run", help="the live sensor on a gateway (systemd service)")
+    r.add_argument(
+        "--config",
+        metavar="FILE",
+        default="/etc/phonehome/phonehome.toml",
+        help="TOML configuration",
+    )
+    r.set_defaults(func=_run)
 
     u = sub.add_parser(
         "update-data",

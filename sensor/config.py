@@ -211,6 +211,46 @@ class DetectConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    interfaces: tuple[str, ...] = ()
+    """LAN interfaces to watch; default: the interfaces that hold the LAN prefixes."""
+    capture: str = "auto"
+    """"nflog" (nftables hands each connection's first packets over nfnetlink_log; needs a
+    gateway with conntrack), "packet" (AF_PACKET with a BPF filter), or "auto" (nflog when
+    the accounting is conntrack, packet otherwise)."""
+    accounting: str = "auto"
+    """"conntrack" (the kernel counts every forwarded flow's bytes), "capture" (count the
+    captured packets: bridges and mirror ports; the filter is widened to everything), or
+    "auto" (conntrack when available)."""
+    nflog_group: int = 7
+    first_packets: int = 10
+    """Packets of each connection (both directions together) handed to the decoders."""
+    snaplen: int = 2048
+    conntrack_interval: float = 5.0
+    """Seconds between conntrack counter dumps (events are lossy under load)."""
+    snapshot_interval: float = 5.0
+    """Seconds between writes of `<state_dir>/flows.json` (live flows, newest first)."""
+    user: str | None = "phonehome"
+    """Drop to this user (keeping CAP_NET_RAW and CAP_NET_ADMIN) when started as root."""
+    allow_root: bool = False
+    """Keep running as root when the user does not exist (the lab, containers)."""
+
+    def validate(self) -> None:
+        if self.capture not in ("auto", "nflog", "packet"):
+            raise ValueError("capture: must be auto, nflog or packet")
+        if self.accounting not in ("auto", "conntrack", "capture"):
+            raise ValueError("accounting: must be auto, conntrack or capture")
+        if not 0 <= self.nflog_group <= 65535:
+            raise ValueError("nflog_group: must be between 0 and 65535")
+        if not 2 <= self.first_packets <= 64:
+            raise ValueError("first_packets: must be between 2 and 64")
+        if not 128 <= self.snaplen <= 65535:
+            raise ValueError("snaplen: must be between 128 and 65535")
+        if self.conntrack_interval <= 0 or self.snapshot_interval <= 0:
+            raise ValueError("conntrack_interval: intervals must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     mac: str
     name: str | None = None
@@ -238,6 +278,7 @@ class Config:
     alertmanager: AlertmanagerConfig = field(default_factory=AlertmanagerConfig)
     identifiers: IdentifiersConfig = field(default_factory=IdentifiersConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     devices: tuple[DeviceConfig, ...] = ()
     source: str = "<defaults>"
 
@@ -255,6 +296,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "alertmanager": AlertmanagerConfig,
     "identifiers": IdentifiersConfig,
     "detect": DetectConfig,
+    "daemon": DaemonConfig,
 }
 
 

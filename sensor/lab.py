@@ -1171,3 +1171,80 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --- the sensor's view of the lab -------------------------------------------------------------
+
+LAB_GEO = """\
+# The lab's documentation ranges placed on the map (sensor.lab writes this file).
+[[prefix]]
+net = "203.0.113.0/24"
+country = "CN"
+asn = 64500
+asn_org = "Lab network in China"
+
+[[prefix]]
+net = "2001:db8:203::/48"
+country = "CN"
+asn = 64500
+asn_org = "Lab network in China"
+
+[[prefix]]
+net = "192.0.2.0/24"
+country = "ID"
+asn = 64502
+asn_org = "Lab network at home"
+
+[[prefix]]
+net = "2001:db8:192::/48"
+country = "ID"
+asn = 64502
+asn_org = "Lab network at home"
+"""
+
+LAB_AWS_RANGES = {
+    "syncToken": "1700000000",
+    "createDate": "2023-11-14-22-13-20",
+    "prefixes": [
+        {
+            "ip_prefix": "198.51.100.0/24",
+            "region": "ap-southeast-1",
+            "service": "EC2",
+            "network_border_group": "ap-southeast-1",
+        }
+    ],
+    "ipv6_prefixes": [
+        {
+            "ipv6_prefix": "2001:db8:198::/48",
+            "region": "ap-southeast-1",
+            "service": "EC2",
+            "network_border_group": "ap-southeast-1",
+        }
+    ],
+}
+"""198.51.100.0/24 as AWS Singapore, in AWS's own ip-ranges.json format."""
+
+
+def write_sensor_fixture(state_dir: Path) -> Path:
+    """Data for a sensor watching the lab: the geo overrides file (returned) and an AWS range
+    file in `<state_dir>/data/` mapping the lab's 'Singapore' range to ap-southeast-1."""
+    data = state_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "ip-ranges.json").write_text(json.dumps(LAB_AWS_RANGES))
+    overrides = state_dir / "lab-geo.toml"
+    overrides.write_text(LAB_GEO)
+    return overrides
+
+
+def sensor_config(lab: Lab, state_dir: Path, extra: str = "") -> str:
+    """A phonehome configuration for a daemon in the lab's gateway namespace."""
+    overrides = write_sensor_fixture(state_dir)
+    return (
+        f'[site]\nhome_country = "ID"\nlan_networks = ["192.168.77.0/24", "fd00:77::/64"]\n'
+        f'[paths]\nstate_dir = "{state_dir}"\n'
+        f'[geo]\noverrides = "{overrides}"\n'
+        f'[daemon]\ninterfaces = ["{lab.lan_bridge}"]\nallow_root = true\nuser = ""\n'
+        f"conntrack_interval = 1.0\nsnapshot_interval = 0.5\n"
+        f'[[devices]]\nmac = "{lab.devices["xiaomi"].mac}"\nname = "Redmi phone"\n'
+        f'kind = "phone"\n' + extra
+    )

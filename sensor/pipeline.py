@@ -9,12 +9,13 @@ packet of a flow whose first payload packets are still being inspected, anything
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import struct
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sensor.capture import MAX_RECORD, Chunk, Packet, pack_chunks
 from sensor.config import Config
@@ -28,6 +29,9 @@ from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.names import DnsCache
+
+if TYPE_CHECKING:
+    from sensor.fastpath import Columns
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +132,110 @@ class Pipeline:
         self.run(pack_chunks(packets))
 
     def run(self, chunks: Iterable[Chunk]) -> None:
-        """Feed chunks of pcap-format records through decode and the flow table.
+        """Feed chunks of pcap-format records through decode and the flow table. Never raises
+        on packet content.
+
+        With numpy, `_run_columns` (whole-array header reads, one flow-table lookup per flow
+        key and chunk); without, `_run_pure`. Both give the same flows, devices and counters.
+        """
+        if _fastpath_available():
+            self._run_columns(chunks)
+        else:
+            self._run_pure(chunks)
+
+    def _run_columns(self, chunks: Iterable[Chunk]) -> None:
+        """`run` with sensor.fastpath. Per chunk: walk the records and read their fields as
+        arrays; then, between idle sweeps (which happen at exactly the packets where the pure
+        loop makes them), look each flow key up once. Packets of known flows whose inspection
+        is over change no decision: they are counted in whole-array sums. Every other packet
+        (new flows, payload under inspection, anything unusual) goes one by one, in capture
+        order, through the same steps as in `_run_pure`.
+        """
+        from sensor import fastpath
+
+        for chunk in chunks:
+            if chunk.linktype not in fastpath.LINKS or chunk.end - chunk.start < _MIN_COLUMNS:
+                self._run_pure((chunk,))  # the arrays' fixed cost would not pay off
+                continue
+            cols = fastpath.columns(chunk)
+            n = cols.n
+            if not n:
+                continue
+            ts = cols.ts
+            a = 0
+            due = fastpath.first_at_least(ts, 0, self._next_sweep)
+            while True:
+                if due > a:
+                    self._columns_segment(chunk, cols, a, due)
+                if due == n:
+                    break
+                self._sweep(float(ts[due]))
+                a = due
+                due = fastpath.first_at_least(ts, due + 1, self._next_sweep)
+            self.packets_read += n
+            self.last_ts = float(ts[-1])
+
+    def _columns_segment(self, chunk: Chunk, cols: Columns, a: int, b: int) -> None:
+        """Packets [a, b) of a chunk, with no idle sweep due among them."""
+        from sensor import fastpath
+
+        tally = fastpath.tally(cols, a, b)
+        keys, key_tcp = cols.keys, cols.key_tcp
+        tcp = self.flows.tcp
+        udp = self.flows.udp
+        bulk: list[tuple[Half, int, int, float]] = []
+        bulk_keys: list[int] = []
+        bulk_packets = 0
+        # With timestamps running backwards, a packet counted one by one (an IP fragment, say)
+        # and bulk-counted ones of the same flow would need their order kept: no bulk then.
+        if tally.ordered or not tally.other:
+            for k, count, nbytes, last in zip(
+                tally.keys, tally.packets, tally.nbytes, tally.last, strict=True
+            ):
+                h = (tcp if key_tcp[k] else udp).get(keys[k])
+                # Known, inspection over, and its time not running backwards (so that its
+                # last-seen time ends up as the pure loop's).
+                if h is not None and not h.inspect and h.last <= last:
+                    bulk.append((h, count, nbytes, last))
+                    bulk_keys.append(k)
+                    bulk_packets += count
+            if len(self.flows) + (b - a - bulk_packets) > self.cfg.flows.max_flows:
+                # New flows could push one of these out of the table in mid-chunk (size cap).
+                bulk, bulk_keys, bulk_packets = [], [], 0
+        slow = self._slow
+        buf = chunk.buf
+        lt = chunk.linktype
+        other = len(keys)
+        fast = 0
+        for ts, s, e, k, payload, iplen in zip(
+            *fastpath.pending(cols, a, b, bulk_keys), strict=True
+        ):
+            if k == other:
+                slow(ts, lt, buf[s:e])
+                continue
+            h = (tcp if key_tcp[k] else udp).get(keys[k])
+            if h is None or (payload and h.inspect):
+                slow(ts, lt, buf[s:e])
+                continue
+            h.packets += 1
+            h.nbytes += iplen
+            h.last = ts
+            fast += 1
+        for h, count, nbytes, last in bulk:
+            h.packets += count
+            h.nbytes += nbytes
+            if last > h.last:
+                h.last = last
+        fast += bulk_packets
+        self.packets_fast += fast
+        self.packets_decoded += fast
+
+    def _run_pure(self, chunks: Iterable[Chunk]) -> None:
+        """`run` in pure Python.
 
         This is the hot loop: records are walked in place; a packet of a known flow whose
         inspection is over costs a header unpack, a few byte reads, one slice and one dict
-        lookup. Never raises on packet content.
+        lookup.
         """
         tcp = self.flows.tcp
         udp = self.flows.udp
@@ -327,10 +430,13 @@ class Pipeline:
         is_tcp: bool,
         flags: int,
         link: object,
+        opener_is_src: bool = False,
     ) -> FlowEntry:
         src_lan, dst_lan = self.is_lan(src), self.is_lan(dst)
         if src_lan != dst_lan:
             up = src_lan
+        elif opener_is_src:  # conntrack's original direction is the opener's
+            up = True
         elif is_tcp and flags & _SYN:
             up = not flags & _ACK  # SYN opens, SYN-ACK answers
         elif sport < 1024 <= dport or (sport in _SERVER_PORTS and dport not in _SERVER_PORTS):
@@ -611,6 +717,76 @@ class Pipeline:
 
     # --- end ------------------------------------------------------------------------------------
 
+    # --- live operation -------------------------------------------------------------------------
+
+    live_accounting = False
+    """True when conntrack counts the bytes (the daemon on a gateway): captured packets then
+    only feed the decoders, and `account_conntrack` sets the counters."""
+
+    def advance(self, now: float) -> None:
+        """Time passes without packets (the daemon's loop): sweep idle flows when due."""
+        if now >= self._next_sweep:
+            self._sweep(now)
+
+    def account_conntrack(
+        self,
+        proto: str,
+        src: str,
+        sport: int,
+        dst: str,
+        dport: int,
+        bytes_orig: int,
+        packets_orig: int,
+        bytes_reply: int,
+        packets_reply: int,
+        now: float,
+        final: bool = False,
+    ) -> None:
+        """Counters of one conntrack entry (original tuple = the opener, before NAT) into
+        the flow it belongs to; a flow we had not seen (its first packets were missed, or it
+        predates us) is created. `final` (a DESTROY event) ends the flow."""
+        if proto not in ("tcp", "udp"):
+            return
+        try:
+            sb = ipaddress.ip_address(src).packed
+            db = ipaddress.ip_address(dst).packed
+        except ValueError:
+            return
+        is_tcp = proto == "tcp"
+        key = sb + db + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+        h = (self.flows.tcp if is_tcp else self.flows.udp).get(key)
+        if h is None:
+            if not (bytes_orig or bytes_reply):
+                return
+            entry = self._new_flow(now, sb, db, sport, dport, is_tcp, 0, None, True)
+            h = entry.up if entry.key_up == key else entry.down
+        entry = h.entry
+        orig, reply = (entry.up, entry.down) if h is entry.up else (entry.down, entry.up)
+        before = entry.up.nbytes
+        for half, nbytes, npackets in (
+            (orig, bytes_orig, packets_orig),
+            (reply, bytes_reply, packets_reply),
+        ):
+            if nbytes > half.nbytes or npackets > half.packets:
+                half.nbytes = max(half.nbytes, nbytes)
+                half.packets = max(half.packets, npackets)
+                half.last = max(half.last, now)
+        if entry.up.nbytes > before:
+            self._progress(entry, entry.up.nbytes - before, now)
+        if final:
+            self.flows.end(entry, "end")
+
+    def _progress(self, entry: FlowEntry, new_up: int, now: float) -> None:
+        hook = getattr(self.observer, "upload_progress", None)
+        if hook is not None:
+            self._observe(hook, entry.sync(), new_up, now)
+
+    def retarget(self, cfg: Config, sink: Sink, observer: Observer) -> None:
+        """New configuration and stages (SIGHUP); flows and devices carry over."""
+        self.cfg = cfg
+        self.sink = sink
+        self.observer = observer
+
     def finish(self) -> None:
         """End every flow and report every device."""
         self.flows.flush()
@@ -636,6 +812,20 @@ class Pipeline:
             "devices_dropped": self.devices_dropped,
             "dns_cache": len(self.dns),
         }
+
+
+_MIN_COLUMNS = 0
+"""Chunks smaller than this (bytes) take the pure loop even with numpy."""
+
+
+@functools.cache
+def _fastpath_available() -> bool:
+    """numpy is optional: without it the pure loop runs."""
+    try:
+        import sensor.fastpath  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # Per link type: a struct reading, at the frame's start, the link's EtherType and the IPv4

@@ -101,6 +101,12 @@ class Stages:
         if self.detector is not None:
             self.detector.payload(flow, device, data, ts)
 
+    def upload_progress(self, flow: Flow, device: Device | None, new: int, ts: float) -> None:
+        """A live flow's upload grew by `new` bytes (conntrack counters)."""
+        if self.detector is not None and self.enricher is not None:
+            dst = self.enricher.destination(flow.dst_ip, flow.dst_port, flow.server_name)
+            self.detector.upload_progress(flow, device, dst, ts)
+
     def tick(self, ts: float) -> None:
         if self.detector is not None:
             self.detector.tick(ts)

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from sensor.model import Destination, Device, DeviceRef, Flow, HttpRequest, Obse
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
+MAX_ACCOUNTED_FLOWS = 262144
 
 
 def load_or_create_key(path: Path) -> tuple[bytes, bool]:
@@ -82,6 +84,8 @@ class Detector:
         )
         self.learned_path = learned_path
         self.learned_on_disk = _read_learned(learned_path) if learned_path else set()
+        self._accounted: OrderedDict[str, int] = OrderedDict()
+        """Upload bytes already accounted per live flow (uid)."""
         self.findings = 0
         self.learned = 0
         self.scanned_bytes = 0
@@ -160,13 +164,34 @@ class Detector:
 
     # --- volumes and countries, when a flow ends ------------------------------------------------
 
-    def flow_end(self, flow: Flow, device: Device | None, dst: Destination) -> None:
+    def upload_progress(
+        self, flow: Flow, device: Device | None, dst: Destination, ts: float
+    ) -> None:
+        """A live flow's upload grew (conntrack counters): account the new bytes now, so a
+        long upload alerts while it runs, not when its conntrack entry finally expires."""
         if dst.country is None:
             return
         who = self._device(device, flow)
-        self.alerts.account_contact(flow.first_seen, who, dst, flow.uid)
-        if dst.abroad and flow.bytes_up:
-            self.alerts.account_upload(flow.last_seen, who, dst, flow.bytes_up, flow.uid)
+        if flow.uid not in self._accounted:
+            self.alerts.account_contact(flow.first_seen, who, dst, flow.uid)
+        new = flow.bytes_up - self._accounted.get(flow.uid, 0)
+        self._accounted[flow.uid] = flow.bytes_up
+        self._accounted.move_to_end(flow.uid)
+        while len(self._accounted) > MAX_ACCOUNTED_FLOWS:
+            self._accounted.popitem(last=False)
+        if dst.abroad and new > 0:
+            self.alerts.account_upload(ts, who, dst, new, flow.uid)
+
+    def flow_end(self, flow: Flow, device: Device | None, dst: Destination) -> None:
+        already = self._accounted.pop(flow.uid, None)
+        if dst.country is None:
+            return
+        who = self._device(device, flow)
+        if already is None:
+            self.alerts.account_contact(flow.first_seen, who, dst, flow.uid)
+        new = flow.bytes_up - (already or 0)
+        if dst.abroad and new > 0:
+            self.alerts.account_upload(flow.last_seen, who, dst, new, flow.uid)
 
     def tick(self, now: float) -> None:
         self.alerts.tick(now)

@@ -1,0 +1,75 @@
+"""Dropping root: become the service user, keeping only CAP_NET_RAW and CAP_NET_ADMIN.
+
+Under systemd the unit does this (User=, AmbientCapabilities=); this is for `phonehome run`
+started by hand as root. Sockets opened before the drop keep working; the two capabilities
+stay for what is opened later (conntrack dumps, rule changes on reload).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+
+CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
+KEEP = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
+
+_PR_SET_KEEPCAPS = 8
+_PR_CAPBSET_DROP = 24
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _last_cap() -> int:
+    try:
+        return int(open("/proc/sys/kernel/cap_last_cap").read())
+    except (OSError, ValueError):
+        return 40
+
+
+def drop_to(user: str) -> None:
+    """setuid/setgid to `user`, keeping CAP_NET_RAW and CAP_NET_ADMIN (effective and
+    permitted) and dropping every other capability from the bounding set."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pw = pwd.getpwnam(user)
+    for cap in range(_last_cap() + 1):
+        if not KEEP & (1 << cap):
+            libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # before setuid: needs CAP_SETPCAP
+    if libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_KEEPCAPS)")
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)(_CapData(KEEP, KEEP, 0), _CapData(0, 0, 0))
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def effective_capabilities(pid: int | str = "self") -> int:
+    """CapEff of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0

@@ -1,0 +1,115 @@
+"""systemd integration: sd_notify (READY, STATUS, WATCHDOG, STOPPING) and journal logging.
+
+The only module importing systemd-python. sd_notify is also spoken natively (one datagram to
+$NOTIFY_SOCKET) when systemd-python is missing, since the protocol is that simple and the
+daemon must not lose readiness or watchdog pings over an import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+
+
+class Notifier:
+    """Talks to the service manager, if there is one ($NOTIFY_SOCKET)."""
+
+    def __init__(self) -> None:
+        self.socket_path = os.environ.get("NOTIFY_SOCKET") or None
+        self.watchdog_interval = _watchdog_interval()
+        self._last_ping = 0.0
+        self.sent: list[str] = []
+        """What was sent (the last few), for status and tests."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.socket_path is not None
+
+    def notify(self, state: str) -> bool:
+        if self.socket_path is None:
+            return False
+        addr = self.socket_path
+        if addr.startswith("@"):
+            addr = "\0" + addr[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.sendto(state.encode(), addr)
+        except OSError:
+            return False
+        self.sent.append(state)
+        del self.sent[:-20]
+        return True
+
+    def ready(self, status: str) -> None:
+        self.notify(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
+
+    def status(self, text: str) -> None:
+        self.notify(f"STATUS={text}")
+
+    def stopping(self) -> None:
+        self.notify("STOPPING=1")
+
+    def reloading(self) -> None:
+        self.notify(
+            f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
+
+    def watchdog(self, now: float) -> None:
+        """Ping at half the interval; called from the packet loop, so a hung loop stops
+        pinging and systemd restarts us (never from a timer thread of its own)."""
+        if self.watchdog_interval is None:
+            return
+        if now - self._last_ping >= self.watchdog_interval / 2:
+            self._last_ping = now
+            self.notify("WATCHDOG=1")
+
+
+def _watchdog_interval() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec:
+        return None
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None  # meant for another process
+    try:
+        value = int(usec)
+    except ValueError:
+        return None
+    return value / 1e6 if value > 0 else None
+
+
+def stderr_is_journal() -> bool:
+    """$JOURNAL_STREAM names stderr's device and inode when systemd connected it to the
+    journal."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    if not dev.isdigit() or not ino.isdigit():
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+def setup_logging(level: int) -> str:
+    """Journal logging when stderr goes to the journal, stderr otherwise; returns which."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if stderr_is_journal():
+        try:
+            from systemd import journal
+
+            root.addHandler(journal.JournalHandler(SYSLOG_IDENTIFIER="phonehome"))
+            return "journal"
+        except ImportError:
+            pass
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("phonehome: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    return "stderr"
