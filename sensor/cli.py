@@ -35,6 +35,12 @@ def _run(args: argparse.Namespace) -> int:
     return daemon_main(args.config)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from sensor.check import check
+
+    return check(args.config, sys.stdout)
+
+
 def _lab(args: argparse.Namespace) -> int:
     from sensor import lab
 
@@ -64,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML configuration",
     )
     r.set_defaults(func=_run)
+
+    c = sub.add_parser("check", help="validate configuration and data; say what run would do")
+    c.add_argument(
+        "--config",
+        metavar="FILE",
+        default="/etc/phonehome/phonehome.toml",
+        help="TOML configuration",
+    )
+    c.set_defaults(func=_check)
 
     u = sub.add_parser(
         "update-data",

@@ -108,12 +108,14 @@ class Daemon:
             )
         acct = netlink.accounting_enabled()
         if acct is False:
-            if netlink.enable_accounting():
+            result = netlink.enable_accounting()
+            if result:
                 acct = True
             else:
                 log.warning(
                     "conntrack accounting (net.netfilter.nf_conntrack_acct) is off and cannot "
-                    "be turned on: flows counted from captured packets only"
+                    "be turned on (%s): flows counted from captured packets only",
+                    result.reason,
                 )
         want = cfg.daemon.accounting
         if want == "conntrack" and not acct:
@@ -127,12 +129,12 @@ class Daemon:
         self.capture_mode = capture
         self._open_source()
         if self.accounting == "conntrack":
-            self.conntrack = netlink.ConntrackEvents()
+            self.conntrack = netlink.ConntrackMonitor()
             self.sel.register(self.conntrack, selectors.EVENT_READ, self._on_conntrack)
-        self.neigh = netlink.NeighbourEvents()
+        self.neigh = netlink.NeighbourMonitor()
         self.sel.register(self.neigh, selectors.EVENT_READ, self._on_neighbours)
         self._build_stages()
-        for ip, mac in netlink.neighbours().items():
+        for ip, mac in netlink.neighbours(interfaces=self.interfaces).items():
             self.pipeline.ip_mac[ip] = mac
         self._drop_privileges()
         self.notifier.ready(self.status_line())
@@ -278,9 +280,12 @@ class Daemon:
         self.conntrack_updates += len(entries)
 
     def _on_neighbours(self) -> None:
-        for ip, mac in self.neigh.read_neighbour_events():
-            if mac:
-                self.pipeline.ip_mac[ip] = mac
+        for ev in self.neigh.read_neighbour_events():
+            if ev.kind == "new" and ev.mac:
+                self.pipeline.ip_mac[ev.ip] = ev.mac
+        for link in self.neigh.read_link_events():
+            if link.ifname in self.interfaces:
+                log.info("LAN interface %s is %s", link.ifname, "up" if link.up else "down")
 
     # --- signals, reload, stop ------------------------------------------------------------------
 
