@@ -186,6 +186,8 @@ class Daemon:
             return
         user = self.cfg.daemon.user
         if user and privileges.user_exists(user):
+            # The state directory was made as root: the service user keeps writing there.
+            privileges.chown_tree(Path(self.cfg.paths.state_dir), user)
             privileges.drop_to(user)
             log.info("dropped to user %s with CAP_NET_RAW and CAP_NET_ADMIN", user)
         elif self.cfg.daemon.allow_root:

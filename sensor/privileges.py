@@ -7,6 +7,7 @@ stay for what is opened later (conntrack dumps, rule changes on reload).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pwd
@@ -64,6 +65,19 @@ def drop_to(user: str) -> None:
     data = (_CapData * 2)(_CapData(KEEP, KEEP, 0), _CapData(0, 0, 0))
     if libc.capset(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), "capset")
+
+
+def chown_tree(path: os.PathLike[str] | str, user: str, depth: int = 3) -> None:
+    """Give `path` and what is below it (a few levels) to `user`."""
+    pw = pwd.getpwnam(user)
+    root = os.fspath(path)
+    base = root.rstrip("/").count("/")
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath.count("/") - base >= depth:
+            dirnames[:] = []
+        for name in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
+            with contextlib.suppress(OSError):
+                os.chown(name, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
 
 def effective_capabilities(pid: int | str = "self") -> int:

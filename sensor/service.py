@@ -23,6 +23,17 @@ class Notifier:
         self._last_ping = 0.0
         self.sent: list[str] = []
         """What was sent (the last few), for status and tests."""
+        self._sock: socket.socket | None = None
+        if self.socket_path is not None:
+            # Connected now, while we may still be root: the socket file may not be writable
+            # by the user we drop to.
+            try:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.connect(_address(self.socket_path))
+            except OSError:
+                if self._sock is not None:
+                    self._sock.close()
+                self._sock = None
 
     @property
     def enabled(self) -> bool:
@@ -31,12 +42,12 @@ class Notifier:
     def notify(self, state: str) -> bool:
         if self.socket_path is None:
             return False
-        addr = self.socket_path
-        if addr.startswith("@"):
-            addr = "\0" + addr[1:]
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-                s.sendto(state.encode(), addr)
+            if self._sock is not None:
+                self._sock.send(state.encode())
+            else:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                    s.sendto(state.encode(), _address(self.socket_path))
         except OSError:
             return False
         self.sent.append(state)
@@ -65,6 +76,10 @@ class Notifier:
         if now - self._last_ping >= self.watchdog_interval / 2:
             self._last_ping = now
             self.notify("WATCHDOG=1")
+
+
+def _address(path: str) -> str:
+    return "\0" + path[1:] if path.startswith("@") else path
 
 
 def _watchdog_interval() -> float | None:
