@@ -27,11 +27,14 @@ sysdeps-bench:
 sysdeps-demo:
 	packaging/system-deps.sh demo
 
+# The live sensor in the namespace lab (root); the offline analysis of a sample capture too.
 demo: sysdeps-demo venv
+	$(VENV)/bin/phonehome demo
+	@echo
+	@echo "== the same phone in a capture file: phonehome analyze =="
 	mkdir -p $(DEMO_DIR)/state
 	$(PY) -c "from sensor.synth import write_sample; write_sample('$(DEMO_DIR)/home.pcap')"
 	$(VENV)/bin/phonehome analyze --config etc/demo.toml $(DEMO_DIR)/home.pcap
-	@echo "alerts also written to $(DEMO_DIR)/state/events.jsonl"
 
 lint: venv
 	$(VENV)/bin/ruff check sensor tests bench

@@ -41,6 +41,12 @@ def _check(args: argparse.Namespace) -> int:
     return check(args.config, sys.stdout)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from sensor.demo import main as demo_main
+
+    return demo_main()
+
+
 def _lab(args: argparse.Namespace) -> int:
     from sensor import lab
 
@@ -70,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML configuration",
     )
     r.set_defaults(func=_run)
+
+    d = sub.add_parser(
+        "demo", help="the live sensor on the lab gateway watching a phone leak (root)"
+    )
+    d.set_defaults(func=_demo)
 
     c = sub.add_parser("check", help="validate configuration and data; say what run would do")
     c.add_argument(

@@ -379,9 +379,14 @@ class Daemon:
             "accounting": self.accounting,
             "flows": live[:MAX_SNAPSHOT_FLOWS],
             "ended": list(reversed(self.output.ended[-200:])),
-            "devices": [device_record(d) for d in p.devices.values()],
+            "devices": [self._device_record(d) for d in list(p.devices.values())],
             "stats": stats,
         }
+
+    def _device_record(self, dev: Device) -> dict[str, Any]:
+        if self.stages.enricher is not None:
+            self.stages.enricher.annotate_device(dev)
+        return device_record(dev)
 
     def write_snapshot(self, now: float) -> None:
         path = Path(self.cfg.paths.state_dir) / "flows.json"
