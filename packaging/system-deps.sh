@@ -8,7 +8,7 @@ set -euo pipefail
 want=(python3-venv libsystemd-dev pkg-config gcc)
 case "${1:-test}" in
   demo) want+=(iproute2 nftables conntrack) ;;
-  test) want+=(tshark prometheus-alertmanager iproute2 nftables conntrack) ;;
+  test) want+=(tshark prometheus prometheus-alertmanager iproute2 nftables conntrack) ;;
   bench) want+=(tshark libndpi-bin iperf3 iproute2 nftables conntrack) ;;
   *) echo "usage: $0 [test|demo|bench]" >&2; exit 2 ;;
 esac

@@ -20,6 +20,7 @@ from typing import Any
 # The alert and sink settings live beside the code they tune (their validation needs its rule
 # names and label sets); the loader treats them like every other section.
 from sensor.alerts import AlertsConfig
+from sensor.metrics import MetricsConfig
 from sensor.sinks import AlertmanagerConfig, EventLogConfig, JournalConfig
 
 DEFAULT_LAN_NETWORKS = (
@@ -279,6 +280,7 @@ class Config:
     identifiers: IdentifiersConfig = field(default_factory=IdentifiersConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     devices: tuple[DeviceConfig, ...] = ()
     source: str = "<defaults>"
 
@@ -297,6 +299,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "identifiers": IdentifiersConfig,
     "detect": DetectConfig,
     "daemon": DaemonConfig,
+    "metrics": MetricsConfig,
 }
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from sensor import __version__
 from sensor.config import Config, ConfigError, load_config
+from sensor.metrics import Exporter, MetricsError
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
 from sensor.report import device_record, flow_record
@@ -51,14 +52,18 @@ class DaemonError(Exception):
 
 
 class LiveOutput:
-    """The daemon's record output: keeps recently ended flows for the snapshot (bounded)."""
+    """The daemon's record output: keeps recently ended flows for the snapshot (bounded) and
+    hands them to the metrics exporter."""
 
     def __init__(self) -> None:
         self.ended: list[dict[str, Any]] = []
         self.flows_ended = 0
+        self.metrics: Exporter | None = None
 
     def flow(self, flow: Flow) -> None:
         self.flows_ended += 1
+        if self.metrics is not None:
+            self.metrics.flow_ended(flow)
         self.ended.append(flow_record(flow))
         if len(self.ended) > MAX_SNAPSHOT_FLOWS:
             del self.ended[: len(self.ended) - MAX_SNAPSHOT_FLOWS]
@@ -85,6 +90,7 @@ class Daemon:
         self.interfaces: list[str] = []
         self.stages: Stages
         self.pipeline: Pipeline
+        self.metrics: Exporter
         self.started = time.time()
         self._next_dump = 0.0
         self._next_snapshot = 0.0
@@ -127,6 +133,8 @@ class Daemon:
         if capture == "auto":
             capture = "nflog" if self.accounting == "conntrack" else "packet"
         self.capture_mode = capture
+        self.metrics = Exporter(cfg.metrics, self)
+        self.output.metrics = self.metrics
         self._open_source()
         if self.accounting == "conntrack":
             self.conntrack = netlink.ConntrackMonitor()
@@ -136,6 +144,9 @@ class Daemon:
         self._build_stages()
         for ip, mac in netlink.neighbours(interfaces=self.interfaces).items():
             self.pipeline.ip_mac[ip] = mac
+        if cfg.metrics.enabled:
+            self.metrics.start()  # before dropping root: it may read key and credential files
+            log.info("metrics at %s", self.metrics.url)
         self._drop_privileges()
         self.notifier.ready(self.status_line())
         log.info(
@@ -170,6 +181,7 @@ class Daemon:
             sinks.append(JournalSink(cfg.journal))
         if cfg.alertmanager.url:
             sinks.append(AlertmanagerSink(cfg.alertmanager, cfg.alerts.suppress_window))
+        sinks.append(self.metrics.alert_sink())
         return sinks
 
     def _build_stages(self) -> None:
@@ -178,6 +190,8 @@ class Daemon:
         self.pipeline = Pipeline(self.cfg, self.stages, self.stages)
         self.pipeline.live_accounting = self.accounting == "conntrack"
         self.stages.devices = self.pipeline.devices
+        if self.stages.detector is not None:
+            self.metrics.tap(self.stages.detector.alerts)
 
     def _drop_privileges(self) -> None:
         from sensor import privileges
@@ -303,7 +317,8 @@ class Daemon:
         try:
             cfg = load_config(self.config_path)
             stages = build_stages(cfg, self.output, self._sinks(cfg))
-        except (ConfigError, OSError, ValueError) as exc:
+            self.metrics.reconfigure(cfg.metrics)
+        except (ConfigError, OSError, ValueError, MetricsError) as exc:
             log.error("reload failed, still running on the old configuration: %s", exc)
             self.notifier.notify(f"READY=1\nSTATUS=reload failed: {exc}")
             return False
@@ -311,6 +326,8 @@ class Daemon:
         self.cfg = cfg
         self.stages = stages
         stages.devices = self.pipeline.devices
+        if stages.detector is not None:
+            self.metrics.tap(stages.detector.alerts)
         self.pipeline.retarget(cfg, stages, stages)
         try:
             old.close()
@@ -331,6 +348,7 @@ class Daemon:
         except Exception:
             log.exception("closing the stages failed")
         self.write_snapshot(time.time())
+        self.metrics.stop()
         for obj in (self.source, self.conntrack, self.neigh):
             if obj is not None:
                 with contextlib.suppress(KeyError, ValueError):
@@ -422,7 +440,7 @@ def main(config_path: str | None) -> int:
     daemon = Daemon(config_path, cfg)
     try:
         daemon.start()
-    except (DaemonError, OSError) as exc:
+    except (DaemonError, OSError, MetricsError) as exc:
         log.error("cannot start: %s", exc)
         if daemon.rules_installed:
             from sensor import livecapture

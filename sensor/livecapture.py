@@ -33,6 +33,7 @@ import re
 import select
 import socket
 import struct
+import threading
 import subprocess
 import time
 from collections import deque
@@ -926,6 +927,7 @@ class PacketSocketSource:
             raise ValueError("block_size: a power of two >= 128 KiB; block_count >= 2")
         self.wide = wide
         self._kernel = [0, 0, 0]  # packets, drops, freeze_q_cnt
+        self._stats_lock = threading.Lock()
         self.delivered = 0
         self.malformed = 0
         self.truncated = 0
@@ -1100,8 +1102,9 @@ class PacketSocketSource:
         except OSError:
             return
         vals = _STATS_V3.unpack(raw.ljust(_STATS_V3.size, b"\0"))
-        for i, v in enumerate(vals):
-            self._kernel[i] += v
+        with self._stats_lock:  # a scrape thread reads stats too; the kernel resets on read
+            for i, v in enumerate(vals):
+                self._kernel[i] += v
 
     def stats(self) -> dict[str, int]:
         """received: packets that passed the filter (kernel, drops included); drops: those
