@@ -19,6 +19,7 @@ event log is closed, the nftables rules are removed.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -432,6 +433,8 @@ def main(config_path: str | None) -> int:
     from sensor.service import setup_logging
 
     setup_logging(logging.INFO)
+    # `kill -USR1` prints every thread's stack to stderr: a hung daemon explains itself.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:

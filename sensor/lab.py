@@ -1226,11 +1226,15 @@ LAB_AWS_RANGES = {
 
 
 def write_sensor_fixture(state_dir: Path) -> Path:
-    """Data for a sensor watching the lab: the geo overrides file (returned) and an AWS range
-    file in `<state_dir>/data/` mapping the lab's 'Singapore' range to ap-southeast-1."""
-    data = state_dir / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "ip-ranges.json").write_text(json.dumps(LAB_AWS_RANGES))
+    """Data for a sensor watching the lab: the geo overrides file (returned), and an AWS range
+    file mapping the lab's 'Singapore' range to ap-southeast-1, imported into
+    `<state_dir>/data/` the way a router without internet would (`update-data --from`)."""
+    from sensor.enrich import datafiles
+
+    inbox = state_dir / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / "ip-ranges.json").write_text(json.dumps(LAB_AWS_RANGES))
+    datafiles.update(state_dir, from_dir=inbox, sources=["aws"])
     overrides = state_dir / "lab-geo.toml"
     overrides.write_text(LAB_GEO)
     return overrides

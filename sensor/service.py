@@ -23,6 +23,7 @@ class Notifier:
         self._last_ping = 0.0
         self.sent: list[str] = []
         """What was sent (the last few), for status and tests."""
+        self.dropped = 0
         self._sock: socket.socket | None = None
         if self.socket_path is not None:
             # Connected now, while we may still be root: the socket file may not be writable
@@ -30,6 +31,8 @@ class Notifier:
             try:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 self._sock.connect(_address(self.socket_path))
+                # Never block the packet loop on a service manager that does not read.
+                self._sock.setblocking(False)
             except OSError:
                 if self._sock is not None:
                     self._sock.close()
@@ -48,7 +51,8 @@ class Notifier:
             else:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
                     s.sendto(state.encode(), _address(self.socket_path))
-        except OSError:
+        except OSError:  # includes BlockingIOError: a full queue drops the message
+            self.dropped += 1
             return False
         self.sent.append(state)
         del self.sent[:-20]

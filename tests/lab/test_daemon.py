@@ -98,6 +98,8 @@ class Daemon:
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)  # stacks into the log, then kill
+                time.sleep(1)
                 self.proc.kill()
                 self.proc.wait()
         self.pump(0.3)
