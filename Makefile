@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := var/demo
 
-.PHONY: demo test lint bench venv sysdeps-demo sysdeps-test sysdeps-bench clean
+.PHONY: demo test lint bench venv deb test-deb sysdeps-demo sysdeps-test sysdeps-bench sysdeps-deb clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,5 +49,15 @@ bench: sysdeps-bench venv
 	$(PY) -m bench.scanner_bench
 	$(PY) -m bench.live_bench
 
+# The Debian package (dist/phonehome_*.deb) and its install/boot test alone.
+sysdeps-deb:
+	packaging/system-deps.sh deb
+
+deb: sysdeps-deb
+	packaging/build-deb.sh dist
+
+test-deb: sysdeps-test venv
+	PHONEHOME_DEB_TEST=require $(VENV)/bin/pytest -q -m deb tests/test_packaging.py
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var build dist .pytest_cache .mypy_cache .ruff_cache

@@ -93,9 +93,10 @@ def _check_live(cfg: Config, out: TextIO) -> int:
     problems = 0
     try:
         from sensor import netlink
+        from sensor.daemon import routable
 
         ifaces = list(cfg.daemon.interfaces) or netlink.interfaces_for_prefixes(
-            list(cfg.site.lan_networks)
+            routable(cfg.site.lan_networks)
         )
         acct = netlink.accounting_enabled()
     except (ImportError, OSError) as exc:

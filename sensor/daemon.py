@@ -106,7 +106,7 @@ class Daemon:
 
         cfg = self.cfg
         self.interfaces = list(cfg.daemon.interfaces) or netlink.interfaces_for_prefixes(
-            list(cfg.site.lan_networks)
+            routable(cfg.site.lan_networks)
         )
         if not self.interfaces:
             raise DaemonError(
@@ -163,10 +163,10 @@ class Daemon:
 
         d = self.cfg.daemon
         if self.capture_mode == "nflog":
+            self.rules_installed = True  # removing an absent table is harmless
             livecapture.install_rules(
                 d.nflog_group, self.interfaces, first_packets=d.first_packets, snaplen=d.snaplen
             )
-            self.rules_installed = True
             self.source = livecapture.NflogSource(d.nflog_group)
         else:
             self.source = livecapture.PacketSocketSource(
@@ -418,6 +418,13 @@ class Daemon:
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write %s: %s", path, exc)
+
+
+def routable(networks: tuple[str, ...]) -> list[str]:
+    """LAN prefixes that pick interfaces: link-local ones are on every interface, the WAN too."""
+    import ipaddress
+
+    return [n for n in networks if not ipaddress.ip_network(n, strict=False).is_link_local]
 
 
 def _destination_fields(stages: Stages, rec: dict[str, Any]) -> dict[str, Any]:

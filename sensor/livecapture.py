@@ -33,8 +33,8 @@ import re
 import select
 import socket
 import struct
-import threading
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -266,7 +266,12 @@ def install_rules(
     if netns:
         _run_in(netns, ["sh", "-c", f"echo 1 > {CONNTRACK_ACCT}"])
     else:
+        # Under systemd /proc/sys is read-only (ProtectKernelTunables) and the sysctl.d file
+        # has switched accounting on already: write only when it is off.
         try:
+            with open(CONNTRACK_ACCT) as fh:
+                if fh.read().strip() == "1":
+                    return
             with open(CONNTRACK_ACCT, "w") as fh:
                 fh.write("1\n")
         except OSError as exc:

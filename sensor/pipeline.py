@@ -10,6 +10,7 @@ packet of a flow whose first payload packets are still being inspected, anything
 from __future__ import annotations
 
 import functools
+import heapq
 import ipaddress
 import logging
 import struct
@@ -135,13 +136,11 @@ class Pipeline:
         """Feed chunks of pcap-format records through decode and the flow table. Never raises
         on packet content.
 
-        With numpy, `_run_columns` (whole-array header reads, one flow-table lookup per flow
-        key and chunk); without, `_run_pure`. Both give the same flows, devices and counters.
+        Big chunks go through `_run_columns` when numpy is installed (whole-array header
+        reads, one flow-table lookup per flow key and chunk), the rest through `_run_pure`.
+        Both give the same flows, devices and counters.
         """
-        if _fastpath_available():
-            self._run_columns(chunks)
-        else:
-            self._run_pure(chunks)
+        self._run_columns(chunks)
 
     def _run_columns(self, chunks: Iterable[Chunk]) -> None:
         """`run` with sensor.fastpath. Per chunk: walk the records and read their fields as
@@ -150,13 +149,21 @@ class Pipeline:
         is over change no decision: they are counted in whole-array sums. Every other packet
         (new flows, payload under inspection, anything unusual) goes one by one, in capture
         order, through the same steps as in `_run_pure`.
-        """
-        from sensor import fastpath
 
+        Small chunks, link types the fast path does not know, and everything when numpy is
+        missing, go through `_run_pure` chunk by chunk (numpy is imported at the first big
+        chunk: a small capture does not pay for it).
+        """
         for chunk in chunks:
-            if chunk.linktype not in fastpath.LINKS or chunk.end - chunk.start < _MIN_COLUMNS:
-                self._run_pure((chunk,))  # the arrays' fixed cost would not pay off
+            if (
+                chunk.end - chunk.start < _MIN_COLUMNS
+                or chunk.linktype not in _LINK_LAYOUTS
+                or not _fastpath_available()
+            ):
+                self._run_pure((chunk,))
                 continue
+            from sensor import fastpath
+
             cols = fastpath.columns(chunk)
             n = cols.n
             if not n:
@@ -176,57 +183,112 @@ class Pipeline:
             self.last_ts = float(ts[-1])
 
     def _columns_segment(self, chunk: Chunk, cols: Columns, a: int, b: int) -> None:
-        """Packets [a, b) of a chunk, with no idle sweep due among them."""
+        """Packets [a, b) of a chunk, with no idle sweep due among them.
+
+        The pure loop's outcome for a packet depends only on its flow's state: no flow yet, or
+        payload while the direction is being inspected, means the slow path; anything else is
+        three counter updates, which commute. So only the packets that may take the slow path
+        (and the one after which a flow turns out to be past inspection) are visited one by
+        one, in capture order; all others are summed per flow in whole-array operations.
+        """
         from sensor import fastpath
 
-        tally = fastpath.tally(cols, a, b)
+        seg = fastpath.Segment(cols, a, b)
         keys, key_tcp = cols.keys, cols.key_tcp
         tcp = self.flows.tcp
         udp = self.flows.udp
-        bulk: list[tuple[Half, int, int, float]] = []
-        bulk_keys: list[int] = []
-        bulk_packets = 0
-        # With timestamps running backwards, a packet counted one by one (an IP fragment, say)
-        # and bulk-counted ones of the same flow would need their order kept: no bulk then.
-        if tally.ordered or not tally.other:
-            for k, count, nbytes, last in zip(
-                tally.keys, tally.packets, tally.nbytes, tally.last, strict=True
-            ):
+        heap = list(seg.others)  # the packets to visit, as a heap of chunk indices
+        every: set[int] = set()  # keys whose every packet is visited
+        new_packets = 0
+        # With timestamps running backwards, a packet that the slow path counts to a flow out
+        # of the keys' sight (an IP fragment, say) would need its order among the summed ones.
+        one_by_one = bool(heap) and not seg.ordered
+        if not one_by_one:
+            for k, count, last in zip(seg.keys, seg.packets, seg.last, strict=True):
                 h = (tcp if key_tcp[k] else udp).get(keys[k])
-                # Known, inspection over, and its time not running backwards (so that its
-                # last-seen time ends up as the pure loop's).
-                if h is not None and not h.inspect and h.last <= last:
-                    bulk.append((h, count, nbytes, last))
-                    bulk_keys.append(k)
-                    bulk_packets += count
-            if len(self.flows) + (b - a - bulk_packets) > self.cfg.flows.max_flows:
-                # New flows could push one of these out of the table in mid-chunk (size cap).
-                bulk, bulk_keys, bulk_packets = [], [], 0
+                if h is None:
+                    i = seg.first(k)
+                    new_packets += count
+                elif h.last > last:  # its time runs backwards: keep its last-seen exact
+                    every.add(k)
+                    i = seg.first(k)
+                elif h.inspect:
+                    i = seg.first_payload(k)
+                else:
+                    continue
+                if i is not None:
+                    heap.append(i)
+            # Each new flow could push an old one out of the table (size cap) in mid-chunk,
+            # before its packets here were counted.
+            one_by_one = len(self.flows) + len(seg.others) + new_packets > self.cfg.flows.max_flows
         slow = self._slow
         buf = chunk.buf
         lt = chunk.linktype
         other = len(keys)
         fast = 0
-        for ts, s, e, k, payload, iplen in zip(
-            *fastpath.pending(cols, a, b, bulk_keys), strict=True
-        ):
+        if one_by_one:
+            for ts, s, e, k, payload, iplen in zip(*fastpath.pending(cols, a, b), strict=True):
+                if k == other:
+                    slow(ts, lt, buf[s:e])
+                    continue
+                h = (tcp if key_tcp[k] else udp).get(keys[k])
+                if h is None or (payload and h.inspect):
+                    slow(ts, lt, buf[s:e])
+                    continue
+                h.packets += 1
+                h.nbytes += iplen
+                h.last = ts
+                fast += 1
+            self.packets_fast += fast
+            self.packets_decoded += fast
+            return
+        key_at = cols.key
+        ts_at = cols.ts
+        start_at = cols.start
+        end_at = cols.end
+        has_payload = cols.payload
+        iplen_at = cols.iplen
+        visited: list[int] = []
+        heappop = heapq.heappop
+        heapq.heapify(heap)
+        while heap:
+            i = heappop(heap)
+            k = key_at.item(i)
+            ts = ts_at.item(i)
             if k == other:
-                slow(ts, lt, buf[s:e])
+                slow(ts, lt, buf[start_at.item(i) : end_at.item(i)])
                 continue
-            h = (tcp if key_tcp[k] else udp).get(keys[k])
-            if h is None or (payload and h.inspect):
-                slow(ts, lt, buf[s:e])
+            visited.append(i)
+            table = tcp if key_tcp[k] else udp
+            key = keys[k]
+            h = table.get(key)
+            if h is None or (h.inspect and has_payload.item(i)):
+                slow(ts, lt, buf[start_at.item(i) : end_at.item(i)])
+                h = table.get(key)
+            else:
+                h.packets += 1
+                h.nbytes += iplen_at.item(i)
+                h.last = ts
+                fast += 1
+            # This key's next packet that could take the slow path.
+            if h is None or k in every:
+                i = seg.after(k, i)
+            elif h.inspect:
+                i = seg.payload_after(k, i)
+            else:
                 continue
-            h.packets += 1
-            h.nbytes += iplen
-            h.last = ts
-            fast += 1
-        for h, count, nbytes, last in bulk:
+            if i is not None:
+                heapq.heappush(heap, i)
+        exact = not seg.others  # else timestamps are in order: the latest is the last
+        for k, count, nbytes, last, after in zip(
+            *fastpath.summed(cols, a, b, visited), strict=True
+        ):
+            h = (tcp if key_tcp[k] else udp)[keys[k]]
             h.packets += count
             h.nbytes += nbytes
-            if last > h.last:
+            fast += count
+            if after and (exact or last > h.last):
                 h.last = last
-        fast += bulk_packets
         self.packets_fast += fast
         self.packets_decoded += fast
 
@@ -814,13 +876,16 @@ class Pipeline:
         }
 
 
-_MIN_COLUMNS = 0
-"""Chunks smaller than this (bytes) take the pure loop even with numpy."""
+_MIN_COLUMNS = 512 << 10
+"""Chunks smaller than this (bytes) take the pure loop even with numpy: the arrays cost about
+0.2 ms a chunk before they save anything, which a few hundred packets do not pay back. A pcap
+file's chunks are 4 MiB; re-packed ones (pcapng, merged files, live batches) hold 256 packets."""
 
 
 @functools.cache
 def _fastpath_available() -> bool:
-    """numpy is optional: without it the pure loop runs."""
+    """numpy is optional: without it the pure loop runs. (Cached: a failed import would
+    search the path again at every call.)"""
     try:
         import sensor.fastpath  # noqa: F401
     except ImportError:
