@@ -257,21 +257,7 @@ class Daemon:
 
     def _on_conntrack(self) -> None:
         for ev in self.conntrack.read_events():
-            e = ev.entry
-            self.pipeline.account_conntrack(
-                e.proto,
-                e.orig_src,
-                e.orig_sport,
-                e.orig_dst,
-                e.orig_dport,
-                e.bytes_orig,
-                e.packets_orig,
-                e.bytes_reply,
-                e.packets_reply,
-                time.time(),
-                final=ev.kind == "destroy",
-            )
-            self.conntrack_updates += 1
+            self._account(ev.entry, time.time(), final=ev.kind == "destroy")
 
     def _dump_conntrack(self, now: float) -> None:
         from sensor import netlink
@@ -282,19 +268,16 @@ class Daemon:
             log.warning("conntrack dump failed: %s", exc)
             return
         for e in entries:
-            self.pipeline.account_conntrack(
-                e.proto,
-                e.orig_src,
-                e.orig_sport,
-                e.orig_dst,
-                e.orig_dport,
-                e.bytes_orig,
-                e.packets_orig,
-                e.bytes_reply,
-                e.packets_reply,
-                now,
-            )
-        self.conntrack_updates += len(entries)
+            self._account(e, now)
+
+    def _account(self, e: Any, now: float, final: bool = False) -> None:
+        """One conntrack entry's counters (original tuple: the LAN side) into its flow."""
+        self.pipeline.account_conntrack(
+            e.proto, e.orig_src, e.orig_sport, e.orig_dst, e.orig_dport,
+            e.bytes_orig, e.packets_orig, e.bytes_reply, e.packets_reply,
+            now, final=final,
+        )  # fmt: skip
+        self.conntrack_updates += 1
 
     def _on_neighbours(self) -> None:
         for ev in self.neigh.read_neighbour_events():
