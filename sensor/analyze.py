@@ -11,7 +11,7 @@ from sensor.capture import CaptureError, CaptureFile, read_captures
 from sensor.config import ConfigError, load_config
 from sensor.pipeline import Pipeline
 from sensor.report import JsonLinesSink, SummarySink
-from sensor.sinks import AlertmanagerSink, EventLog, Sink
+from sensor.sinks import EventLogConfig, JournalConfig, Sink, make_sinks
 from sensor.stages import ReportAlerts
 from sensor.stages import build as build_stages
 
@@ -45,10 +45,13 @@ def analyze(
     # (a router's; `analyze` run by a user on a laptop must not create /var/lib/phonehome),
     # and to Alertmanager when one is configured. Never to the journal from here.
     alert_sinks: list[Sink] = [ReportAlerts(sink)]
-    if cfg.eventlog.enabled and Path(cfg.paths.state_dir).is_dir():
-        alert_sinks.append(EventLog.from_config(cfg.eventlog, cfg.paths.state_dir))
-    if cfg.alertmanager.url:
-        alert_sinks.append(AlertmanagerSink(cfg.alertmanager, cfg.alerts.suppress_window))
+    alert_sinks += make_sinks(
+        cfg.paths.state_dir,
+        cfg.eventlog if Path(cfg.paths.state_dir).is_dir() else EventLogConfig(enabled=False),
+        JournalConfig(enabled=False),
+        cfg.alertmanager,
+        resolve_after=cfg.alerts.suppress_window,
+    )
     try:
         stages = build_stages(cfg, sink, alert_sinks)
     except (OSError, ValueError) as exc:

@@ -93,10 +93,9 @@ def _check_live(cfg: Config, out: TextIO) -> int:
     problems = 0
     try:
         from sensor import netlink
-        from sensor.daemon import routable
 
         ifaces = list(cfg.daemon.interfaces) or netlink.interfaces_for_prefixes(
-            routable(cfg.site.lan_networks)
+            cfg.site.lan_networks
         )
         acct = netlink.accounting_enabled()
     except (ImportError, OSError) as exc:

@@ -37,7 +37,7 @@ from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
 from sensor.report import device_record, flow_record
 from sensor.service import Notifier
-from sensor.sinks import AlertmanagerSink, EventLog, JournalSink, Sink
+from sensor.sinks import Sink, make_sinks
 from sensor.stages import Stages
 from sensor.stages import build as build_stages
 
@@ -106,7 +106,7 @@ class Daemon:
 
         cfg = self.cfg
         self.interfaces = list(cfg.daemon.interfaces) or netlink.interfaces_for_prefixes(
-            routable(cfg.site.lan_networks)
+            cfg.site.lan_networks
         )
         if not self.interfaces:
             raise DaemonError(
@@ -175,13 +175,13 @@ class Daemon:
         self.sel.register(self.source, selectors.EVENT_READ, self._on_packets)
 
     def _sinks(self, cfg: Config) -> list[Sink]:
-        sinks: list[Sink] = []
-        if cfg.eventlog.enabled:
-            sinks.append(EventLog.from_config(cfg.eventlog, cfg.paths.state_dir))
-        if cfg.journal.enabled:
-            sinks.append(JournalSink(cfg.journal))
-        if cfg.alertmanager.url:
-            sinks.append(AlertmanagerSink(cfg.alertmanager, cfg.alerts.suppress_window))
+        sinks = make_sinks(
+            cfg.paths.state_dir,
+            cfg.eventlog,
+            cfg.journal,
+            cfg.alertmanager,
+            resolve_after=cfg.alerts.suppress_window,
+        )
         sinks.append(self.metrics.alert_sink())
         return sinks
 
@@ -401,13 +401,6 @@ class Daemon:
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write %s: %s", path, exc)
-
-
-def routable(networks: tuple[str, ...]) -> list[str]:
-    """LAN prefixes that pick interfaces: link-local ones are on every interface, the WAN too."""
-    import ipaddress
-
-    return [n for n in networks if not ipaddress.ip_network(n, strict=False).is_link_local]
 
 
 def _destination_fields(stages: Stages, rec: dict[str, Any]) -> dict[str, Any]:

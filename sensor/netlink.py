@@ -774,8 +774,10 @@ def lan_prefixes(
 
 def interfaces_for_prefixes(prefixes: Iterable[str], *, netns: str | None = None) -> list[str]:
     """Interfaces holding an address inside any of `prefixes` (how a configured LAN prefix
-    finds its bridge), in interface-index order."""
+    finds its bridge), in interface-index order. Link-local prefixes are passed over: every
+    interface, the WAN side too, holds such an address."""
     nets = [ipaddress.ip_network(p, strict=False) for p in prefixes]
+    nets = [n for n in nets if not n.is_link_local]
     with _Rtnl(netns) as rtnl:
         links = rtnl.links()
         addresses = rtnl.addresses()

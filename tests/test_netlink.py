@@ -603,6 +603,10 @@ def test_prefixes_and_links(lab: Lab) -> None:
     assert interfaces_for_prefixes(["fd00:77::/64", "10.0.0.0/8"], netns=lab.gw_ns) == [
         lab.lan_bridge
     ]
+    # The default LAN list holds fe80::/10, which every interface (the WAN too) matches.
+    assert interfaces_for_prefixes(["192.168.77.0/24", "fe80::/10"], netns=lab.gw_ns) == [
+        lab.lan_bridge
+    ]
     assert link_state(lab.lan_bridge, netns=lab.gw_ns)
     assert not link_state("nosuchif", netns=lab.gw_ns)
 
