@@ -11,7 +11,7 @@ decoded or skipped with a reason. A failing input is written to
 tests/fuzz_corpus/pipeline-<what>-<hash>.bin (replayed by tests/test_fuzz.py) and re-raised.
 At exit it prints the inputs run, the packets fuzzed and the executions per second.
 
-Needs `pip install atheris` (not a pinned dependency).
+atheris is pinned in requirements-dev.txt; tests/test_fuzz.py runs this target briefly in CI.
 """
 
 from __future__ import annotations

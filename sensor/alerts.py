@@ -12,7 +12,9 @@ Rules
     An identifier (IMEI, phone number, e-mail address, ...) went out in cleartext to a server
     in another country than ``site.home_country`` (``Destination.abroad is True``).
 ``identifier_cleartext`` (warning)
-    The same, to a server at home or of unknown country; the summary says which.
+    The same, to a server at home or of unknown country; the summary says which. In both
+    rules an identifier in a DNS query name names only the domain it went to
+    (`dns_name_text`): the name's other labels are the leaked data itself.
 ``foreign_upload`` (warning)
     More than ``foreign_upload_bytes`` (default 5 MB) went from one device to one party abroad
     within a sliding ``upload_window`` (default one hour, kept in ``UPLOAD_BUCKETS`` slices,
@@ -57,6 +59,7 @@ and the others still get the alert.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -66,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from sensor.model import Alert, Destination, DeviceRef, Observation
+from sensor.names import dns_name_text
 from sensor.sinks import LogLimiter, ResolvingSink, Sink
 
 log = logging.getLogger(__name__)
@@ -488,6 +492,9 @@ class AlertStage:
 
     def _identifier(self, obs: Observation) -> Alert | None:
         dst = obs.dst
+        if obs.location == "dns" and dst.server_name:
+            # The name *is* the message: its labels carry the identifier (hex, base32, plain).
+            dst = dataclasses.replace(dst, server_name=dns_name_text(dst.server_name))
         self._device(device_key(obs.device), obs.ts)
         if dst.abroad is True:
             rule = "identifier_abroad"

@@ -1,7 +1,8 @@
 """`phonehome check`: validate configuration and data, and say what `run` would do.
 
 Exit status 0 when `run` could start as configured, 1 when something would stop it (or data it
-needs is broken), 2 when the configuration itself is invalid.
+needs is broken), 2 when the configuration itself is invalid: the file, or a file or folder it
+names (`config.check_files`). Then the one line says the file, the key and the reason.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from sensor.config import Config, ConfigError, load_config
+from sensor.config import Config, ConfigError, check_files, load_config
 
 
 def _age(seconds: float) -> str:
@@ -27,6 +28,7 @@ def check(config_path: str | None, out: TextIO) -> int:
     w = out.write
     try:
         cfg = load_config(config_path)
+        check_files(cfg)
     except ConfigError as exc:
         w(f"config: INVALID: {exc}\n")
         return 2
@@ -55,8 +57,10 @@ def _check_data(cfg: Config, out: TextIO) -> int:
     manifest = state / "data" / "manifest.json"
     now = time.time()
     try:
-        data = json.loads(manifest.read_text())
+        data = json.loads(manifest.read_bytes())
         sources = data.get("sources", data) if isinstance(data, dict) else {}
+        if not isinstance(sources, dict):
+            raise ValueError("no sources table")
         for name, info in sorted(sources.items()):
             if not isinstance(info, dict):
                 continue

@@ -3,19 +3,29 @@
 Every section is a dataclass; the loader walks the TOML tables against those dataclasses, so an
 unknown key, a wrong type or a bad value is an error naming the file, the key and the reason.
 Defaults are the dataclass defaults: a missing file section means "all defaults".
+
+`load_config` reads and validates the file alone; `check_files` then checks the files and
+folders it names (state directory, geo databases, overrides, key file, ...), for `check`,
+`run` and the SIGHUP reload. Every error is a `ConfigError`: one line, file, key, reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
+import json
+import math
+import os
 import re
+import stat
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 # The alert and sink settings live beside the code they tune (their validation needs its rule
 # names and label sets); the loader treats them like every other section.
@@ -36,16 +46,58 @@ DEFAULT_LAN_NETWORKS = (
 DEVICE_KINDS = ("phone", "tablet", "computer", "tv", "iot", "unknown")
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_TOML_AT = re.compile(
+    r"^(?P<msg>.*?) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$"
+)
+
+MAX_CONFIG_BYTES: Final = 1 << 20
+"""A configuration file is a few kilobytes; anything beyond this is not one."""
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names file, key and reason."""
+    """A configuration problem; the message names file, key and reason, on one line.
+
+    `key` is the dotted setting (``flows.max_flows``, ``devices[1].mac``), a position for
+    syntax errors (``line 3, column 7``), or empty when the file as a whole is the problem."""
 
     def __init__(self, source: str, key: str, reason: str) -> None:
-        super().__init__(f"{source}: {key}: {reason}")
+        source, key, reason = _one_line(source), _one_line(key), _one_line(reason)
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
         self.source = source
         self.key = key
         self.reason = reason
+
+
+def _one_line(text: str) -> str:
+    """Control characters escaped: a message stays one line and cannot drive a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def dotted(prefix: str, name: str) -> str:
+    """`prefix.name`, the name quoted as TOML would when it is not a bare key."""
+    if not _BARE_KEY.fullmatch(name):
+        name = json.dumps(name, ensure_ascii=False)
+    return f"{prefix}.{name}" if prefix else name
+
+
+_TOML_TYPES: Final[dict[type, str]] = {
+    str: "string",
+    int: "integer",
+    float: "float",
+    bool: "boolean",
+    list: "array",
+    dict: "table",
+    dt.datetime: "date-time",
+    dt.date: "date",
+    dt.time: "time",
+}
+
+
+def _toml_type(value: object) -> str:
+    return _TOML_TYPES.get(type(value), type(value).__name__)
 
 
 def normalize_mac(text: str) -> str:
@@ -151,6 +203,21 @@ class UpdateConfig:
             raise ValueError("timeout: must be positive")
         if self.max_bytes < 1024:
             raise ValueError("max_bytes: must be at least 1024")
+        if self.urls:
+            from sensor.enrich.datafiles import DEFAULT_URLS  # only when overrides are set
+
+            for name, url in self.urls.items():
+                key = dotted("urls", name)
+                if name not in DEFAULT_URLS:
+                    known = ", ".join(sorted(DEFAULT_URLS))
+                    raise ValueError(f"{key}: unknown source (known: {known})")
+                try:
+                    parts = urllib.parse.urlsplit(url)
+                    host = parts.hostname
+                except ValueError:
+                    host = None
+                if host is None or parts.scheme.lower() not in ("http", "https"):
+                    raise ValueError(f"{key}: must be an http:// or https:// URL with a host")
 
 
 IDENTIFIER_KINDS = (
@@ -227,6 +294,15 @@ class DaemonConfig:
     first_packets: int = 10
     """Packets of each connection (both directions together) handed to the decoders."""
     snaplen: int = 2048
+    host_sample_rate: int = 5000
+    """nflog capture: packets a second one LAN host may have sampled, on average (its DNS and
+    its connections' first packets); a flooding host's excess is counted, not decoded, so the
+    other devices' packets still get through (see README, "Reliability")."""
+    host_sample_burst: int = 20000
+    """nflog capture: packets one LAN host may have sampled at once, above that rate."""
+    memory_limit_mb: int = 256
+    """The daemon's resident memory bound: above 85% of it, the oldest flows are ended (and
+    reported) and the flow table's cap is lowered to what fits. 0: no bound."""
     conntrack_interval: float = 5.0
     """Seconds between conntrack counter dumps (events are lossy under load)."""
     snapshot_interval: float = 5.0
@@ -247,8 +323,16 @@ class DaemonConfig:
             raise ValueError("first_packets: must be between 2 and 64")
         if not 128 <= self.snaplen <= 65535:
             raise ValueError("snaplen: must be between 128 and 65535")
-        if self.conntrack_interval <= 0 or self.snapshot_interval <= 0:
-            raise ValueError("conntrack_interval: intervals must be positive")
+        if not 1 <= self.host_sample_rate <= 10_000_000:
+            raise ValueError("host_sample_rate: must be between 1 and 10000000")
+        if not 1 <= self.host_sample_burst <= 10_000_000:
+            raise ValueError("host_sample_burst: must be between 1 and 10000000")
+        if self.memory_limit_mb != 0 and not 64 <= self.memory_limit_mb <= 1 << 20:
+            raise ValueError("memory_limit_mb: must be 0 (no bound) or at least 64")
+        if self.conntrack_interval <= 0:
+            raise ValueError("conntrack_interval: must be positive")
+        if self.snapshot_interval <= 0:
+            raise ValueError("snapshot_interval: must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,46 +403,49 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(exc.reason)
         raise ConfigError(source, key, "; ".join(errors))
+    got = _toml_type(value)
     if origin is tuple:
         if not isinstance(value, list):
-            raise ConfigError(source, key, f"expected a list, got {type(value).__name__}")
+            raise ConfigError(source, key, f"expected a list, got {got}")
         (item,) = typing.get_args(hint)[:1]
         return tuple(_coerce(v, item, source, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
+            raise ConfigError(source, key, f"expected a table, got {got}")
         _, vtype = typing.get_args(hint)
-        return {str(k): _coerce(v, vtype, source, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(v, vtype, source, dotted(key, k)) for k, v in value.items()}
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(source, key, f"expected a number, got {type(value).__name__}")
+            raise ConfigError(source, key, f"expected a number, got {got}")
+        if not math.isfinite(value):  # TOML has inf and nan: no timeout or bound means them
+            raise ConfigError(source, key, f"expected a finite number, got {value}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(source, key, f"expected an integer, got {type(value).__name__}")
+            raise ConfigError(source, key, f"expected an integer, got {got}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(source, key, f"expected true or false, got {type(value).__name__}")
+            raise ConfigError(source, key, f"expected true or false, got {got}")
         return value
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(source, key, f"expected a string, got {type(value).__name__}")
+            raise ConfigError(source, key, f"expected a string, got {got}")
         return value
     raise ConfigError(source, key, f"unsupported setting type {hint!r}")
 
 
 def _build(cls: type[Any], table: Any, source: str, prefix: str) -> Any:
     if not isinstance(table, dict):
-        raise ConfigError(source, prefix, "expected a table")
+        raise ConfigError(source, prefix, f"expected a table, got {_toml_type(table)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
-        dotted = f"{prefix}.{key}"
+        name = dotted(prefix, key)
         if key not in names:
-            raise ConfigError(source, dotted, "unknown key")
-        kwargs[key] = _coerce(value, hints[key], source, dotted)
+            raise ConfigError(source, name, "unknown key")
+        kwargs[key] = _coerce(value, hints[key], source, name)
     try:
         obj = cls(**kwargs)
     except TypeError as exc:
@@ -383,7 +470,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     for key, value in data.items():
         if key == "devices":
             if not isinstance(value, list):
-                raise ConfigError(source, "devices", "expected an array of tables [[devices]]")
+                raise ConfigError(
+                    source,
+                    "devices",
+                    f"expected an array of tables [[devices]], got {_toml_type(value)}",
+                )
             for i, entry in enumerate(value):
                 dev = _build(DeviceConfig, entry, source, f"devices[{i}]")
                 try:
@@ -394,23 +485,200 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         elif key in _SECTIONS:
             sections[key] = _build(_SECTIONS[key], value, source, key)
         else:
-            raise ConfigError(source, key, "unknown section")
+            raise ConfigError(source, dotted("", key), "unknown section")
     return Config(**sections, devices=tuple(devices), source=source)
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Read and validate a TOML file; None gives the embedded defaults."""
+    """Read and validate a TOML file; None gives the embedded defaults. Only the file itself
+    is read: `check_files` checks the files and folders it names."""
     if path is None:
         return Config()
     source = str(path)
+    raw = _read_config(source)
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(source, "-", f"cannot read: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(source, "-", f"not UTF-8: {exc}") from None
+        start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = len(raw[start : exc.start].decode("utf-8", "replace")) + 1
+        raise ConfigError(
+            source, f"line {line}, column {column}", f"not UTF-8: byte 0x{raw[exc.start]:02x}"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "-", f"invalid TOML: {exc}") from None
+        m = _TOML_AT.match(str(exc))
+        if m is None:
+            raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+        if m["line"]:
+            where = f"line {m['line']}, column {m['col']}"
+        else:
+            where = f"line {max(len(text.splitlines()), 1)}, end of file"
+        raise ConfigError(source, where, f"invalid TOML: {m['msg']}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(source, "", "invalid TOML: nested too deeply") from None
     return parse_config(data, source)
+
+
+def _read_config(source: str) -> bytes:
+    """The file's bytes; ConfigError unless it is a readable regular file of sane size.
+    O_NONBLOCK: opening a FIFO must not hang `check` or the daemon's reload."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(source, "", "cannot read: is a directory")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(source, "", "cannot read: not a regular file")
+        chunks: list[bytes] = []
+        got = 0
+        while got <= MAX_CONFIG_BYTES and (chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - got)):
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, "", f"larger than {MAX_CONFIG_BYTES} bytes: not a configuration")
+    return raw
+
+
+# --- the files a configuration names ------------------------------------------------------------
+
+
+def check_files(cfg: Config, *, metrics_files: bool = True) -> None:
+    """ConfigError (config file, key, the named file and why) unless every file and folder
+    the configuration names is usable: the state directory is a directory or can be made;
+    configured geo databases are readable MaxMind databases; the overrides file parses; the
+    install key, when present, is a whole key; the event log path and (with `metrics_files`)
+    the metrics credentials are files. What `run` creates itself (state directory, key, event
+    log) may be missing.
+
+    Downloaded range files are data, not configuration: a broken one is reported by `check`
+    and skipped by the daemon (update-data never writes one)."""
+    src = cfg.source
+    state = Path(cfg.paths.state_dir)
+    problem = _dir_problem(state)
+    if problem:
+        raise ConfigError(src, "paths.state_dir", f"{state}: {problem}")
+    for key, db in (("geo.country_db", cfg.geo.country_db), ("geo.asn_db", cfg.geo.asn_db)):
+        if db is not None:
+            _existing_file(src, key, db)
+            _maxmind(src, key, db)
+    if cfg.geo.overrides is not None:
+        from sensor.enrich.geo import GeoDataError, load_overrides
+
+        _existing_file(src, "geo.overrides", cfg.geo.overrides)
+        try:
+            load_overrides(cfg.geo.overrides)
+        except GeoDataError as exc:
+            raise ConfigError(src, "geo.overrides", str(exc)) from None
+    _check_key_file(cfg, state)
+    log_path = cfg.eventlog.path
+    if cfg.eventlog.enabled and log_path is not None:
+        _creatable_file(src, "eventlog.path", log_path)
+    if cfg.metrics.enabled and metrics_files:
+        for name in (
+            "tls_cert_file", "tls_key_file", "basic_auth_password_file", "bearer_token_file"
+        ):  # fmt: skip
+            value = getattr(cfg.metrics, name)
+            if value is not None:
+                _existing_file(src, f"metrics.{name}", value)
+
+
+def _dir_problem(path: Path) -> str | None:
+    """Why `path` cannot serve as a directory (None: it is one, or can be made)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        for parent in path.parents:  # `run` makes it: the nearest existing one must be a dir
+            try:
+                if not stat.S_ISDIR(os.stat(parent).st_mode):
+                    return f"cannot be created: {parent} is not a directory"
+                return None
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                return f"cannot be created: {parent}: {exc.strerror or exc}"
+        return None
+    except OSError as exc:  # ENOTDIR: a path through a file; EACCES; ELOOP
+        return exc.strerror or str(exc)
+    return None if stat.S_ISDIR(st.st_mode) else "not a directory"
+
+
+def _existing_file(src: str, key: str, path: str | Path) -> None:
+    """A readable, non-empty regular file, or ConfigError."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(src, key, f"{path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ConfigError(src, key, f"{path}: {what}")
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError as exc:
+        raise ConfigError(src, key, f"{path}: {exc.strerror or exc}") from None
+    if st.st_size == 0:
+        raise ConfigError(src, key, f"{path}: empty")
+
+
+def _creatable_file(src: str, key: str, path: str | Path) -> None:
+    """A regular file, or nothing yet where one can be made."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        problem = _dir_problem(p.parent)
+        if problem:
+            raise ConfigError(src, key, f"{p.parent}: {problem}") from None
+        return
+    except OSError as exc:
+        raise ConfigError(src, key, f"{p}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ConfigError(src, key, f"{p}: {what}")
+
+
+def _maxmind(src: str, key: str, path: str) -> None:
+    """Opened by the reader the enrichment uses: its metadata must parse."""
+    try:
+        from sensor.enrich.geo import GeoDataError, MaxMindDB
+
+        MaxMindDB(path).close()
+    except ImportError:
+        raise ConfigError(src, key, "needs the maxminddb package") from None
+    except GeoDataError as exc:
+        raise ConfigError(src, key, str(exc)) from None
+
+
+def _check_key_file(cfg: Config, state: Path) -> None:
+    """The install key: may be missing (it is made), but a present one must be whole (a short
+    or empty file would make every keyed hash guessable)."""
+    from sensor.detect.stage import KEY_BYTES
+
+    path = Path(cfg.detect.key_file) if cfg.detect.key_file else state / "identity.key"
+    key = "detect.key_file"
+    if cfg.detect.key_file is not None:
+        _creatable_file(cfg.source, key, path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # missing (made at start), or the state directory is not there yet
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ConfigError(cfg.source, key, f"{path}: {what}")
+    # Not opened: it is the service user's (mode 0600), and one it cannot read only costs a
+    # per-run key (logged); `check` run by someone else must not call that invalid.
+    if st.st_size < KEY_BYTES:
+        raise ConfigError(
+            cfg.source,
+            key,
+            f"{path}: {st.st_size} bytes, not a {KEY_BYTES}-byte key (remove it to make a new one)",
+        )

@@ -19,33 +19,53 @@ event log is closed, the nftables rules are removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import faulthandler
+import heapq
+import itertools
 import json
 import logging
 import os
 import selectors
 import signal
+import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 from sensor import __version__
-from sensor.config import Config, ConfigError, load_config
+from sensor.config import Config, ConfigError, check_files, load_config
+from sensor.flows import FlowEntry
 from sensor.metrics import Exporter, MetricsError
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
 from sensor.report import device_record, flow_record
 from sensor.service import Notifier
-from sensor.sinks import Sink, make_sinks
+from sensor.sinks import EventLog, LogLimiter, Sink, make_sinks
 from sensor.stages import Stages
 from sensor.stages import build as build_stages
 
 log = logging.getLogger(__name__)
 
 MAX_SNAPSHOT_FLOWS = 2000
+SNAPSHOT_NAME = "flows.json"
 MAX_READ = 512
 """Packets read from the source per wake-up before other work gets a turn."""
+DUMP_SLICE = 1000
+"""Conntrack entries accounted per loop turn while a dump is under way: a big table (a flood
+of established connections) is taken in slices between packet batches, never in one go."""
+MEMORY_CHECK = 0.2
+"""Seconds between looks at our resident memory (one read of /proc/self/statm)."""
+MEMORY_HIGH = 0.85
+"""Share of daemon.memory_limit_mb above which flows are shed."""
+MEMORY_KEEP = 0.7
+"""Share of the flow table kept when shedding."""
+DUMP_DUTY = 0.1
+"""The share of time periodic dumps may take: after a dump that kept the loop busy for B
+seconds, the next starts no sooner than B / DUMP_DUTY seconds later (conntrack_interval at
+least)."""
 
 
 class DaemonError(Exception):
@@ -94,15 +114,28 @@ class Daemon:
         self.metrics: Exporter
         self.started = time.time()
         self._next_dump = 0.0
+        self._dump_iter: Generator[Any, None, None] | None = None
+        self._dump_busy = 0.0
+        self._dump_entries = 0
+        self.dump_stats: dict[str, float] = {"dumps": 0, "last_entries": 0, "last_busy_s": 0.0}
         self._next_snapshot = 0.0
         self._next_status = 0.0
+        self._next_memory = 0.0
+        self._rss_at_shed = 0
+        self.memory = {"rss_bytes": 0, "sheds": 0, "flows_shed": 0}
+        self.write_errors: Counter[tuple[str, str]] = Counter()
+        """Failed writes of the daemon's own state files, by (file, errno name); the event
+        log counts its own. Exported as phonehome_state_write_errors_total."""
+        self.write_trouble: dict[str, str] = {}
+        """file -> why its last write failed, while it keeps failing (the STATUS line)."""
+        self._write_limiter = LogLimiter(log)
         self.conntrack_updates = 0
         self.loop_iterations = 0
 
     # --- start --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        from sensor import netlink
+        from sensor import netlink, privileges
 
         cfg = self.cfg
         self.interfaces = list(cfg.daemon.interfaces) or netlink.interfaces_for_prefixes(
@@ -138,17 +171,28 @@ class Daemon:
         self.output.metrics = self.metrics
         self._open_source()
         if self.accounting == "conntrack":
-            self.conntrack = netlink.ConntrackMonitor()
+            # DESTROY only: a NEW event carries no byte counts worth having (the first packets
+            # come through the capture), and a SYN flood makes one per packet.
+            self.conntrack = netlink.ConntrackMonitor(new=False)
             self.sel.register(self.conntrack, selectors.EVENT_READ, self._on_conntrack)
         self.neigh = netlink.NeighbourMonitor()
         self.sel.register(self.neigh, selectors.EVENT_READ, self._on_neighbours)
+        user = cfg.daemon.user
+        if os.geteuid() == 0 and user and privileges.user_exists(user):
+            # Before the first thread (the Alertmanager sender): threads inherit the bounding
+            # set, but cutting it later reaches only the thread that does it.
+            privileges.cut_bounding_set()
         self._build_stages()
         for ip, mac in netlink.neighbours(interfaces=self.interfaces).items():
-            self.pipeline.ip_mac[ip] = mac
+            self.pipeline.learn_neighbour(ip, mac)
         if cfg.metrics.enabled:
-            self.metrics.start()  # before dropping root: it may read key and credential files
-            log.info("metrics at %s", self.metrics.url)
+            # Opened as root (it may read key and credential files), served after the drop.
+            self.metrics.start(serve=False)
         self._drop_privileges()
+        if cfg.metrics.enabled:
+            self.metrics.serve()
+            log.info("metrics at %s", self.metrics.url)
+        self._probe_state_dir()
         self.notifier.ready(self.status_line())
         log.info(
             "phonehome %s running on %s: capture %s, accounting %s",
@@ -165,9 +209,16 @@ class Daemon:
         if self.capture_mode == "nflog":
             self.rules_installed = True  # removing an absent table is harmless
             livecapture.install_rules(
-                d.nflog_group, self.interfaces, first_packets=d.first_packets, snaplen=d.snaplen
+                d.nflog_group,
+                self.interfaces,
+                first_packets=d.first_packets,
+                snaplen=d.snaplen,
+                host_rate=d.host_sample_rate,
+                host_burst=d.host_sample_burst,
             )
-            self.source = livecapture.NflogSource(d.nflog_group)
+            self.source = livecapture.NflogSource(
+                d.nflog_group, budget_table=livecapture.NFT_TABLE
+            )
         else:
             self.source = livecapture.PacketSocketSource(
                 self.interfaces, wide=self.accounting == "capture"
@@ -213,6 +264,28 @@ class Daemon:
                 "(create it, or set daemon.allow_root = true)"
             )
 
+    def _probe_state_dir(self) -> None:
+        """Say at start, plainly, when the state directory cannot be written (read-only
+        file system, wrong owner). The sensor runs anyway: detection, the journal and the
+        metrics do not need the disk, and the event log and flows.json are written as soon
+        as the directory is writable again."""
+        state = Path(self.cfg.paths.state_dir)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".probe-", dir=state)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            why = f"{_errno_name(exc)} ({exc.strerror or exc})"
+            self.write_trouble["state_dir"] = f"{state}: {why}"
+            log.error(
+                "state directory %s is not writable by uid %d: %s; running without the "
+                "event log and %s until it is (alerts still go to the journal and metrics)",
+                state,
+                os.geteuid(),
+                why,
+                SNAPSHOT_NAME,
+            )
+
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -228,6 +301,8 @@ class Daemon:
 
     def loop_once(self, timeout: float) -> None:
         self.loop_iterations += 1
+        if self._dump_iter is not None:
+            timeout = 0  # a dump is under way: its next slice comes right after the events
         for key, _ in self.sel.select(timeout):
             handler: Callable[[], None] = key.data
             try:
@@ -238,10 +313,15 @@ class Daemon:
         if self.reload_requested:
             self.reload_requested = False
             self.reload()
-        if self.accounting == "conntrack" and now >= self._next_dump:
-            self._next_dump = now + self.cfg.daemon.conntrack_interval
-            self._dump_conntrack(now)
+        if self.accounting == "conntrack":
+            if self._dump_iter is None and now >= self._next_dump:
+                self._start_dump()
+            if self._dump_iter is not None:
+                self._dump_slice(now)
         self.pipeline.advance(now)
+        if now >= self._next_memory:
+            self._next_memory = now + MEMORY_CHECK
+            self._check_memory()
         if now >= self._next_snapshot:
             self._next_snapshot = now + self.cfg.daemon.snapshot_interval
             self.write_snapshot(now)
@@ -249,6 +329,33 @@ class Daemon:
             self._next_status = now + 10
             self.notifier.status(self.status_line())
         self.notifier.watchdog(time.monotonic())
+
+    def _check_memory(self) -> None:
+        """Keeps the resident set under daemon.memory_limit_mb: flows are what grows under a
+        flood (about 1.5 KB each with their decoder state), so above MEMORY_HIGH of the bound
+        the oldest are ended, reported as evicted, and the table's cap stays at what fits.
+        (Python seldom gives memory back to the system; what the shed flows held is reused.)"""
+        rss = _rss_bytes()
+        self.memory["rss_bytes"] = rss
+        limit = self.cfg.daemon.memory_limit_mb << 20
+        flows = self.pipeline.flows
+        # After a shed the resident size stays where it was (the freed memory is kept for
+        # new flows): shed again only when it grows past that level once more.
+        high = max(limit * MEMORY_HIGH, self._rss_at_shed + limit * 0.02)
+        if not limit or rss < high or len(flows) < 1024:
+            return
+        ended = flows.shrink(int(len(flows) * MEMORY_KEEP))
+        self._rss_at_shed = rss
+        self.memory["sheds"] += 1
+        self.memory["flows_shed"] += ended
+        log.warning(
+            "memory: %d MB resident of the %d MB bound: ended the %d oldest flows, "
+            "flow table capped at %d",
+            rss >> 20,
+            limit >> 20,
+            ended,
+            flows.cap,
+        )
 
     def _on_packets(self) -> None:
         packets = self.source.read(MAX_READ)
@@ -259,16 +366,43 @@ class Daemon:
         for ev in self.conntrack.read_events():
             self._account(ev.entry, time.time(), final=ev.kind == "destroy")
 
-    def _dump_conntrack(self, now: float) -> None:
+    def _start_dump(self) -> None:
+        """Begins a periodic dump of the assured conntrack entries (long-lived connections
+        whose counters grow without packets reaching us); `_dump_slice` takes it in parts."""
         from sensor import netlink
 
+        self._dump_iter = netlink.iter_dump(assured_only=True)
+        self._dump_busy = 0.0
+        self._dump_entries = 0
+
+    def _dump_slice(self, now: float) -> None:
+        it = self._dump_iter
+        assert it is not None
+        t0 = time.monotonic()
+        taken = 0
+        done = False
         try:
-            entries = netlink.dump()
+            for e in itertools.islice(it, DUMP_SLICE):
+                self._account(e, now)
+                taken += 1
+            done = taken < DUMP_SLICE
         except OSError as exc:
             log.warning("conntrack dump failed: %s", exc)
-            return
-        for e in entries:
-            self._account(e, now)
+            done = True
+        self._dump_entries += taken
+        self._dump_busy += time.monotonic() - t0
+        if done:
+            self._finish_dump(now)
+
+    def _finish_dump(self, now: float) -> None:
+        if self._dump_iter is not None:
+            self._dump_iter.close()
+            self._dump_iter = None
+        busy = self._dump_busy
+        self._next_dump = now + max(self.cfg.daemon.conntrack_interval, busy / DUMP_DUTY)
+        self.dump_stats["dumps"] += 1
+        self.dump_stats["last_entries"] = self._dump_entries
+        self.dump_stats["last_busy_s"] = round(busy, 4)
 
     def _account(self, e: Any, now: float, final: bool = False) -> None:
         """One conntrack entry's counters (original tuple: the LAN side) into its flow."""
@@ -282,7 +416,7 @@ class Daemon:
     def _on_neighbours(self) -> None:
         for ev in self.neigh.read_neighbour_events():
             if ev.kind == "new" and ev.mac:
-                self.pipeline.ip_mac[ev.ip] = ev.mac
+                self.pipeline.learn_neighbour(ev.ip, ev.mac)
         for link in self.neigh.read_link_events():
             if link.ifname in self.interfaces:
                 log.info("LAN interface %s is %s", link.ifname, "up" if link.up else "down")
@@ -298,11 +432,24 @@ class Daemon:
     def reload(self) -> bool:
         """Validate the new configuration and data first; keep the old ones on any error."""
         self.notifier.reloading()
+        sinks: list[Sink] = []
         try:
             cfg = load_config(self.config_path)
-            stages = build_stages(cfg, self.output, self._sinks(cfg))
+            # Metrics credentials are read at start, as root: after the privilege drop only
+            # new ones are checked (and must then be readable by the service user).
+            check_files(cfg, metrics_files=cfg.metrics != self.cfg.metrics)
+            sinks = self._sinks(cfg)
+            stages = build_stages(cfg, self.output, sinks)
             self.metrics.reconfigure(cfg.metrics)
         except (ConfigError, OSError, ValueError, MetricsError) as exc:
+            for sink in sinks:  # the new event log handle, the new Alertmanager sender thread
+                with contextlib.suppress(Exception):
+                    sink.close()
+            if isinstance(exc, MetricsError):  # the endpoint may be down: back to the old one
+                try:
+                    self.metrics.reconfigure(self.cfg.metrics)
+                except MetricsError as again:
+                    log.error("metrics endpoint not restored: %s", again)
             log.error("reload failed, still running on the old configuration: %s", exc)
             self.notifier.notify(f"READY=1\nSTATUS=reload failed: {exc}")
             return False
@@ -331,6 +478,9 @@ class Daemon:
             self.stages.close()
         except Exception:
             log.exception("closing the stages failed")
+        if self._dump_iter is not None:
+            self._dump_iter.close()
+            self._dump_iter = None
         self.write_snapshot(time.time())
         self.metrics.stop()
         for obj in (self.source, self.conntrack, self.neigh):
@@ -355,21 +505,41 @@ class Daemon:
             return "starting"
         src = self.source.stats() if self.source is not None else {}
         drops = src.get("kernel_drops", src.get("drops", 0))
-        return (
+        line = (
             f"{len(p.flows)} flows, {len(p.devices)} devices, {p.packets_read} packets decoded, "
             f"{drops} kernel drops, {self.conntrack_updates} conntrack updates"
         )
+        trouble = dict(self.write_trouble)
+        eventlog = self._event_log()
+        if eventlog is not None and eventlog.failing is not None:
+            trouble["eventlog"] = f"{eventlog.path}: {eventlog.failing}"
+        if trouble:
+            line += "; cannot write " + ", ".join(trouble.values())
+        return line
+
+    def _event_log(self) -> EventLog | None:
+        stage = getattr(getattr(self, "stages", None), "detector", None)
+        for sink in getattr(getattr(stage, "alerts", None), "sinks", ()):
+            if isinstance(sink, EventLog):
+                return sink
+        return None
 
     def snapshot(self, now: float) -> dict[str, Any]:
         p = self.pipeline
-        live = [flow_record(e.sync()) for e in list(p.flows.entries.values())]
+        # The most recently active flows only: under a flood the table holds hundreds of
+        # thousands, and records (with their enrichment) are built for the few written.
+        recent = heapq.nlargest(
+            MAX_SNAPSHOT_FLOWS, list(p.flows.entries.values()), key=_last_seen
+        )
+        live = [flow_record(e.sync()) for e in recent]
         for rec in live:
             rec.update(_destination_fields(self.stages, rec))
-        live.sort(key=lambda r: -float(r["last_seen"]))
         stats: dict[str, Any] = dict(p.stats())
         stats["source"] = self.source.stats() if self.source is not None else {}
         if self.conntrack is not None:
             stats["conntrack"] = getattr(self.conntrack, "stats", dict)()
+            stats["conntrack_dumps"] = dict(self.dump_stats)
+        stats["memory"] = dict(self.memory, flow_cap=p.flows.cap)
         if self.stages.detector is not None:
             stats["detect"] = self.stages.detector.stats()
             stats["alerts"] = self.stages.detector.alerts.stats()
@@ -379,7 +549,7 @@ class Daemon:
             "interfaces": self.interfaces,
             "capture": self.capture_mode,
             "accounting": self.accounting,
-            "flows": live[:MAX_SNAPSHOT_FLOWS],
+            "flows": live,
             "ended": list(reversed(self.output.ended[-200:])),
             "devices": [self._device_record(d) for d in list(p.devices.values())],
             "stats": stats,
@@ -391,16 +561,90 @@ class Daemon:
         return device_record(dev)
 
     def write_snapshot(self, now: float) -> None:
-        path = Path(self.cfg.paths.state_dir) / "flows.json"
-        tmp = path.with_name(".flows.json.tmp")
+        """`<state_dir>/flows.json`, replaced atomically (`write_atomically`): a reader, a
+        crash or a full disk never leaves half a snapshot, and a failed write keeps the
+        previous one. Failures are counted (`write_errors`), logged once a minute per kind
+        and shown in STATUS; they never stop the loop."""
+        path = Path(self.cfg.paths.state_dir) / SNAPSHOT_NAME
         try:
             data = json.dumps(self.snapshot(now), default=str).encode()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+        except Exception as exc:  # a bug in a record must not stop the packet loop
+            self._write_failed(path, "encode", repr(exc))
+            return
+        try:
+            write_atomically(path, data)
         except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc)
+            self._write_failed(path, _errno_name(exc), exc.strerror or str(exc))
+            return
+        if self.write_trouble.pop(SNAPSHOT_NAME, None) is not None:
+            log.info("%s written again", path)
+            self._next_status = 0.0  # say so now, not at the next periodic STATUS
+        self.write_trouble.pop("state_dir", None)  # evidently writable now
+
+    def _write_failed(self, path: Path, reason: str, why: str) -> None:
+        self.write_errors[(path.name, reason)] += 1
+        if path.name not in self.write_trouble:
+            self._next_status = 0.0  # say so now, not at the next periodic STATUS
+        self.write_trouble[path.name] = f"{path}: {reason}"
+        self._write_limiter.warning(
+            f"{path.name}:{reason}",
+            "cannot write %s: %s (%s); the previous copy stays, detection carries on",
+            path,
+            reason,
+            why,
+        )
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` by `data` so that it is, at every moment and after any crash, either
+    the old file or the new one, whole: written to a temporary file beside it (created
+    afresh, `mode`), fsynced, renamed over `path`, and the directory fsynced. On any error
+    the temporary file is removed (a full disk gets its space back) and `path` is untouched
+    unless the rename itself already happened."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover of a killed run: never write through someone's file
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "short write")
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, "error")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _last_seen(e: FlowEntry) -> float:
+    return max(e.up.last, e.down.last)
 
 
 def _destination_fields(stages: Stages, rec: dict[str, Any]) -> dict[str, Any]:
@@ -415,11 +659,13 @@ def _destination_fields(stages: Stages, rec: dict[str, Any]) -> dict[str, Any]:
 def main(config_path: str | None) -> int:
     from sensor.service import setup_logging
 
+    os.umask(0o077)  # what it writes is the service user's alone, also when started by hand
     setup_logging(logging.INFO)
     # `kill -USR1` prints every thread's stack to stderr: a hung daemon explains itself.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         cfg = load_config(config_path)
+        check_files(cfg)
     except ConfigError as exc:
         log.error("config error: %s", exc)
         return 2

@@ -93,6 +93,11 @@ class FlowTable:
         self.created = 0
         self.evicted_idle = 0
         self.evicted_cap = 0
+        self.cap = cfg.max_flows
+        """The size cap in force: `cfg.max_flows`, or lower once `shrink` was asked to fit
+        the daemon's memory bound."""
+        self.shed = 0
+        """Flows ended early by `shrink` (memory pressure); also counted in evicted_cap."""
         self.sweep_interval = min(cfg.tcp_idle_timeout, cfg.udp_idle_timeout) / 4
 
     def __len__(self) -> int:
@@ -101,7 +106,7 @@ class FlowTable:
     def add(self, flow: Flow, key_up: bytes, key_down: bytes) -> FlowEntry:
         """Insert a new flow (the caller checked neither key is present)."""
         entries = self.entries
-        while len(entries) >= self.cfg.max_flows:
+        while len(entries) >= self.cap:
             _, victim = entries.popitem(last=False)
             self.evicted_cap += 1
             self._remove(victim)
@@ -114,6 +119,22 @@ class FlowTable:
         entries[key_up] = entry
         self.created += 1
         return entry
+
+    def shrink(self, cap: int) -> int:
+        """Lower the cap to `cap` (never raised again: the memory those flows took is what
+        the bound allows) and end the oldest flows above it, as the cap would have. Returns
+        how many were ended."""
+        self.cap = max(16, min(self.cap, cap))
+        ended = 0
+        entries = self.entries
+        while len(entries) > self.cap:
+            _, victim = entries.popitem(last=False)
+            self.evicted_cap += 1
+            self.shed += 1
+            ended += 1
+            self._remove(victim)
+            self.on_end(victim, "evicted")
+        return ended
 
     def _remove(self, entry: FlowEntry) -> None:
         table = self.tcp if entry.is_tcp else self.udp

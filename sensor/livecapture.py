@@ -143,6 +143,14 @@ _ERRNO = struct.Struct("=i")
 
 DEFAULT_FIRST_PACKETS = 10
 DEFAULT_SNAPLEN = 4096
+DEFAULT_HOST_RATE = 5000
+"""Packets per second one LAN host may have sampled (its own DNS and first packets, both
+directions), on average; what is over it stays uncounted by us (conntrack still counts bytes)."""
+DEFAULT_HOST_BURST = 20000
+DEFAULT_HOSTS = 65536
+"""LAN addresses with a sampling budget at once (per family); a budget lapses 10 s after the
+host's last sampled packet."""
+OVER_BUDGET_COUNTER = "over_budget"
 NFT_TABLE = "phonehome"
 CONNTRACK_ACCT = "/proc/sys/net/netfilter/nf_conntrack_acct"
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
@@ -155,6 +163,9 @@ def nft_rules(
     snaplen: int = DEFAULT_SNAPLEN,
     *,
     table: str = NFT_TABLE,
+    host_rate: int = DEFAULT_HOST_RATE,
+    host_burst: int = DEFAULT_HOST_BURST,
+    hosts: int = DEFAULT_HOSTS,
 ) -> str:
     """An nftables table (`table inet phonehome`) sending to NFLOG `group` what can name things.
 
@@ -188,6 +199,17 @@ def nft_rules(
     The chains run at `filter + 10`: after the gateway's own filter chain, so packets it drops
     are not logged; `accept` in them only ends this table's chain, never overrides a drop
     elsewhere.
+
+    Per-host budgets: a hostile or broken LAN host (a SYN flood with random ports, a DNS
+    burst, a DHCP starvation attack, endless new connections) must not fill the NFLOG socket
+    and push the other devices' packets out of it. Every packet chosen above is charged to the
+    LAN host it belongs to (the source going out, the destination coming in), in a dynamic set
+    with a token bucket per address (`host_rate` a second, `host_burst` at once). Over budget,
+    the packet is counted in the `over_budget` counter and not logged. The sets hold `hosts`
+    addresses each; when one is full (a flood of spoofed sources) hosts already in it keep
+    their budgets and new ones are not sampled (counted likewise) until addresses lapse, 10 s
+    after their last sampled packet. Nothing is ever dropped: these chains only choose what
+    to log.
     """
     if not 0 <= group <= 0xFFFF:
         raise ValueError(f"nflog group {group}: must be 0-65535")
@@ -197,6 +219,10 @@ def nft_rules(
         raise ValueError(f"snaplen {snaplen}: must be 64-{NFULNL_COPY_RANGE_MAX}")
     if not lan_ifaces:
         raise ValueError("lan_ifaces: at least one LAN interface is needed")
+    if not 1 <= host_rate <= 10_000_000 or not 1 <= host_burst <= 10_000_000:
+        raise ValueError(f"host budget {host_rate}/s burst {host_burst}: must be 1-10000000")
+    if not 16 <= hosts <= 1 << 24:
+        raise ValueError(f"hosts {hosts}: must be 16-16777216")
     for name in lan_ifaces:
         if not _IFNAME_RE.match(name):
             raise ValueError(f"interface name {name!r}: not a valid interface name")
@@ -205,29 +231,63 @@ def nft_rules(
     lan = "{ " + ", ".join(f'"{name}"' for name in lan_ifaces) + " }"
     log = f"log group {group} snaplen {snaplen} accept"
     n = first_packets
+    limit = f"limit rate over {host_rate}/second burst {host_burst} packets"
+    over = f"counter name {OVER_BUDGET_COUNTER} return"
+
+    def select(budget: str) -> str:
+        return f"""\
+        meta l4proto {{ tcp, udp }} th dport 53 goto {budget}
+        meta l4proto {{ tcp, udp }} th sport 53 goto {budget}
+        meta l4proto {{ tcp, udp }} ct direction original ct original packets 1-{n} goto {budget}
+        meta l4proto {{ tcp, udp }} ct direction reply ct reply packets 1-{n} goto {budget}
+        tcp flags & (fin | rst) != 0 goto {budget}"""
+
+    def budget(side: str) -> str:
+        return f"""\
+        update @hosts4 {{ ip {side} {limit} }} {over}
+        update @hosts6 {{ ip6 {side} {limit} }} {over}
+        ip {side} != @hosts4 {over}
+        ip6 {side} != @hosts6 {over}
+        {log}"""
+
+    sets = "".join(
+        f"""\
+    set hosts{v} {{
+        type ipv{v}_addr; size {hosts}; flags dynamic,timeout; timeout 10s;
+    }}
+"""
+        for v in (4, 6)
+    )
     return f"""\
 table inet {table} {{
+{sets}\
+    counter {OVER_BUDGET_COUNTER} {{ }}
     chain forward {{
         type filter hook forward priority filter + 10; policy accept;
-        iifname {lan} jump sample
-        oifname {lan} jump sample
+        iifname {lan} jump sample_from_lan
+        oifname {lan} jump sample_to_lan
     }}
-    chain sample {{
-        meta l4proto {{ tcp, udp }} th dport 53 {log}
-        meta l4proto {{ tcp, udp }} th sport 53 {log}
-        meta l4proto {{ tcp, udp }} ct direction original ct original packets 1-{n} {log}
-        meta l4proto {{ tcp, udp }} ct direction reply ct reply packets 1-{n} {log}
-        tcp flags & (fin | rst) != 0 {log}
+    chain sample_from_lan {{
+{select("budget_saddr")}
+    }}
+    chain sample_to_lan {{
+{select("budget_daddr")}
+    }}
+    chain budget_saddr {{
+{budget("saddr")}
+    }}
+    chain budget_daddr {{
+{budget("daddr")}
     }}
     chain input {{
         type filter hook input priority filter + 10; policy accept;
-        iifname {lan} udp dport {{ 53, 67, 547 }} {log}
-        iifname {lan} tcp dport 53 {log}
+        iifname {lan} udp dport {{ 53, 67, 547 }} goto budget_saddr
+        iifname {lan} tcp dport 53 goto budget_saddr
     }}
     chain output {{
         type filter hook output priority filter + 10; policy accept;
-        oifname {lan} udp sport {{ 53, 67, 547 }} {log}
-        oifname {lan} tcp sport 53 {log}
+        oifname {lan} udp sport {{ 53, 67, 547 }} goto budget_daddr
+        oifname {lan} tcp sport 53 goto budget_daddr
     }}
 }}
 """
@@ -255,10 +315,20 @@ def install_rules(
     table: str = NFT_TABLE,
     netns: str | None = None,
     nft: str = "nft",
+    host_rate: int = DEFAULT_HOST_RATE,
+    host_burst: int = DEFAULT_HOST_BURST,
 ) -> None:
     """Load `nft_rules` (replacing an older version of the table in the same transaction) and
     switch conntrack accounting on. `netns` runs it in a named namespace (`ip netns exec`)."""
-    rules = nft_rules(group, lan_ifaces, first_packets, snaplen, table=table)
+    rules = nft_rules(
+        group,
+        lan_ifaces,
+        first_packets,
+        snaplen,
+        table=table,
+        host_rate=host_rate,
+        host_burst=host_burst,
+    )
     # Declaring then deleting the table makes the load an atomic replace, also the first time.
     script = f"table inet {table}\ndelete table inet {table}\n{rules}"
     _run_in(netns, [nft, "-f", "-"], stdin=script)
@@ -410,6 +480,71 @@ def _nla(atype: int, data: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
+_NFT_MSG_NEWOBJ = (10 << 8) | 18  # NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWOBJ
+_NFT_MSG_GETOBJ = (10 << 8) | 19
+_NFTA_OBJ_TABLE, _NFTA_OBJ_NAME, _NFTA_OBJ_TYPE, _NFTA_OBJ_DATA = 1, 2, 3, 4
+_NFT_OBJECT_COUNTER = 1
+_NFTA_COUNTER_PACKETS = 2
+_NFPROTO_INET = 1
+
+
+class NftCounter:
+    """Reads one named nftables counter (`counter NAME { }` in an inet table) over netlink,
+    without the `nft` program: the daemon has dropped root by then, and a process per reading
+    would cost more than the reading. Needs CAP_NET_ADMIN. `packets()` is None when the counter
+    cannot be read (the table was flushed by an `nft -f` of the owner's ruleset, say)."""
+
+    def __init__(self, table: str, name: str) -> None:
+        self.table, self.name = table, name
+        self._seq = 0
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self._sock.bind((0, 0))
+
+    def packets(self, timeout: float = 0.5) -> int | None:
+        self._seq = (self._seq + 1) & 0x7FFFFFFF
+        body = struct.pack(">BBH", _NFPROTO_INET, 0, 0)
+        body += _nla(_NFTA_OBJ_TABLE, self.table.encode() + b"\0")
+        body += _nla(_NFTA_OBJ_NAME, self.name.encode() + b"\0")
+        body += _nla(_NFTA_OBJ_TYPE, _BE32.pack(_NFT_OBJECT_COUNTER))
+        msg = _NLH.pack(16 + len(body), _NFT_MSG_GETOBJ, NLM_F_REQUEST, self._seq, 0) + body
+        try:
+            self._sock.send(msg)
+            self._sock.settimeout(timeout)
+            while True:
+                data = self._sock.recv(65536)
+                length, mtype, _flags, seq, _pid = _NLH.unpack_from(data, 0)
+                if seq != self._seq:
+                    continue  # a late answer to an earlier, timed-out question
+                if mtype != _NFT_MSG_NEWOBJ:
+                    return None  # NLMSG_ERROR: no such table or counter
+                return self._parse(data[16 + 4 : length])
+        except (OSError, struct.error, ValueError):
+            return None
+
+    @staticmethod
+    def _parse(attrs: bytes) -> int | None:
+        pos = 0
+        while pos + 4 <= len(attrs):
+            alen, atype = _NLA.unpack_from(attrs, pos)
+            if alen < 4:
+                return None
+            if atype & NLA_TYPE_MASK == _NFTA_OBJ_DATA:
+                inner = attrs[pos + 4 : pos + alen]
+                ipos = 0
+                while ipos + 4 <= len(inner):
+                    ilen, itype = _NLA.unpack_from(inner, ipos)
+                    if ilen < 4:
+                        return None
+                    if itype & NLA_TYPE_MASK == _NFTA_COUNTER_PACKETS and ilen >= 12:
+                        return int.from_bytes(inner[ipos + 4 : ipos + 12], "big")
+                    ipos += (ilen + 3) & ~3
+            pos += (alen + 3) & ~3
+        return None
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class NflogSource:
     """Packets an nftables `log group G` rule sends, read from nfnetlink_log.
 
@@ -432,6 +567,7 @@ class NflogSource:
         qthresh: int = 64,
         nlbufsiz: int = 65536,
         proc_path: str = "/proc/thread-self/net/netfilter/nfnetlink_log",
+        budget_table: str | None = None,
     ) -> None:
         if not 0 <= group <= 0xFFFF:
             raise ValueError(f"nflog group {group}: must be 0-65535")
@@ -470,6 +606,12 @@ class NflogSource:
         # Opened now, in this thread's namespace: a seq_file keeps the namespace it was opened in.
         with contextlib.suppress(OSError):
             self._proc_fd = os.open(proc_path, os.O_RDONLY | os.O_CLOEXEC)
+        self._budget: NftCounter | None = None
+        """The rules' `over_budget` counter (see `nft_rules`), when `budget_table` is given."""
+        self._over_budget: tuple[float, int | None] = (0.0, None)
+        if budget_table is not None:
+            with contextlib.suppress(OSError):
+                self._budget = NftCounter(budget_table, OVER_BUDGET_COUNTER)
 
     def _message(self, attrs: bytes) -> tuple[int, bytes]:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -570,7 +712,23 @@ class NflogSource:
         qlen = self.queue_length()
         if qlen is not None:
             out["kernel_queue"] = qlen
+        over = self.over_budget()
+        if over is not None:
+            out["over_budget"] = over
         return out
+
+    def over_budget(self) -> int | None:
+        """Packets the rules chose but did not log: their LAN host was over its sampling budget
+        (read from the kernel at most once a second)."""
+        if self._budget is None:
+            return None
+        at, value = self._over_budget
+        now = time.monotonic()
+        if now - at >= 1.0:
+            fresh = self._budget.packets()
+            value = fresh if fresh is not None else value
+            self._over_budget = (now, value)
+        return value
 
     def close(self) -> None:
         if self._sock.fileno() < 0:
@@ -578,6 +736,8 @@ class NflogSource:
         with contextlib.suppress(OSError):
             self._sock.send(self._message(_nla(NFULA_CFG_CMD, bytes((NFULNL_CFG_CMD_UNBIND,))))[1])
         self._sock.close()
+        if self._budget is not None:
+            self._budget.close()
         if self._proc_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._proc_fd)

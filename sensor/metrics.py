@@ -38,9 +38,29 @@ and keyed hashes are never read. Custom families never carry ``created`` timesta
 are no ``*_created`` series, without touching prometheus_client's process-wide switch.
 
 Each collector is wrapped: one that raises shows ``phonehome_scrape_collector_success 0`` and
-the scrape carries on (node_exporter's convention). The endpoint serves ``/metrics`` over HTTP
-or HTTPS, optionally behind basic auth and/or a bearer token, from a thread per connection
-(bounded); one scrape runs at a time.
+the scrape carries on (node_exporter's convention).
+
+The endpoint holds up under hostile scrapers
+--------------------------------------------
+It serves ``/metrics`` over HTTP or HTTPS, optionally behind basic auth and/or a bearer token
+(checked in constant time; anything else gets 401 and no metrics). The endpoint's Python work
+takes the GIL from the packet loop, so what scrapers cost is bounded, not their politeness
+assumed:
+
+- one thread with a selector serves every connection (`_Server`): a slow client costs a
+  socket and a few bytes, never a thread; no thread is started per connection;
+- a collection is reused while it is fresh (finished less than `MetricsConfig.min_interval`
+  ago, or less than it took), each wire format encoded once per collection, so many scrapers
+  cost about what one does; counters never go back (a newer collection only replaces an
+  older one);
+- at most `max_connections` connections: at the limit a new one takes the place of one from
+  the client address that holds the most (its oldest still sending its request, or else its
+  answer gone longest without progress), so a crowd from one address only pushes out its
+  own;
+- a client has `connection_timeout` seconds to send its request (at most `MAX_REQUEST_BYTES`),
+  TLS handshake included, and as long again to read the answer;
+- ``phonehome_metrics_connections_dropped_total{reason}``, ``…_connections_open``,
+  ``…_collections_total`` and ``…_http_requests_total{code}`` show all this.
 
 Settings section ``[metrics]``: `MetricsConfig`.
 """
@@ -50,6 +70,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import gzip
 import hashlib
 import hmac
 import ipaddress
@@ -58,26 +79,33 @@ import logging
 import os
 import platform
 import re
+import selectors
 import socket
 import ssl
 import stat
+import struct
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any, Final
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from urllib.parse import parse_qs
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, make_wsgi_app
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    choose_encoder,
+    gzip_accepted,
+)
+from prometheus_client.registry import Collector
 
 from sensor import __version__
 from sensor.alerts import RULES
@@ -103,6 +131,8 @@ COLLECTORS: Final = (
     "capture",
     "conntrack",
     "data",
+    "state",
+    "endpoint",
     "process",
 )
 """Collector names (the ``collector`` label; `MetricsConfig.disabled_collectors`)."""
@@ -111,10 +141,10 @@ OTHER: Final = "other"
 UNKNOWN: Final = "unknown"
 MAX_REASONS: Final = 64
 """Skip/weird reasons (and sinks, datasets) kept as labels; more fold into "other"."""
-MAX_CONNECTIONS: Final = 8
-"""Concurrent HTTP connections; more are closed at once."""
-CONNECTION_TIMEOUT: Final = 10.0
-"""Seconds a client may take to send its request (and finish the TLS handshake)."""
+MAX_REQUEST_BYTES: Final = 8192
+"""A request's line and headers together (a GET has no body); a longer one is dropped."""
+WRITE_CHUNK: Final = 65536
+"""Bytes of an answer sent per write; the connection's progress is noted between writes."""
 APPLY_SLICE: Final = 256
 """Live flows settled per hold of the lock during a scrape (about a millisecond)."""
 MAX_DEST_CACHE: Final = 65536
@@ -158,6 +188,17 @@ class MetricsConfig:
     metrics say which device talks to whom, and where)."""
     scrape_timeout: float = 10.0
     """Seconds a scrape waits for the one before it before answering 503."""
+    min_interval: float = 0.5
+    """Seconds a collection is reused: a scrape less than this long (or than the collection
+    took) after the last one finished is answered from it, so concurrent scrapers cost one
+    collection (0: a collection for every scrape, unless one is slow)."""
+    max_connections: int = 64
+    """Connections open at once (one thread serves them all). At the limit a new one takes
+    the place of one from the client address that holds the most: the oldest still sending
+    its request, or else the answer gone longest without progress."""
+    connection_timeout: float = 5.0
+    """Seconds a client has to send its request (TLS handshake included), and again to read
+    the answer; then the connection is closed."""
 
     def validate(self) -> None:
         try:
@@ -194,6 +235,12 @@ class MetricsConfig:
             raise ValueError("basic_auth_password_sha256: must be 64 hex digits")
         if not 0.1 <= self.scrape_timeout <= 300:
             raise ValueError("scrape_timeout: must be between 0.1 and 300 seconds")
+        if not 0 <= self.min_interval <= 60:
+            raise ValueError("min_interval: must be between 0 and 60 seconds")
+        if not 1 <= self.max_connections <= 1024:
+            raise ValueError("max_connections: must be between 1 and 1024")
+        if not 0.1 <= self.connection_timeout <= 300:
+            raise ValueError("connection_timeout: must be between 0.1 and 300 seconds")
         authenticated = self.basic_auth_user is not None or self.bearer_token_file is not None
         if (
             self.enabled
@@ -461,7 +508,8 @@ class Exporter:
     not an error): ``pipeline`` (sensor.pipeline.Pipeline), ``stages`` (sensor.stages.Stages:
     its ``enricher`` places live flows, ``detector.alerts`` has the alert counters), ``source``
     (live capture, ``stats()``), ``interfaces``, ``conntrack`` (netlink.ConntrackMonitor),
-    ``conntrack_updates``, ``cfg`` (sensor.config.Config: state directory, home country).
+    ``conntrack_updates``, ``cfg`` (sensor.config.Config: state directory, home country),
+    ``write_errors`` (failed state-file writes by (file, errno name)).
     """
 
     def __init__(self, cfg: MetricsConfig, sensor: object) -> None:
@@ -471,7 +519,10 @@ class Exporter:
         self._lock = threading.Lock()
         """Guards the traffic table, live-flow state and the alert tables (short holds)."""
         self._scrape_lock = threading.Lock()
-        """One scrape at a time (they share carry-over state)."""
+        """One collection at a time (they share carry-over state)."""
+        self._snapshot: _Snapshot | None = None
+        """The last collection, reused by scrapes within `MetricsConfig.min_interval`."""
+        self._endpoint = _EndpointStats()
         self._limiter = LogLimiter(log)
         self._traffic = Table(
             3,
@@ -519,13 +570,14 @@ class Exporter:
             "capture": self._collect_capture,
             "conntrack": self._collect_conntrack,
             "data": self._collect_data,
+            "state": self._collect_state,
+            "endpoint": self._collect_endpoint,
             "process": process.collect,
         }
         off = set(cfg.disabled_collectors)
         self.registry.register(
             _Guarded([(n, fn) for n, fn in table.items() if n not in off], self._limiter)
         )
-        self._app = make_wsgi_app(self.registry)
 
     # --- hooks (called on the packet loop) ----------------------------------------------------
 
@@ -610,30 +662,41 @@ class Exporter:
 
     # --- the endpoint -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Listen and serve from a daemon thread. Read TLS keys and credential files here
-        (before the daemon drops privileges). MetricsError if it cannot."""
+    def start(self, serve: bool = True) -> None:
+        """Listen and serve from a daemon thread; with `serve` false, serve only once `serve`
+        is called. Read TLS keys and credential files here (before the daemon drops
+        privileges). MetricsError if it cannot."""
         self._started = True
         if not self.cfg.enabled or self._server is not None:
             return
         auth = _Auth.from_config(self.cfg)
         ctx = _tls_context(self.cfg)
         try:
-            server = _Server((self.cfg.address, self.cfg.port), ctx)
+            server = _Server(
+                (self.cfg.address, self.cfg.port), ctx, self.cfg, self._endpoint, _App(self, auth)
+            )
         except OSError as exc:
             raise MetricsError(
                 f"metrics: cannot listen on {self.cfg.address} port {self.cfg.port}: "
                 f"{exc.strerror or exc}"
             ) from None
-        server.set_app(_App(self, auth))
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="metrics", daemon=True
-        )
-        self._thread.start()
+        if serve:
+            self.serve()
         if not ipaddress.ip_address(self.cfg.address).is_loopback and ctx is None and auth:
             log.warning("metrics: credentials travel in clear without tls_cert_file")
         log.info("metrics on %s", self.url)
+
+    def serve(self) -> None:
+        """Serve what `start(serve=False)` opened, from a daemon thread. The daemon opens the
+        endpoint as root and serves after dropping privileges: a thread made before the drop
+        would keep the whole capability bounding set (it is per thread)."""
+        if self._server is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        self._thread.start()
 
     def stop(self) -> None:
         """Stop serving (waits for the serving thread, at most a few seconds)."""
@@ -643,9 +706,10 @@ class Exporter:
         if server is None:
             return
         server.shutdown()
-        server.server_close()
         if thread is not None:
             thread.join(timeout=5)
+        else:  # opened, never served: the serving loop, stopped already, closes everything
+            server.serve_forever()
 
     def reconfigure(self, cfg: MetricsConfig) -> None:
         """New settings (SIGHUP): a started endpoint restarts if its settings changed
@@ -654,7 +718,7 @@ class Exporter:
         endpoint = (
             "enabled", "address", "port", "tls_cert_file", "tls_key_file", "basic_auth_user",
             "basic_auth_password_sha256", "basic_auth_password_file", "bearer_token_file",
-            "scrape_timeout",
+            "scrape_timeout", "max_connections", "connection_timeout",
         )  # fmt: skip
         changed = any(getattr(cfg, k) != getattr(self.cfg, k) for k in endpoint)
         started = self._started
@@ -673,9 +737,36 @@ class Exporter:
         return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
     def render(self) -> bytes:
-        """One scrape in the text format (tests, `phonehome check`)."""
-        with self._scrape_lock:
-            return generate_latest(self.registry)
+        """A fresh collection in the text format (tests, `phonehome check`)."""
+        snap = self.collection(None, None)
+        assert snap is not None  # waited as long as it took
+        return snap.body(generate_latest, CONTENT_TYPE_PLAIN_0_0_4, gzipped=False)
+
+    def collection(self, max_age: float | None, wait: float | None) -> _Snapshot | None:
+        """The last collection while it is fresh (`_Snapshot.fresh` for `max_age` seconds),
+        else a new one: after the one under way, which is shared if it started after the call
+        or is fresh by then. `max_age` None: a new one. None when the one under way did not
+        finish within `wait` seconds (None: as long as it takes)."""
+        asked = time.monotonic()
+        snap = self._snapshot
+        if max_age is not None and snap is not None and snap.fresh(max_age, asked):
+            return snap
+        if not self._scrape_lock.acquire(timeout=-1 if wait is None else wait):
+            return None
+        try:
+            snap = self._snapshot
+            if snap is not None and (
+                snap.started >= asked
+                or (max_age is not None and snap.fresh(max_age, time.monotonic()))
+            ):
+                return snap
+            self._endpoint.add("collections")
+            started = time.monotonic()
+            families = list(self.registry.collect())
+            snap = self._snapshot = _Snapshot(started, time.monotonic(), families)
+            return snap
+        finally:
+            self._scrape_lock.release()
 
     # --- collectors ---------------------------------------------------------------------------
 
@@ -845,7 +936,7 @@ class Exporter:
         flows = p.flows
         yield _gauge("phonehome_flows_active", "Flows in the flow table", len(flows))
         yield _gauge(
-            "phonehome_flows_active_max", "The flow table's size cap", p.cfg.flows.max_flows
+            "phonehome_flows_active_max", "The flow table's size cap", p.flows.cap
         )
         fam = CounterMetricFamily("phonehome_flows_opened", "Flows opened in the table")
         fam.add_metric([], carry.value(("created",), float(flows.created)))
@@ -889,7 +980,8 @@ class Exporter:
         )
         errs = CounterMetricFamily(
             "phonehome_capture_errors",
-            "Capture trouble by kind: malformed, truncated, overruns, errors, freeze",
+            "Capture trouble by kind: malformed, truncated, overruns, errors, freeze, "
+            "over_budget (not sampled: the LAN host was over its sampling budget)",
             labels=["interface", "kind"],
         )
         queue = GaugeMetricFamily(
@@ -904,7 +996,7 @@ class Exporter:
             recv.add_metric([iface], val("received"))
             deliv.add_metric([iface], val("delivered"))
             drop.add_metric([iface], val("drops") + val("lost"))
-            for kind in ("malformed", "truncated", "overruns", "errors", "freeze"):
+            for kind in ("malformed", "truncated", "overruns", "errors", "freeze", "over_budget"):
                 if kind in st:
                     errs.add_metric([iface, kind], val(kind))
             if "kernel_queue" in st:
@@ -974,6 +1066,77 @@ class Exporter:
             )
             failing.add_metric([ds], 1.0 if bad else 0.0)
         yield from (age, stamp, records, failing)
+
+    def _collect_state(self) -> Families:
+        """Failed writes to the disk: the event log's (its sink counts them by errno name;
+        carried over a reload's new sink) and the sensor's own state files
+        (``sensor.write_errors``, {(file, reason): n})."""
+        fam = CounterMetricFamily(
+            "phonehome_state_write_errors",
+            "Writes of the event log and state files that failed, by file and errno name "
+            "(ENOSPC: disk full; EROFS, EACCES: not writable)",
+            labels=["file", "reason"],
+        )
+        stages = getattr(self.sensor, "stages", None)
+        stage = getattr(getattr(stages, "detector", None), "alerts", None)
+        if stage is not None:
+            sinks = stage.stats().get("sinks") or {}
+            counts = {
+                k[len("errors_") :]: v
+                for k, v in (sinks.get("eventlog") or {}).items()
+                if k.startswith("errors_")
+            }
+            carry = self._carry_for("eventlog", stage)
+            for reason, n in sorted(_fold_keys(counts).items()):
+                fam.add_metric(
+                    ["events.jsonl", safe_label(reason)], carry.value(("eventlog", reason), n)
+                )
+        own = getattr(self.sensor, "write_errors", None)
+        if own:
+            for (name, reason), n in sorted(_copy_items(own))[:MAX_REASONS]:
+                fam.add_metric([safe_label(name), safe_label(reason)], float(n))
+        yield fam
+
+    def _collect_endpoint(self) -> Families:
+        ep = self._endpoint
+        with ep.lock:
+            counts = dict(ep.counts)
+            codes = dict(ep.codes)
+        server = self._server
+        fam = CounterMetricFamily(
+            "phonehome_metrics_connections_dropped",
+            "Connections to the metrics endpoint closed by it: evicted (making room for a new "
+            "one at max_connections), timeout (request or answer too slow), invalid (request "
+            "too long or malformed)",
+            labels=["reason"],
+        )
+        for reason in _DROP_REASONS:
+            fam.add_metric([reason], counts.get(reason, 0))
+        yield fam
+        yield _gauge(
+            "phonehome_metrics_connections_open",
+            "Connections to the metrics endpoint open now (this one included)",
+            server.open_connections() if server is not None else 0,
+        )
+        yield _gauge(
+            "phonehome_metrics_connections_max",
+            "The metrics endpoint's connection limit (max_connections)",
+            self.cfg.max_connections,
+        )
+        fam = CounterMetricFamily(
+            "phonehome_metrics_collections",
+            "Collections of the metrics (scrapes within min_interval share one)",
+        )
+        fam.add_metric([], counts.get("collections", 0))
+        yield fam
+        fam = CounterMetricFamily(
+            "phonehome_metrics_http_requests",
+            "Requests the metrics endpoint answered, by status code",
+            labels=["code"],
+        )
+        for code, n in sorted(codes.items()):
+            fam.add_metric([code], n)
+        yield fam
 
     # --- traffic accounting -------------------------------------------------------------------
 
@@ -1392,103 +1555,452 @@ def _tls_context(cfg: MetricsConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+_DROP_REASONS: Final = ("evicted", "timeout", "invalid")
+_READING, _WRITING = 0, 1
+"""A connection's phases: sending its request (TLS handshake included), reading the answer."""
+_POLL: Final = 0.25
+"""Seconds between the serving thread's checks of the connections' ages, at most."""
+_ACCEPT_BATCH: Final = 16
+"""Connections accepted per wake-up, at most (and half of max_connections): then the open ones
+get their turn, before the next newcomers can push them out."""
+_BACKLOG: Final = 256
+_ABORT: Final = struct.pack("ii", 1, 0)
+"""SO_LINGER on, 0 seconds: close() resets the connection."""
+
+
+class _EndpointStats:
+    """The endpoint's own counters, kept by the exporter so that they outlive a restart of the
+    endpoint (reconfigure)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        """Dropped connections by reason (`_DROP_REASONS`), and "collections"."""
+        self.codes: dict[str, int] = {}
+        """Requests answered, by status code."""
+
+    def add(self, key: str) -> None:
+        with self.lock:
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def answered(self, code: str) -> None:
+        with self.lock:
+            self.codes[code] = self.codes.get(code, 0) + 1
+
+
+class _Families(Collector):
+    """Families already collected, as an encoder's registry."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def _encode(encoder: Callable[[Collector], bytes], families: list[Metric], gz: bool) -> bytes:
+    out = encoder(_Families(families))
+    return gzip.compress(out, compresslevel=6) if gz else out
+
+
+class _Snapshot:
+    """One collection, and its encodings (per content type and compression), each made once."""
+
+    def __init__(self, started: float, finished: float, families: list[Metric]) -> None:
+        self.started = started
+        """time.monotonic() when the collection began, and ended."""
+        self.finished = finished
+        self.families = families
+        self._bodies: dict[tuple[str, bool], bytes] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, max_age: float, now: float) -> bool:
+        """Finished less than `max_age` seconds ago, or less than it took (a slow collection
+        does not run back to back)."""
+        return now - self.finished < max(max_age, self.finished - self.started)
+
+    def body(
+        self,
+        encoder: Callable[[Collector], bytes],
+        content_type: str,
+        gzipped: bool,
+        names: Sequence[str] = (),
+    ) -> bytes:
+        """The collection in `content_type` (its `encoder`); only samples named in `names`
+        when given (``?name[]=...``, not kept)."""
+        if names:
+            wanted = set(names)
+            picked = []
+            for fam in self.families:
+                samples = [s for s in fam.samples if s.name in wanted]
+                if samples:
+                    m = Metric(fam.name, fam.documentation, fam.type)
+                    m.samples = samples
+                    picked.append(m)
+            return _encode(encoder, picked, gzipped)
+        key = (content_type, gzipped)
+        with self._lock:
+            out = self._bodies.get(key)
+            if out is None:
+                out = self._bodies[key] = _encode(encoder, self.families, gzipped)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    """Lower-case names; repeated headers joined with ","."""
+
+
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def _head_end(buf: bytearray, start: int) -> int:
+    """Where the request's head (line and headers) ends in `buf`, -1 while incomplete; the
+    search starts at `start` (what came before was searched already)."""
+    i = buf.find(b"\n\r\n", start)
+    j = buf.find(b"\n\n", start)
+    ends = [k + 3 for k in (i,) if k >= 0] + [k + 2 for k in (j,) if k >= 0]
+    return min(ends) if ends else -1
+
+
+def _parse_request(head: bytes) -> _Request | None:
+    """The request line and headers of `head`, None when malformed."""
+    lines = _LINE_END.split(head)
+    parts = lines[0].decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    headers: dict[str, str] = {}
+    for raw in lines[1:]:
+        if not raw:
+            continue
+        name, sep, value = raw.decode("latin-1").partition(":")
+        if not sep or not name or name != name.strip():
+            return None
+        key, v = name.lower(), value.strip()
+        headers[key] = f"{headers[key]},{v}" if key in headers else v
+    path, _, query = parts[1].partition("?")
+    return _Request(parts[0], path, query, headers)
+
+
 class _App:
-    """The WSGI app: credentials, then /metrics (prometheus_client's app) one at a time."""
+    """The answers: credentials first, then /metrics from the shared collection."""
 
     def __init__(self, exporter: Exporter, auth: _Auth) -> None:
         self.exporter = exporter
         self.auth = auth
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        if not self.auth.check(environ.get("HTTP_AUTHORIZATION")):
-            start_response(
-                "401 Unauthorized",
-                [
-                    ("WWW-Authenticate", f'{self.auth.schemes} realm="phonehome"'),
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                ],
-            )
-            return [b"401 Unauthorized\n"]
-        path = environ.get("PATH_INFO", "")
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"Phonehome metrics: /metrics\n"]
-        if path != "/metrics":
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"404 Not Found: try /metrics\n"]
+    def __call__(self, req: _Request) -> tuple[str, list[tuple[str, str]], bytes]:
+        text = ("Content-Type", "text/plain; charset=utf-8")
+        if not self.auth.check(req.headers.get("authorization")):
+            www = ("WWW-Authenticate", f'{self.auth.schemes} realm="phonehome"')
+            return "401 Unauthorized", [www, text], b"401 Unauthorized\n"
+        if req.method != "GET":
+            return "405 Method Not Allowed", [("Allow", "GET"), text], b"405: use GET\n"
+        if req.path == "/":
+            return "200 OK", [text], b"Phonehome metrics: /metrics\n"
+        if req.path != "/metrics":
+            return "404 Not Found", [text], b"404 Not Found: try /metrics\n"
         ex = self.exporter
-        if not ex._scrape_lock.acquire(timeout=ex.cfg.scrape_timeout):
-            start_response("503 Service Unavailable", [("Retry-After", "5")])
-            return [b"503: another scrape is still running\n"]
+        snap = ex.collection(ex.cfg.min_interval, ex.cfg.scrape_timeout)
+        if snap is None:
+            return (
+                "503 Service Unavailable",
+                [("Retry-After", "5"), text],
+                b"503: the collection under way is taking too long\n",
+            )
+        encoder, content_type = choose_encoder(req.headers.get("accept", ""))
+        gz = gzip_accepted(req.headers.get("accept-encoding", ""))
+        names = parse_qs(req.query).get("name[]", [])
+        headers = [("Content-Type", content_type)]
+        if gz:
+            headers.append(("Content-Encoding", "gzip"))
+        return "200 OK", headers, snap.body(encoder, content_type, gz, names)
+
+
+class _Conn:
+    """A connection as the serving thread keeps it: no thread of its own."""
+
+    __slots__ = ("addr", "events", "fd", "handshaken", "host", "inbuf", "mark", "out", "phase",
+                 "since", "sock")  # fmt: skip
+
+    def __init__(self, sock: socket.socket, addr: Any, now: float, tls: bool) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.addr = addr
+        self.host = str(addr[0]) if isinstance(addr, tuple) and addr else ""
+        self.phase = _READING
+        self.since = now
+        """When the phase began (its time limit counts from here)."""
+        self.mark = now
+        """Last sign of progress: when it was accepted while it sends its request (however
+        much it dribbles), the last write that went out while it reads the answer."""
+        self.events = 0
+        """What the selector waits for (0: not registered)."""
+        self.handshaken = not tls
+        self.inbuf = bytearray()
+        self.out: list[memoryview] = []
+        """What is left to send: the head, then the body (shared by every scraper)."""
+
+
+class _Server:
+    """The endpoint: one thread and a selector for every connection (slowloris clients cost a
+    socket and a few bytes each, not a thread); a request is answered when its head is in.
+
+    At most `max_connections` connections. At the limit a new one takes the place of a
+    connection of the client address that holds the most: its oldest one still sending its
+    request, or else its answer gone longest without progress. So a crowd of slow connections
+    from one address only pushes out its own members, never a scraper elsewhere; and a
+    well-behaved request is safe once read (requests in are read before newcomers are
+    accepted).
+
+    A connection that takes more than `connection_timeout` to send its request (TLS handshake
+    included), or to read its answer, is closed. Dropped connections are closed with a reset
+    and counted by reason.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        ctx: ssl.SSLContext | None,
+        cfg: MetricsConfig,
+        stats: _EndpointStats,
+        app: Callable[[_Request], tuple[str, list[tuple[str, str]], bytes]],
+    ) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
-            return list(ex._app(environ, start_response))
-        finally:
-            ex._scrape_lock.release()
-
-
-class _Handler(WSGIRequestHandler):
-    timeout = CONNECTION_TIMEOUT
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("metrics: %s " + format, self.address_string(), *args)
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    """A thread per connection (at most MAX_CONNECTIONS), TLS handshakes in that thread."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 16
-
-    def __init__(self, address: tuple[str, int], ctx: ssl.SSLContext | None) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.ssl_context = ctx
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks our own name up in DNS (getfqdn): not on a router.
-        import socketserver
-
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-        self.setup_environ()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            self.socket.listen(_BACKLOG)
+            self.socket.setblocking(False)
+        except OSError:
+            self.socket.close()
             raise
+        self.server_address = self.socket.getsockname()
+        self.ssl_context = ctx
+        self.max_connections = cfg.max_connections
+        self.connection_timeout = cfg.connection_timeout
+        self.stats = stats
+        self.app = app
+        self._conns: dict[int, _Conn] = {}
+        self._by_host: dict[str, dict[int, _Conn]] = {}
+        """The connections of each client address, oldest first."""
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.socket, selectors.EVENT_READ, "accept")
+        self._wake, self._waker = socket.socketpair()
+        self._wake.setblocking(False)
+        self._sel.register(self._wake, selectors.EVENT_READ, "wake")
+        self._stopping = False
+        self._accept_paused_until = 0.0
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    def serve_forever(self) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            while not self._stopping:
+                accept = False
+                for key, _ in self._sel.select(_POLL):
+                    if isinstance(key.data, _Conn):
+                        if self._conns.get(key.data.fd) is key.data:
+                            self._service(key.data)
+                    elif key.data == "accept":
+                        accept = True
+                    else:
+                        with contextlib.suppress(OSError):
+                            self._wake.recv(64)
+                # New connections last: one that was accepted last time and whose request is
+                # in is answered before newcomers can push it out.
+                if accept:
+                    self._accept()
+                self._check(time.monotonic())
         finally:
-            self._slots.release()
+            for conn in list(self._conns.values()):
+                self._close(conn)
+            self._sel.close()
+            for s in (self.socket, self._wake, self._waker):
+                s.close()
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(CONNECTION_TIMEOUT)
-        if self.ssl_context is None:
-            super().finish_request(request, client_address)
-            return
-        try:
-            conn = self.ssl_context.wrap_socket(request, server_side=True)
-        except (OSError, ssl.SSLError) as exc:
-            log.debug("metrics: TLS handshake with %s failed: %s", client_address, exc)
-            return
-        try:
-            super().finish_request(conn, client_address)
-        finally:
-            with contextlib.suppress(OSError):
-                conn.close()
+    def shutdown(self) -> None:
+        """Stop serving (from another thread): the serving thread closes everything."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._waker.send(b"x")
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("metrics: request from %s failed", client_address, exc_info=True)
+    # --- connections ------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(max(1, min(_ACCEPT_BATCH, self.max_connections // 2))):
+            try:
+                sock, addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # out of descriptors: let the backlog wait a moment
+                log.debug("metrics: accept failed: %s", exc)
+                self._sel.unregister(self.socket)
+                self._accept_paused_until = time.monotonic() + 0.1
+                return
+            if len(self._conns) >= self.max_connections:
+                self._make_room()
+            try:
+                sock.setblocking(False)
+                if self.ssl_context is not None:
+                    sock = self.ssl_context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+            except OSError as exc:
+                log.debug("metrics: connection from %s failed: %s", addr, exc)
+                sock.close()
+                continue
+            conn = _Conn(sock, addr, time.monotonic(), self.ssl_context is not None)
+            self._conns[conn.fd] = conn
+            self._by_host.setdefault(conn.host, {})[conn.fd] = conn
+            # A scraper's request is usually in already: answered without a trip through the
+            # selector (each system call can cost the GIL's switch interval when the packet
+            # loop is busy); the rest are registered by _want.
+            self._service(conn)
+
+    def _make_room(self) -> None:
+        """Close a connection of the client address that holds the most: its oldest one still
+        sending its request, or else the one whose answer has gone longest without progress.
+
+        Never the newcomer: it cannot be told from a scraper before its request is in (and
+        turning a crowd's newcomers away at once only brings them back sooner)."""
+        crowd = max(self._by_host.values(), key=len)
+        victim = next((c for c in crowd.values() if c.phase == _READING), None)
+        if victim is None:
+            victim = min(crowd.values(), key=lambda c: c.mark)
+        self._close(victim, "evicted")
+
+    def _check(self, now: float) -> None:
+        # After every wake-up (at least each _POLL): too slow is closed.
+        limit = self.connection_timeout
+        for conn in [c for c in self._conns.values() if now - c.since > limit]:
+            self._close(conn, "timeout")
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._sel.register(self.socket, selectors.EVENT_READ, "accept")
+
+    def _close(self, conn: _Conn, reason: str | None = None) -> None:
+        """Close `conn`; when it is dropped (`reason` counted), with a reset: the kernel keeps
+        neither its unsent answer nor a TIME_WAIT entry for it."""
+        if self._conns.pop(conn.fd, None) is None:
+            return
+        own = self._by_host[conn.host]
+        del own[conn.fd]
+        if not own:
+            del self._by_host[conn.host]
+        if conn.events:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            if reason is not None:
+                self.stats.add(reason)
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+            conn.sock.close()
+
+    def _want(self, conn: _Conn, events: int) -> None:
+        if not conn.events:
+            self._sel.register(conn.sock, events, conn)
+        elif conn.events != events:
+            self._sel.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _service(self, conn: _Conn) -> None:
+        try:
+            if conn.phase == _READING:
+                self._read(conn)
+            else:
+                self._write(conn)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # handled where they can happen; never here
+        except OSError as exc:  # reset, TLS alert, a client speaking something else
+            log.debug("metrics: connection from %s ended: %r", conn.addr, exc)
+            self._close(conn)
+        except Exception:
+            log.debug("metrics: request from %s failed", conn.addr, exc_info=True)
+            self._close(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        sock = conn.sock
+        if not conn.handshaken:
+            assert isinstance(sock, ssl.SSLSocket)
+            try:
+                sock.do_handshake()
+            except ssl.SSLWantReadError:
+                self._want(conn, selectors.EVENT_READ)
+                return
+            except ssl.SSLWantWriteError:
+                self._want(conn, selectors.EVENT_WRITE)
+                return
+            conn.handshaken = True
+        while True:
+            try:
+                data = sock.recv(4096)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                self._want(conn, selectors.EVENT_READ)
+                return
+            except ssl.SSLWantWriteError:
+                self._want(conn, selectors.EVENT_WRITE)
+                return
+            if not data:  # the client gave up
+                self._close(conn)
+                return
+            buf = conn.inbuf
+            start = max(0, len(buf) - 3)
+            buf += data
+            end = _head_end(buf, start)
+            if end < 0 and len(buf) < MAX_REQUEST_BYTES:
+                continue
+            if end < 0 or end > MAX_REQUEST_BYTES:
+                self._close(conn, "invalid")
+                return
+            self._answer(conn, bytes(buf[:end]))
+            return
+
+    def _answer(self, conn: _Conn, head: bytes) -> None:
+        req = _parse_request(head)
+        headers: list[tuple[str, str]]
+        if req is None:
+            self.stats.add("invalid")
+            status, headers, body = "400 Bad Request", [], b"400 Bad Request\n"
+        else:
+            status, headers, body = self.app(req)
+            self.stats.answered(status.split(" ", 1)[0])
+        lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers)]
+        lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+        conn.out = [memoryview("\r\n".join(lines).encode("latin-1")), memoryview(body)]
+        conn.inbuf = bytearray()
+        conn.phase = _WRITING
+        conn.since = conn.mark = time.monotonic()
+        self._write(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        sock, out = conn.sock, conn.out
+        plain = not isinstance(sock, ssl.SSLSocket)
+        while out:
+            try:
+                if plain:  # head and body in one system call
+                    n = sock.sendmsg([v[:WRITE_CHUNK] for v in out])
+                else:
+                    n = sock.send(out[0][:WRITE_CHUNK])
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                self._want(conn, selectors.EVENT_WRITE)
+                return
+            except ssl.SSLWantReadError:
+                self._want(conn, selectors.EVENT_READ)
+                return
+            conn.mark = time.monotonic()
+            while n and out:
+                if n >= len(out[0]):
+                    n -= len(out.pop(0))
+                else:
+                    out[0] = out[0][n:]
+                    n = 0
+            while out and not out[0]:
+                out.pop(0)
+        self._close(conn)

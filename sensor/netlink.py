@@ -38,7 +38,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +64,6 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (
     IPCTNL_MSG_CT_NEW,
     IPSBIT_TO_NAME,
     TCP_CONNTRACK_TO_NAME,
-    nfct_msg,
 )
 from pyroute2.netlink.rtnl import (
     RTM_DELLINK,
@@ -296,22 +295,30 @@ def _error_code(data: bytes, offset: int) -> int:
 
 
 def _dump(
-    sock: socket.socket, request: nlmsg, msg_type: int, timeout: float = DUMP_TIMEOUT
+    sock: socket.socket, request: nlmsg | bytes, msg_type: int, timeout: float = DUMP_TIMEOUT
 ) -> Iterator[tuple[int, bytes, int]]:
-    """Sends a dump request and yields (type, datagram, offset) of each reply until DONE."""
+    """Sends a dump request and yields (type, datagram, offset) of each reply until DONE.
+
+    `request` is a pyroute2 message, or the raw bytes after the netlink header. `timeout` bounds
+    each wait for the kernel's next part, not the whole dump: a caller may consume the parts
+    slowly (the daemon takes a slice per loop turn), and the kernel keeps its place meanwhile.
+    """
     seq = int(time.monotonic_ns() & 0x7FFFFFFF) or 1
-    request["header"]["type"] = msg_type
-    request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-    request["header"]["sequence_number"] = seq
-    request.encode()
-    sock.send(request.data)
-    deadline = time.monotonic() + timeout
+    flags = NLM_F_REQUEST | NLM_F_DUMP
+    if isinstance(request, bytes):
+        sock.send(struct.pack("=IHHII", 16 + len(request), msg_type, flags, seq, 0) + request)
+    else:
+        request["header"]["type"] = msg_type
+        request["header"]["flags"] = flags
+        request["header"]["sequence_number"] = seq
+        request.encode()
+        sock.send(request.data)
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"netlink dump not done after {timeout:.0f} s")
-        sock.settimeout(left)
-        data = sock.recv(_RECV_SIZE)
+        sock.settimeout(timeout)
+        try:
+            data = sock.recv(_RECV_SIZE)
+        except TimeoutError:
+            raise TimeoutError(f"netlink dump: no reply for {timeout:.0f} s") from None
         for mtype, _flags, mseq, offset in _split(data):
             if mseq != seq:
                 continue  # a stale reply to an earlier, abandoned request
@@ -395,6 +402,8 @@ _CTA_COUNTERS_ORIG = 9
 _CTA_COUNTERS_REPLY = 10
 _CTA_ID = 12
 _CTA_ZONE = 18
+_CTA_STATUS_MASK = 26
+_IPS_ASSURED = 1 << 2
 _CTA_TUPLE_IP = 1
 _CTA_TUPLE_PROTO = 2
 _CTA_IP_V4_SRC, _CTA_IP_V4_DST, _CTA_IP_V6_SRC, _CTA_IP_V6_DST = 1, 2, 3, 4
@@ -518,27 +527,47 @@ def parse_entry(data: bytes, offset: int, ts: float) -> ConntrackEntry | None:
     )
 
 
-def dump(*, netns: str | None = None, timeout: float = DUMP_TIMEOUT) -> list[ConntrackEntry]:
+def dump(
+    *, netns: str | None = None, timeout: float = DUMP_TIMEOUT, assured_only: bool = False
+) -> list[ConntrackEntry]:
     """Every TCP and UDP conntrack entry of both address families, with counters.
 
     Raises OSError when netlink cannot be opened (no permission: it needs CAP_NET_ADMIN) and
-    `TimeoutError` when the dump does not finish in `timeout` seconds.
+    `TimeoutError` when the kernel stops answering for `timeout` seconds. `assured_only`: see
+    `iter_dump`.
     """
+    return list(iter_dump(netns=netns, timeout=timeout, assured_only=assured_only))
+
+
+def iter_dump(
+    *, netns: str | None = None, timeout: float = DUMP_TIMEOUT, assured_only: bool = False
+) -> Generator[ConntrackEntry, None, None]:
+    """`dump()`, lazily: the kernel produces the next part only when this asks for it, so a
+    caller can take a big table in slices between other work. Close the iterator (or exhaust
+    it) to release the socket.
+
+    `assured_only` asks for the entries with IPS_ASSURED only: TCP connections past their
+    handshake and UDP streams that saw replies for a while. The kernel filters them (CTA_STATUS
+    with CTA_STATUS_MASK, Linux 5.19+; older kernels ignore the attributes and the filter is
+    applied here instead): a SYN flood's or a scan's half-open entries, which only ever carry
+    a packet or two, are not sent at all. Their counters arrive with their DESTROY events.
+    """
+    # nfgenmsg: AF_UNSPEC (both IPv4 and IPv6 in one dump), version 0, resource id 0.
+    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+    if assured_only:
+        for kind in (_CTA_STATUS, _CTA_STATUS_MASK):
+            body += struct.pack("=HH", 8, kind) + struct.pack(">I", _IPS_ASSURED)
     with _open_socket(NETLINK_NETFILTER, netns=netns) as sock:
-        request = nfct_msg()
-        request["nfgen_family"] = socket.AF_UNSPEC  # both IPv4 and IPv6 in one dump
-        request["version"] = 0
-        request["res_id"] = 0
         ts = time.time()
-        out = []
-        for mtype, data, offset in _dump(sock, request, _CT_GET, timeout):
+        for mtype, data, offset in _dump(sock, body, _CT_GET, timeout):
             if mtype != _CT_NEW:
                 continue
-            with contextlib.suppress(ValueError):  # damaged: skipped, like other protocols
+            try:
                 entry = parse_entry(data, offset, ts)
-                if entry is not None:
-                    out.append(entry)
-        return out
+            except ValueError:  # damaged: skipped, like other protocols
+                continue
+            if entry is not None and (entry.status & _IPS_ASSURED or not assured_only):
+                yield entry
 
 
 class ConntrackMonitor:

@@ -29,7 +29,7 @@ from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
 from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
-from sensor.names import DnsCache
+from sensor.names import DnsCache, redact_name
 
 if TYPE_CHECKING:
     from sensor.fastpath import Columns
@@ -53,6 +53,8 @@ MAX_DEVICES = 4096
 MAX_DEVICE_IPS = 16
 MAX_USER_AGENTS = 8
 MAX_DNS_QUERIES = 16
+MAX_ASKED = 4096
+"""(flow, query name) pairs remembered so each name is scanned once per flow."""
 MAX_FRAGMENTS = 4096
 MAX_IP_MAC = 65536
 MAX_LAN_CACHE = 65536
@@ -115,6 +117,9 @@ class Pipeline:
         self.packets_fast = 0
         self.devices_dropped = 0
         self._fragments: OrderedDict[tuple[bytes, bytes, int, int], Half] = OrderedDict()
+        self._asked: OrderedDict[tuple[str, str], None] = OrderedDict()
+        """Query names already handed to the observer, by flow uid (the flow's own list holds
+        them redacted, so it cannot tell two names with data labels apart)."""
         self._lan_cache: dict[bytes, bool] = {}
         self._lan_v4: list[tuple[int, int]] = []
         self._lan_v6: list[tuple[int, int]] = []
@@ -220,7 +225,7 @@ class Pipeline:
                     heap.append(i)
             # Each new flow could push an old one out of the table (size cap) in mid-chunk,
             # before its packets here were counted.
-            one_by_one = len(self.flows) + len(seg.others) + new_packets > self.cfg.flows.max_flows
+            one_by_one = len(self.flows) + len(seg.others) + new_packets > self.flows.cap
         slow = self._slow
         buf = chunk.buf
         lt = chunk.linktype
@@ -655,11 +660,13 @@ class Pipeline:
         flow = entry.flow
         if len(flow.http) < self.cfg.flows.max_http_requests:
             flow.http.append(req)
-        self._observe(self.observer.http_request, flow, req, ts)
+        # Named before detection: an alert names its server, and repeats are suppressed per
+        # server name (an address the phone never looked up would have none).
         if req.host and flow.name_source in (None, "dns"):
             host = _host_only(req.host)
             if host:
-                flow.server_name, flow.name_source = host, "http"
+                flow.server_name, flow.name_source = redact_name(host), "http"
+        self._observe(self.observer.http_request, flow, req, ts)
         if req.user_agent and flow.device_mac:
             dev = self.devices.get(flow.device_mac)
             if (
@@ -674,7 +681,7 @@ class Pipeline:
         if ch.alpn:
             flow.alpn = ch.alpn
         if ch.sni:
-            flow.server_name = ch.sni.lower().rstrip(".")
+            flow.server_name = redact_name(ch.sni.lower().rstrip("."))
             flow.name_source = "tls" if source == "tls" else "quic"
 
     def _inspect_udp(
@@ -724,16 +731,22 @@ class Pipeline:
         flow = entry.flow
         queries = flow.extra.setdefault("dns_queries", [])
         assert isinstance(queries, list)
+        # Names are kept (query list, cache: flow records, alerts) with data labels cut; the
+        # detector gets each name as sent, once per flow.
         for qname, _qtype in msg.questions:
-            if qname not in queries and len(queries) < MAX_DNS_QUERIES:
-                queries.append(qname)
-                if not msg.is_response:
-                    self._observe(self.observer.dns_query, flow, qname, ts)
+            shown = redact_name(qname)
+            if shown not in queries and len(queries) < MAX_DNS_QUERIES:
+                queries.append(shown)
+            if not msg.is_response and (flow.uid, qname) not in self._asked:
+                self._asked[(flow.uid, qname)] = None
+                if len(self._asked) > MAX_ASKED:
+                    self._asked.popitem(last=False)
+                self._observe(self.observer.dns_query, flow, qname, ts)
         if not msg.is_response:
             return
         for address, qname, ttl in dns_dec.resolve_chain(msg):
             if not dns_dec.is_local_name(qname):
-                self.dns.put(flow.src_ip, address, qname, ttl, ts)
+                self.dns.put(flow.src_ip, address, redact_name(qname), ttl, ts)
 
     def _dhcp(self, msg: DhcpMessage | Weird, ts: float, fallback_mac: str | None = None) -> None:
         if isinstance(msg, Weird):
@@ -773,9 +786,16 @@ class Pipeline:
         dev = self._device(mac, ts)
         if dev is not None and ip not in dev.ips and len(dev.ips) < MAX_DEVICE_IPS:
             dev.ips.add(ip)
-        self.ip_mac[ip] = mac
-        if len(self.ip_mac) > MAX_IP_MAC:
-            self.ip_mac.popitem(last=False)
+        self.learn_neighbour(ip, mac)
+
+    def learn_neighbour(self, ip: str, mac: str) -> None:
+        """An address's MAC (from a packet, or the kernel's neighbour table); bounded, the
+        least recently learned go first (a flood of invented neighbours cannot grow it)."""
+        ip_mac = self.ip_mac
+        ip_mac[ip] = mac
+        ip_mac.move_to_end(ip)
+        if len(ip_mac) > MAX_IP_MAC:
+            ip_mac.popitem(last=False)
 
     # --- end ------------------------------------------------------------------------------------
 

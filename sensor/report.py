@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any, TextIO
 
 from sensor.model import Alert, Device, Flow, HttpRequest
+from sensor.names import redact_name
 from sensor.sinks import alert_fields
 
 MAX_SUMMARY_ALERTS = 1000
@@ -22,7 +23,7 @@ def _http_summary(req: HttpRequest) -> dict[str, Any]:
     path, _, query = req.path.partition("?")
     return {
         "method": req.method,
-        "host": req.host,
+        "host": redact_name(req.host) if req.host else req.host,
         "path": path,
         "query_bytes": len(query),
         "user_agent": req.user_agent,

@@ -272,7 +272,15 @@ class EventLog:
 
     Errors (unwritable directory, full disk, ...) are counted by errno name in
     ``stats()["errors"]`` and logged at most once a minute per kind; opening is retried at most
-    every `reopen_interval` seconds."""
+    every `reopen_interval` seconds. `failing` names the last error while it lasts (None again
+    after the next record written), for the daemon's STATUS line. A full disk does not close
+    the file: the next record after space is freed is written.
+
+    Acknowledgement: `make_sinks` puts the event log first, and the alert stage calls its sinks
+    in order, one after the other. So by the time any other sink (journal, Alertmanager,
+    metrics) has an alert, the event log's `send` has returned: the record is written and
+    fsynced, or its failure counted. An alert seen in the journal while the event log reports
+    no errors is in the file, whatever kills the sensor afterwards."""
 
     name = "eventlog"
 
@@ -283,7 +291,7 @@ class EventLog:
         max_bytes: int = 16 << 20,
         keep: int = 5,
         fsync: bool = True,
-        reopen_interval: float = 30.0,
+        reopen_interval: float = 5.0,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -299,6 +307,8 @@ class EventLog:
         self.rotations = 0
         self.truncated_bytes = 0
         self.errors: Counter[str] = Counter()
+        self.failing: str | None = None
+        """The errno name of the last failed open or write, until a record is written."""
         self._open()
 
     @classmethod
@@ -348,6 +358,7 @@ class EventLog:
     def _error(self, what: str, exc: OSError) -> None:
         kind = _errno_name(exc)
         self.errors[kind] += 1
+        self.failing = kind
         self._limiter.warning(
             f"{what}:{kind}", "event log %s: %s %s: %s", self.path, what, kind, exc.strerror
         )
@@ -454,6 +465,9 @@ class EventLog:
             except OSError as exc:
                 self._error("fsync", exc)
                 return False
+        if self.failing is not None:
+            log.info("event log %s: writing again (after %s)", self.path, self.failing)
+            self.failing = None
         return True
 
 
@@ -898,8 +912,10 @@ def make_sinks(
     alertmanager: AlertmanagerConfig | None = None,
     resolve_after: float = 3600.0,
 ) -> list[Sink]:
-    """The sinks the settings switch on, in delivery order (the local, durable one first).
-    `resolve_after` should be the alert stage's suppression window."""
+    """The sinks the settings switch on, in delivery order: the event log first, so that
+    every other sink (and anything appended after these) only sees an alert once its record
+    is on disk (see `EventLog`). `resolve_after` should be the alert stage's suppression
+    window."""
     eventlog = eventlog or EventLogConfig()
     journal = journal or JournalConfig()
     alertmanager = alertmanager or AlertmanagerConfig()

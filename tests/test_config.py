@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +28,7 @@ from sensor.config import (
     PathsConfig,
     SiteConfig,
     UpdateConfig,
+    check_files,
     load_config,
     normalize_mac,
 )
@@ -99,7 +107,7 @@ asn_db = "/usr/share/GeoIP/GeoLite2-ASN.mmdb"
 timeout = 10
 max_bytes = 1048576
 [update.urls]
-geo-country = "https://downloads.example.com/country.mmdb"
+aws = "https://mirror.example.com/ip-ranges.json"
 
 [[devices]]
 mac = "64-09-80-12-34-56"
@@ -121,7 +129,7 @@ mac = "3C22FBAABBCC"
         "/usr/share/GeoIP/dbip-country-lite.mmdb", "/usr/share/GeoIP/GeoLite2-ASN.mmdb"
     )
     assert cfg.update == UpdateConfig(
-        {"geo-country": "https://downloads.example.com/country.mmdb"}, 10.0, 1 << 20
+        {"aws": "https://mirror.example.com/ip-ranges.json"}, 10.0, 1 << 20
     )
     assert cfg.devices == (
         DeviceConfig("64:09:80:12:34:56", "Living room TV", "tv"),
@@ -165,22 +173,34 @@ def test_unknown_key(tmp_path: Path, text: str, key: str) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "reason"),
     [
-        ("[flows]\nmax_flows = '100000'\n", "flows.max_flows", "expected an integer, got str"),
+        ("[flows]\nmax_flows = '100000'\n", "flows.max_flows", "expected an integer, got string"),
         ("[flows]\nmax_flows = 1e5\n", "flows.max_flows", "expected an integer, got float"),
-        ("[flows]\nmax_flows = true\n", "flows.max_flows", "expected an integer, got bool"),
+        ("[flows]\nmax_flows = true\n", "flows.max_flows", "expected an integer, got boolean"),
         ("[flows]\ntcp_idle_timeout = '5m'\n", "flows.tcp_idle_timeout", "expected a number"),
-        ("[dns]\nttl_grace = false\n", "dns.ttl_grace", "expected a number, got bool"),
+        ("[dns]\nttl_grace = false\n", "dns.ttl_grace", "expected a number, got boolean"),
         ("[site]\nlan_networks = '10.0.0.0/8'\n", "site.lan_networks", "expected a list"),
         ("[site]\nlan_networks = ['10.0.0.0/8', 172]\n", "site.lan_networks[1]", "string"),
-        ("[site]\nhome_country = 49\n", "site.home_country", "expected a string, got int"),
-        ("[paths]\nstate_dir = ['/a']\n", "paths.state_dir", "expected a string, got list"),
+        ("[site]\nhome_country = 49\n", "site.home_country", "expected a string, got integer"),
+        ("[paths]\nstate_dir = ['/a']\n", "paths.state_dir", "expected a string, got array"),
         ("[geo]\nasn_db = 2024-01-01\n", "geo.asn_db", "expected a string, got date"),
-        ("[update]\nurls = ['x']\n", "update.urls", "expected a table, got list"),
-        ("[update.urls]\ngeo = 1\n", "update.urls.geo", "expected a string, got int"),
-        ("site = 'home'\n", "site", "expected a table"),
+        ("[update]\nurls = ['x']\n", "update.urls", "expected a table, got array"),
+        ("[update.urls]\naws = 1\n", "update.urls.aws", "expected a string, got integer"),
+        ("site = 'home'\n", "site", "expected a table, got string"),
+        ("[[flows]]\nmax_flows = 100\n", "flows", "expected a table, got array"),
+        ("[flows.max_flows]\nx = 1\n", "flows.max_flows", "expected an integer, got table"),
+        ("[alerts]\ndisabled_rules = 'new_country'\n", "alerts.disabled_rules", "expected a list"),
+        ("[alertmanager]\nlabels = ['site']\n", "alertmanager.labels", "expected a table"),
+        ("[identifiers]\nimei = '356938035643809'\n", "identifiers.imei", "expected a list"),
+        ("[daemon]\nallow_root = 'yes'\n", "daemon.allow_root", "expected true or false"),
+        ("[geo]\ncountry_db = 1979-05-27T07:32:00Z\n", "geo.country_db", "got date-time"),
         ("devices = 'tv'\n", "devices", "expected an array of tables"),
         ("devices = ['tv']\n", "devices[0]", "expected a table"),
-        ("[[devices]]\nmac = 6409801234\n", "devices[0].mac", "expected a string, got int"),
+        ("[[devices]]\nmac = 6409801234\n", "devices[0].mac", "expected a string, got integer"),
+        (
+            "[[devices]]\nmac = '02:00:00:00:00:01'\nidentifiers = { imei = '1' }\n",
+            "devices[0].identifiers.imei",
+            "expected a list",
+        ),
     ],
 )
 def test_wrong_types(tmp_path: Path, text: str, key: str, reason: str) -> None:
@@ -366,3 +386,494 @@ def test_cli_config_reaches_the_pipeline(
         assert rc == 0
         (flow,) = [r for r in map(json.loads, out.splitlines()) if r["type"] == "flow"]
         assert flow["src_ip"] == client
+
+
+# --- hostile and broken files: every error is one line naming file, key and reason -------------
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "reason"),
+    [
+        ("[site]\nhome_country = 'DE'\n[flows\n", "line 3, column 7", "Expected ']'"),
+        ("[flows]\nmax_flows = 1\nmax_flows = 2\n", "line 3, column 14", "Cannot overwrite"),
+        ("[flows]\n[flows]\n", "line 2, column 7", "Cannot declare ('flows',) twice"),
+        ("[flows]\nmax_flows = \n", "line 2, column 13", "Invalid value"),
+        ("[site]\nhome_country = 'DE", "line 2, end of file", 'Expected "\'"'),
+        ("x = 1 2\n", "line 1, column 7", "Expected newline"),
+    ],
+    ids=["unclosed-table", "duplicate-key", "table-twice", "no-value", "unclosed-string", "junk"],
+)
+def test_broken_toml_names_the_line(tmp_path: Path, text: str, where: str, reason: str) -> None:
+    err = error(tmp_path, text)
+    assert err.key == where
+    assert err.reason.startswith("invalid TOML: ") and reason in err.reason
+
+
+def test_toml_nested_too_deeply(tmp_path: Path) -> None:
+    path = write(tmp_path, "a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value) == f"{path}: invalid TOML: nested too deeply"
+
+
+def test_not_utf8_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("[site]\nhome_country = 'DE'\n# K\xf6ln\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value) == f"{path}: line 3, column 4: not UTF-8: byte 0xf6"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "[flows]\ntcp_idle_timeout = nan",
+        "[flows]\nudp_idle_timeout = inf",
+        "[dns]\nttl_grace = +inf",
+        "[update]\ntimeout = inf",
+        "[alerts]\nanomaly_k = -inf",
+        "[alertmanager]\nbackoff_max = nan",
+        "[daemon]\nconntrack_interval = inf",
+    ],
+)
+def test_non_finite_numbers(tmp_path: Path, setting: str) -> None:
+    """TOML has inf and nan; `nan <= 0` is false, so a range check alone lets them through."""
+    section, line = setting.split("\n")
+    err = error(tmp_path, setting + "\n")
+    assert err.key == f"{section.strip('[]')}.{line.split(' = ')[0]}"
+    assert err.reason.startswith("expected a finite number, got ")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[flows]\ninspect_bytes = -1\n", "flows.inspect_bytes"),
+        ("[flows]\nmax_http_requests = 1025\n", "flows.max_http_requests"),
+        ("[dns]\nmax_cache = 0\n", "dns.max_cache"),
+        ("[dns]\nttl_grace = -1\n", "dns.ttl_grace"),
+        ("[update]\ntimeout = 0\n", "update.timeout"),
+        ("[update]\nmax_bytes = -1\n", "update.max_bytes"),
+        ("[detect]\nmax_learned = -1\n", "detect.max_learned"),
+        ("[detect]\ncontacts_min = 1\n", "detect.contacts_min"),
+        ("[daemon]\nnflog_group = 65536\n", "daemon.nflog_group"),
+        ("[daemon]\nfirst_packets = 1\n", "daemon.first_packets"),
+        ("[daemon]\nsnaplen = 64\n", "daemon.snaplen"),
+        ("[daemon]\nconntrack_interval = 0\n", "daemon.conntrack_interval"),
+        ("[daemon]\nsnapshot_interval = -5\n", "daemon.snapshot_interval"),
+        ("[daemon]\ncapture = 'pcap'\n", "daemon.capture"),
+        ("[alerts]\nsuppress_window = 0\n", "alerts.suppress_window"),
+        ("[alerts]\nrate_burst = 0\n", "alerts.rate_burst"),
+        ("[alerts]\ndisabled_rules = ['nonesuch']\n", "alerts.disabled_rules"),
+        ("[eventlog]\nkeep = 0\n", "eventlog.keep"),
+        ("[eventlog]\nmax_bytes = -1\n", "eventlog.max_bytes"),
+        ("[alertmanager]\ntimeout = -1\n", "alertmanager.timeout"),
+        ("[alertmanager]\nurl = 'ftp://am.example'\n", "alertmanager.url"),
+        ("[alertmanager]\nlabels = { 'bad-name' = 'x' }\n", "alertmanager.labels"),
+        ("[journal]\nsocket_path = 'relative'\n", "journal.socket_path"),
+        ("[metrics]\nport = 70000\n", "metrics.port"),
+        ("[metrics]\naddress = 'localhost'\n", "metrics.address"),
+    ],
+)
+def test_out_of_range_values(tmp_path: Path, text: str, key: str) -> None:
+    err = error(tmp_path, text)
+    assert err.key == key
+    assert err.reason and "\n" not in err.reason
+
+
+@pytest.mark.parametrize(
+    "net", ["10.0.0.0/8 ", "10.0.0.256/8", "fd00::g/64", "10.0.0.0/-1", "10.0.0.0//8"]
+)
+def test_more_bad_prefixes(tmp_path: Path, net: str) -> None:
+    err = error(tmp_path, f"[site]\nlan_networks = ['{net}']\n")
+    assert err.key == "site.lan_networks" and "does not appear to be" in err.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("[identifiers]\nimie = ['1']\n", "identifiers.imie", "unknown key"),
+        (
+            "[[devices]]\nmac = '02:00:00:00:00:01'\nidentifiers = { imie = ['1'] }\n",
+            "devices[0].identifiers.imie",
+            "unknown identifier kind",
+        ),
+        ("[[devices]]\nmac = '02:00:00:00:00:01'\n[devices.extra]\nx = 1\n", "devices[0].extra",
+         "unknown key"),
+        ("[metrics]\ntls = { cert = 'x' }\n", "metrics.tls", "unknown key"),
+        ("[update.urls]\nnonesuch = 'https://example.com/x'\n", "update.urls.nonesuch",
+         "unknown source (known: aws, azure,"),
+        ("[update.urls]\naws = 'file:///etc/passwd'\n", "update.urls.aws", "must be an http"),
+        ('[flows]\n"max\\nflows" = 1\n', 'flows."max\\nflows"', "unknown key"),
+        ('"\\u001b[31mred" = 1\n', '"\\u001b[31mred"', "unknown section"),
+        ("[alertmanager]\nurl = 'http://am'\nlabel = { site = 'home' }\n", "alertmanager.label",
+         "unknown key"),
+    ],
+)  # fmt: skip
+def test_unknown_nested_keys(tmp_path: Path, text: str, key: str, reason: str) -> None:
+    err = error(tmp_path, text)
+    assert err.key == key and err.reason.startswith(reason)
+    assert str(err).isprintable()  # one line, no terminal escapes from a key's name
+
+
+def test_messages_stay_one_line() -> None:
+    err = ConfigError("a\nb.toml", "k\x1b[2J", "bad\r\nvalue")
+    assert str(err) == "a\\nb.toml: k\\x1b[2J: bad\\r\\nvalue"
+    assert str(ConfigError("x.toml", "", "cannot read")) == "x.toml: cannot read"
+
+
+# --- the configuration file itself ---------------------------------------------------------------
+
+
+def test_config_file_cases(tmp_path: Path) -> None:
+    """Missing, a directory, a FIFO (opening one for reading waits for a writer: it must not
+    hang the daemon's reload), a path through a file, and an absurdly big file. (/dev/zero:
+    in the command-line test, under a memory limit.)"""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    (tmp_path / "file").write_text("")
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"# padding\n" * 110_000)
+    cases = {
+        tmp_path / "missing.toml": "cannot read: No such file or directory",
+        tmp_path: "cannot read: is a directory",
+        fifo: "cannot read: not a regular file",
+        tmp_path / "file" / "x.toml": "cannot read: Not a directory",
+        big: "larger than 1048576 bytes: not a configuration",
+    }
+    errors: dict[Path, ConfigError] = {}
+
+    def load_all() -> None:
+        for path in cases:
+            try:
+                load_config(path)
+            except ConfigError as exc:
+                errors[path] = exc
+
+    worker = threading.Thread(target=load_all, daemon=True)  # a hang fails, not blocks
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), f"load_config hangs after {list(errors)}"
+    for path, reason in cases.items():
+        assert (errors[path].key, errors[path].reason) == ("", reason)
+        assert str(errors[path]) == f"{path}: {reason}"
+
+
+# --- the files a configuration names -----------------------------------------------------------
+
+
+def files_config(tmp_path: Path, text: str = "") -> Config:
+    """A configuration whose state directory exists, plus `text`."""
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    return load_config(write(tmp_path, f"[paths]\nstate_dir = '{state}'\n{text}"))
+
+
+def files_error(tmp_path: Path, text: str) -> ConfigError:
+    cfg = files_config(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        check_files(cfg)
+    assert exc.value.source == cfg.source
+    return exc.value
+
+
+@pytest.fixture
+def mmdb(tmp_path: Path) -> Path:
+    pytest.importorskip("maxminddb")
+    from tests.enrich.test_geo import write_mmdb
+
+    record = {"country": {"iso_code": "CN"}}
+    return write_mmdb(tmp_path / "country.mmdb", {"120.92.0.0/16": record}, "GeoLite2-Country")
+
+
+def test_usable_files_pass(tmp_path: Path, mmdb: Path) -> None:
+    overrides = tmp_path / "lab-geo.toml"
+    overrides.write_text("[[prefix]]\nnet = '203.0.113.0/24'\ncountry = 'CN'\n")
+    key = tmp_path / "identity.key"
+    key.write_bytes(b"k" * 32)
+    cfg = files_config(
+        tmp_path,
+        f"[geo]\ncountry_db = '{mmdb}'\nasn_db = '{mmdb}'\noverrides = '{overrides}'\n"
+        f"[detect]\nkey_file = '{key}'\n[eventlog]\npath = '{tmp_path}/new/events.jsonl'\n",
+    )
+    check_files(cfg)
+    # what `run` makes itself may be missing: the state directory, the key, the event log
+    missing = load_config(write(tmp_path, f"[paths]\nstate_dir = '{tmp_path}/a/b/c'\n"))
+    check_files(missing)
+    check_files(load_config(None))
+
+
+def _garbage(path: Path) -> str:
+    path.write_bytes(bytes(range(256)) * 64)
+    return str(path)
+
+
+def _empty(path: Path) -> str:
+    path.write_bytes(b"")
+    return str(path)
+
+
+def _fifo(path: Path) -> str:
+    os.mkfifo(path)
+    return str(path)
+
+
+def _directory(path: Path) -> str:
+    path.mkdir()
+    return str(path)
+
+
+def _through_file(path: Path) -> str:
+    path.write_text("x")
+    return str(path / "x.mmdb")
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: str(p), "No such file or directory"),
+        (_garbage, "cannot open MaxMind database"),
+        (_empty, "empty"),
+        (_fifo, "not a regular file"),
+        (_directory, "a directory"),
+        (_through_file, "Not a directory"),
+    ],
+    ids=["missing", "corrupt", "empty", "fifo", "directory", "through-a-file"],
+)
+@pytest.mark.parametrize("key", ["geo.country_db", "geo.asn_db"])
+def test_bad_geo_databases(tmp_path: Path, key: str, make: Any, reason: str) -> None:
+    """Each was logged and replaced by the embedded data before, so a typo in the path went
+    unnoticed; a FIFO hung the reload."""
+    path = make(tmp_path / "db.mmdb")
+    section, name = key.split(".")
+    err = files_error(tmp_path, f"[{section}]\n{name} = '{path}'\n")
+    assert err.key == key
+    assert err.reason.startswith(f"{path}: ") and reason in err.reason
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "No such file or directory"),
+        ("", "empty"),
+        ("[[prefix]]\nnet = '203.0.113.0/24'\ncountry = 'cn'\n", "prefix[0].country"),
+        ("[[prefix]]\nnet = '203.0.113.0/33'\n", "prefix[0].net"),
+        ("[[prefix]\n", "cannot read"),
+        ("[prefixes]\n", "prefixes: unknown key"),
+    ],
+)
+def test_bad_overrides(tmp_path: Path, content: str | None, reason: str) -> None:
+    path = tmp_path / "lab-geo.toml"
+    if content is not None:
+        path.write_text(content)
+    err = files_error(tmp_path, f"[geo]\noverrides = '{path}'\n")
+    assert err.key == "geo.overrides"
+    assert str(path) in err.reason and reason in err.reason
+
+
+def test_state_dir_problems(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    for state, reason in (
+        (blocker, "not a directory"),
+        (blocker / "state", "Not a directory"),
+        (blocker / "a" / "b", "Not a directory"),
+    ):
+        cfg = load_config(write(tmp_path, f"[paths]\nstate_dir = '{state}'\n"))
+        with pytest.raises(ConfigError) as exc:
+            check_files(cfg)
+        assert exc.value.key == "paths.state_dir"
+        assert exc.value.reason.startswith(f"{state}: ") and reason in exc.value.reason
+
+
+@pytest.mark.parametrize("size", [0, 5, 31])
+def test_short_key_file(tmp_path: Path, size: int) -> None:
+    """A short key file would be used as it is (an empty HMAC key makes every keyed hash of
+    an IMEI guessable); the default place in the state directory is checked too."""
+    key = tmp_path / "identity.key"
+    key.write_bytes(b"k" * size)
+    err = files_error(tmp_path, f"[detect]\nkey_file = '{key}'\n")
+    assert err.key == "detect.key_file" and f"{size} bytes, not a 32-byte key" in err.reason
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "identity.key").write_bytes(b"k" * size)
+    assert files_error(tmp_path, "").key == "detect.key_file"
+
+
+def test_key_file_and_event_log_that_are_directories(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    err = files_error(tmp_path, f"[detect]\nkey_file = '{tmp_path}/dir'\n")
+    assert (err.key, err.reason) == ("detect.key_file", f"{tmp_path}/dir: a directory")
+    err = files_error(tmp_path, f"[eventlog]\npath = '{tmp_path}/dir'\n")
+    assert (err.key, err.reason) == ("eventlog.path", f"{tmp_path}/dir: a directory")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    err = files_error(tmp_path, f"[eventlog]\npath = '{blocker}/events.jsonl'\n")
+    assert err.key == "eventlog.path" and "not a directory" in err.reason.lower()
+
+
+def test_metrics_files(tmp_path: Path) -> None:
+    text = f"[metrics]\ntls_cert_file = '{tmp_path}/no.pem'\ntls_key_file = '{tmp_path}/no.key'\n"
+    err = files_error(tmp_path, text)
+    assert err.key == "metrics.tls_cert_file" and "No such file" in err.reason
+    # after the privilege drop the daemon's reload checks only changed credentials
+    check_files(files_config(tmp_path, text), metrics_files=False)
+    check_files(files_config(tmp_path, text + "[metrics]\nenabled = false\n".replace(
+        "[metrics]\n", "")))  # fmt: skip
+
+
+# --- the real command line: `python -m sensor check|run` ---------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sensor_cmd(
+    args: list[str], prefix: list[str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "sensor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,  # a FIFO or /dev/zero read without its guard hangs: fail, not wait
+        cwd=REPO,
+        preexec_fn=_memory_limit,  # and /dev/zero read whole must not eat the machine's memory
+    )
+
+
+def _memory_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def _cli_case(tmp_path: Path, case: str) -> tuple[Path, str, str]:
+    """(config path, key, a part of the reason) for one bad configuration."""
+    state = tmp_path / "state"
+    state.mkdir()
+    base = f"[paths]\nstate_dir = '{state}'\n"
+    if case == "broken-toml":
+        return write(tmp_path, base + "[flows\n"), "line 3, column 7", "invalid TOML"
+    if case == "wrong-type":
+        text = base + "[flows]\nmax_flows = 'lots'\n"
+        return write(tmp_path, text), "flows.max_flows", "expected an integer, got string"
+    if case == "list-for-table":
+        return write(tmp_path, "alerts = [1]\n" + base), "alerts", "expected a table, got array"
+    two = "[[devices]]\nmac = '02:00:00:00:00:01'\n[[devices]]\n"
+    if case == "unknown-nested-key":
+        text = base + two + "mac = '02:00:00:00:00:02'\ncolour = 1\n"
+        return write(tmp_path, text), "devices[1].colour", "unknown key"
+    if case == "bad-mac":
+        text = base + two + "mac = '02:00:00:00:00'\n"
+        return write(tmp_path, text), "devices[1].mac", "not a MAC address"
+    if case == "bad-country":
+        return write(tmp_path, base + "[site]\nhome_country = 'de'\n"), "site.home_country", "two"
+    if case == "bad-prefix":
+        text = base + "[site]\nlan_networks = ['192.168.1.0/33']\n"
+        return write(tmp_path, text), "site.lan_networks", "does not appear to be"
+    if case == "nan":
+        text = base + "[flows]\ntcp_idle_timeout = nan\n"
+        return write(tmp_path, text), "flows.tcp_idle_timeout", "expected a finite number"
+    if case == "not-utf8":
+        path = tmp_path / "phonehome.toml"
+        path.write_bytes(base.encode() + b"[site]\nhome_country = '\xff'\n")
+        return path, "line 4, column 17", "not UTF-8: byte 0xff"
+    if case == "missing-file":
+        return tmp_path / "absent.toml", "", "cannot read: No such file or directory"
+    if case == "directory":
+        return state, "", "cannot read: is a directory"
+    if case == "fifo":
+        os.mkfifo(tmp_path / "fifo.toml")
+        return tmp_path / "fifo.toml", "", "cannot read: not a regular file"
+    if case == "dev-zero":
+        return Path("/dev/zero"), "", "cannot read: not a regular file"
+    if case == "through-a-file":
+        (tmp_path / "file").write_text("")
+        return tmp_path / "file" / "y.toml", "", "cannot read: Not a directory"
+    if case == "missing-geo-db":
+        text = base + f"[geo]\ncountry_db = '{tmp_path}/GeoLite2-Country.mmdb'\n"
+        return write(tmp_path, text), "geo.country_db", "No such file or directory"
+    if case == "corrupt-geo-db":
+        _garbage(tmp_path / "asn.mmdb")
+        text = base + f"[geo]\nasn_db = '{tmp_path}/asn.mmdb'\n"
+        return write(tmp_path, text), "geo.asn_db", "cannot open MaxMind database"
+    if case == "corrupt-overrides":
+        (tmp_path / "geo.toml").write_text("[[prefix]]\nnet = 'x'\n")
+        text = base + f"[geo]\noverrides = '{tmp_path}/geo.toml'\n"
+        return write(tmp_path, text), "geo.overrides", "prefix[0].net"
+    if case == "state-dir-is-a-file":
+        (tmp_path / "f").write_text("")
+        text = f"[paths]\nstate_dir = '{tmp_path}/f'\n"
+        return write(tmp_path, text), "paths.state_dir", "not a directory"
+    if case == "empty-key-file":
+        (state / "identity.key").write_bytes(b"")
+        return write(tmp_path, base), "detect.key_file", "0 bytes, not a 32-byte key"
+    raise AssertionError(case)
+
+
+CLI_CASES = [
+    "broken-toml", "wrong-type", "list-for-table", "unknown-nested-key", "bad-mac", "bad-country",
+    "bad-prefix", "nan", "not-utf8", "missing-file", "directory", "fifo", "dev-zero",
+    "through-a-file", "missing-geo-db", "corrupt-geo-db", "corrupt-overrides",
+    "state-dir-is-a-file", "empty-key-file",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_check_cli_exit_2_one_line(tmp_path: Path, case: str) -> None:
+    path, key, reason = _cli_case(tmp_path, case)
+    proc = sensor_cmd(["check", "--config", str(path)])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    (line,) = proc.stdout.splitlines()  # nothing after the verdict
+    head = f"config: INVALID: {path}: {key}: " if key else f"config: INVALID: {path}: "
+    assert line.startswith(head) and reason in line[len(head) :], line
+
+
+@pytest.mark.parametrize(
+    "case", ["broken-toml", "unknown-nested-key", "fifo", "missing-geo-db", "state-dir-is-a-file"]
+)
+def test_run_cli_exit_2_before_starting(tmp_path: Path, case: str) -> None:
+    """`run` as root in an empty network namespace: were the check missing it would get as
+    far as looking for LAN interfaces (exit 1), never touching this host's network."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    path, key, reason = _cli_case(tmp_path, case)
+    proc = sensor_cmd(["run", "--config", str(path)], prefix=["unshare", "--net"])
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    head = f"config error: {path}: {key}: " if key else f"config error: {path}: "
+    assert head in line and reason in line.split(head, 1)[1], line
+
+
+def test_unreadable_files_without_dac_override(tmp_path: Path, mmdb: Path) -> None:
+    """Root reads everything; without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (setpriv)
+    mode 000 files are unreadable for root too, as they would be for the service user."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv")
+    no_dac = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    state = tmp_path / "state"
+    state.mkdir()
+    secret = write(tmp_path, "[flows]\nmax_flows = 100\n", "secret.toml")
+    secret.chmod(0)
+    proc = sensor_cmd(["check", "--config", str(secret)], prefix=no_dac)
+    assert proc.returncode == 2
+    assert proc.stdout == f"config: INVALID: {secret}: cannot read: Permission denied\n"
+    mmdb.chmod(0)
+    cfg = write(tmp_path, f"[paths]\nstate_dir = '{state}'\n[geo]\ncountry_db = '{mmdb}'\n")
+    proc = sensor_cmd(["check", "--config", str(cfg)], prefix=no_dac)
+    assert proc.returncode == 2
+    assert proc.stdout == f"config: INVALID: {cfg}: geo.country_db: {mmdb}: Permission denied\n"
+
+
+def test_check_reports_broken_data_files_without_a_traceback(tmp_path: Path) -> None:
+    """Downloaded data is not configuration: a corrupt range file and a manifest of the wrong
+    shape are problems `check` names (exit 1), never a traceback."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")  # `check` inspects the host's interfaces
+    data = tmp_path / "state" / "data"
+    data.mkdir(parents=True)
+    (data / "manifest.json").write_text('{"sources": ["aws"]}')
+    (data / "ip-ranges.json").write_text('{"prefixes": [')
+    cfg = write(tmp_path, f"[paths]\nstate_dir = '{tmp_path}/state'\n")
+    proc = sensor_cmd(["check", "--config", str(cfg)], prefix=["unshare", "--net"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "  data manifest unreadable: no sources table\n" in proc.stdout
+    assert f"  data error: aws: {data}/ip-ranges.json: not JSON" in proc.stdout

@@ -28,6 +28,7 @@ from sensor.decode.link import parse_link
 from sensor.livecapture import (
     ACCEPT_ALL,
     DEFAULT_FIRST_PACKETS,
+    NFT_TABLE,
     NFULNL_MSG_PACKET,
     SKF_AD_IFINDEX,
     SKF_AD_OFF,
@@ -394,17 +395,24 @@ def test_nflog_parser_never_raises(junk: bytes) -> None:
 
 
 def test_nft_rules_sample_first_packets_and_every_name_packet() -> None:
-    text = nft_rules(5, ["br-lan", "wlan0"], first_packets=8, snaplen=2048)
-    assert 'iifname { "br-lan", "wlan0" } jump sample' in text
-    assert "ct direction original ct original packets 1-8 log group 5 snaplen 2048" in text
-    assert "ct direction reply ct reply packets 1-8 log group 5 snaplen 2048" in text
-    assert "th dport 53 log group 5" in text and "udp dport { 53, 67, 547 }" in text
+    text = nft_rules(5, ["br-lan", "wlan0"], first_packets=8, snaplen=2048, host_rate=300)
+    assert 'iifname { "br-lan", "wlan0" } jump sample_from_lan' in text
+    assert 'oifname { "br-lan", "wlan0" } jump sample_to_lan' in text
+    assert "ct direction original ct original packets 1-8 goto budget_saddr" in text
+    assert "ct direction reply ct reply packets 1-8 goto budget_daddr" in text
+    assert "th dport 53 goto budget_saddr" in text and "udp dport { 53, 67, 547 }" in text
+    # Every packet chosen is charged to its LAN host's budget before it is logged.
+    assert text.count("log group 5 snaplen 2048 accept") == 2
+    assert "update @hosts4 { ip saddr limit rate over 300/second" in text
+    assert "update @hosts6 { ip6 daddr limit rate over 300/second" in text
     bad: list[dict[str, Any]] = [
         {"group": 70000},
         {"lan_ifaces": []},
         {"lan_ifaces": ['br-lan" accept; #']},
         {"first_packets": 0},
         {"snaplen": 10},
+        {"host_rate": 0},
+        {"hosts": 1},
     ]
     for kw in bad:
         args: dict[str, Any] = {"group": 5, "lan_ifaces": ["br-lan"], **kw}
@@ -552,6 +560,9 @@ def test_raw_ip_device_gets_linktype_raw() -> None:
 # --- root: the namespace lab gateway ----------------------------------------------------------
 
 GROUP = 7
+UNLIMITED = {"host_rate": 10_000_000, "host_burst": 10_000_000}
+"""Per-host sampling budgets out of the way: these tests measure the readers and the rules'
+choice of packets (`test_host_budget_*` the budgets)."""
 N = DEFAULT_FIRST_PACKETS
 UPLOAD = 4 << 20
 TLS_NAME = "api.account.xiaomi.com"
@@ -666,7 +677,7 @@ def lab() -> Iterator[Any]:
     from sensor.lab import Lab
 
     with Lab.create() as built:
-        install_rules(GROUP, [built.lan_bridge], netns=built.gw_ns)
+        install_rules(GROUP, [built.lan_bridge], netns=built.gw_ns, **UNLIMITED)
         yield built
 
 
@@ -974,3 +985,42 @@ def test_nflog_sees_the_gateways_own_dns_and_dhcp(lab: Any) -> None:
     assert sum(s.up for s in dns) == 3 and sum(not s.up for s in dns) == 3
     dhcp = [s for s in pk if s.lan_port == 68]
     assert [(s.up, s.src_mac) for s in dhcp] == [(True, mac)]
+
+
+@needs_root
+def test_host_budget_holds_back_a_flooding_host_not_the_others(lab: Any) -> None:
+    """One LAN host floods DNS (every DNS packet is sampled): past its budget its packets are
+    counted in `over_budget` and not logged, while another host's DNS and connection still
+    reach NFLOG whole."""
+    laptop, phone = lab.devices["laptop"], lab.devices["xiaomi"]
+    rate, burst, count = 200, 400, 3000
+    install_rules(GROUP, [lab.lan_bridge], netns=lab.gw_ns, host_rate=rate, host_burst=burst)
+    try:
+        with in_netns(lab.gw_ns):
+            src = NflogSource(GROUP, rcvbuf=16 << 20, budget_table=NFT_TABLE)
+        try:
+            assert src.over_budget() == 0
+            t0 = time.monotonic()
+            _flood(lab, laptop, "203.0.113.10", 53, count)
+            took = time.monotonic() - t0
+            assert lab.dns_query(phone, TLS_NAME).rcode == 0
+            assert lab.http_post(phone, HTTP_NAME, 2000).status == 200
+            time.sleep(0.3)
+            got: list[Packet] = []
+            while batch := src.read(4096):
+                got += batch
+            time.sleep(1.1)  # the counter is read at most once a second
+            over = src.over_budget()
+        finally:
+            src.close()
+        flood = seen(got, socket.inet_aton(laptop.ipv4))
+        mine = seen(got, socket.inet_aton(phone.ipv4))
+        logged = sum(1 for s in flood if s.proto == 17 and s.up)
+        assert burst <= logged <= burst + rate * (took + 1), (logged, took)
+        assert over is not None and over >= count - logged - 5, (over, logged)
+        assert any(s.proto == 17 and s.up for s in mine)  # the phone's query
+        assert any(s.proto == 17 and not s.up for s in mine)  # and its answer
+        posts = [s for s in mine if s.proto == 6]
+        assert sum(1 for s in posts if s.up) >= 3 and any(not s.up for s in posts)
+    finally:
+        install_rules(GROUP, [lab.lan_bridge], netns=lab.gw_ns, **UNLIMITED)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import gzip
 import hashlib
 import io
 import ipaddress
 import json
 import os
 import random
+import select
 import shutil
 import socket
 import ssl
@@ -316,6 +318,9 @@ def test_defaults_are_valid_and_listen_on_loopback() -> None:
             "basic_auth_password_sha256",
         ),
         ({"scrape_timeout": 0}, "scrape_timeout"),
+        ({"min_interval": -1}, "min_interval"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"connection_timeout": 0.01}, "connection_timeout"),
         ({"address": "0.0.0.0"}, "address"),  # public without credentials
         ({"address": "192.168.1.1"}, "address"),
     ],
@@ -962,30 +967,271 @@ def test_ipv6_loopback() -> None:
         s.exporter.stop()
 
 
-def test_idle_connections_cannot_exhaust_the_server() -> None:
-    s = FakeSensor()
-    s.exporter.start()
-    host, port = "127.0.0.1", int(s.exporter.url.split(":")[2].split("/")[0])
-    idle = [socket.create_connection((host, port), timeout=5) for _ in range(8)]
+QUIET = ("pipeline", "process", "data", "capture")
+"""FakeSensor's collectors off (it has no packets)."""
+
+
+def _port(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+def _closed_within(conn: socket.socket, seconds: float) -> bool:
+    """The server closed `conn` within `seconds` (whatever it sent before)."""
+    conn.settimeout(seconds)
     try:
-        time.sleep(0.3)
-        extra = socket.create_connection((host, port), timeout=5)
-        extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        assert extra.recv(100) == b""  # closed at once: every slot is taken
-        extra.close()
+        while conn.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+def _dropped(exporter: Exporter, reason: str) -> float:
+    return values(
+        parse(exporter.render()), "phonehome_metrics_connections_dropped_total", reason=reason
+    )[0]
+
+
+def test_at_the_limit_a_new_connection_takes_the_place_of_the_oldest_idle_one() -> None:
+    s = FakeSensor(MetricsConfig(port=0, max_connections=4, disabled_collectors=QUIET))
+    s.exporter.start()
+    addr = ("127.0.0.1", _port(s.exporter.url))
+    idle = []
+    try:
+        for _ in range(4):
+            idle.append(socket.create_connection(addr, timeout=5))
+            time.sleep(0.05)  # in order of age
+        idle[1].sendall(b"GET /metr")  # dribbling counts for nothing: age does
+        assert _get(s.exporter.url)[0] == 200  # pushes the oldest idle connection out
+        idle.append(socket.create_connection(addr, timeout=5))  # the limit again
+        assert _get(s.exporter.url)[0] == 200  # and the next oldest, dribbling or not
+        assert [_still_open(c) for c in idle] == [False, False, True, True, True]
+        assert _dropped(s.exporter, "evicted") == 2
     finally:
         for c in idle:
             c.close()
+        s.exporter.stop()
+
+
+def _still_open(c: socket.socket, seconds: float = 0.3) -> bool:
+    """The server has not closed `c` (checked without reading from it)."""
+    p = select.poll()
+    p.register(c, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return not p.poll(int(seconds * 1000))
+
+
+def _connect_from(host: str, addr: tuple[str, int]) -> socket.socket:
+    c = socket.socket()
+    c.bind((host, 0))
+    c.connect(addr)
+    return c
+
+
+def test_at_the_limit_the_address_with_the_most_connections_makes_room() -> None:
+    s = FakeSensor(MetricsConfig(port=0, max_connections=4, disabled_collectors=QUIET))
+    s.exporter.start()
+    addr = ("127.0.0.1", _port(s.exporter.url))
+    quiet = _connect_from("127.0.0.1", addr)  # the oldest, but alone at its address
+    time.sleep(0.05)
+    crowd = [_connect_from("127.0.0.2", addr) for _ in range(3)]
     try:
-        deadline = time.monotonic() + 5
-        while True:  # the slots come back as the idle connections close
+        crowd += [_connect_from("127.0.0.2", addr) for _ in range(2)]  # push their own out
+        other = _connect_from("127.0.0.3", addr)  # and so does a newcomer from elsewhere
+        time.sleep(0.2)
+        assert [_still_open(c, 0.1) for c in crowd] == [False, False, False, True, True]
+        assert _still_open(quiet) and _still_open(other)
+        assert _dropped(s.exporter, "evicted") == 3
+    finally:
+        for c in [quiet, other, *crowd]:
+            c.close()
+        s.exporter.stop()
+
+
+def _unread_scrape(addr: tuple[str, int], source: str) -> socket.socket:
+    """A scrape that never reads its answer (and keeps its receive buffer small)."""
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    c.bind((source, 0))
+    c.connect(addr)
+    c.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    return c
+
+
+def _answered(c: socket.socket, seconds: float = 2) -> bytes:
+    """All the server sent before closing `c` (b"" when it reset it)."""
+    c.settimeout(seconds)
+    data = b""
+    try:
+        while chunk := c.recv(65536):
+            data += chunk
+    except ConnectionError:
+        pass
+    return data
+
+
+def test_at_the_limit_the_longest_unread_answer_makes_room() -> None:
+    s = FakeSensor(MetricsConfig(port=0, max_connections=2, disabled_collectors=QUIET))
+    rng = random.Random(7)
+    macs = [random_mac(rng) for _ in range(64)]
+    for i in range(3000):  # an answer of ~900 kB
+        s.grow(s.open(macs[i % 64], f"198.51.{i // 250}.{i % 250}"), 1000, 1000)
+    s.exporter.start()
+    server = s.exporter._server
+    assert server is not None  # small send buffers (inherited from the listening socket), so
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # answers stall
+    addr = ("127.0.0.1", _port(s.exporter.url))
+    first = _unread_scrape(addr, "127.0.0.2")
+    time.sleep(0.2)
+    second = _unread_scrape(addr, "127.0.0.2")
+    time.sleep(0.2)
+    try:
+        code, body = _get(s.exporter.url)  # from 127.0.0.1: takes the first one's place
+        assert code == 200 and len(body) > 800_000
+        assert len(_answered(first)) < 800_000  # reset
+        assert _still_open(second)  # its answer still stuck in the buffers
+        assert _dropped(s.exporter, "evicted") == 1
+    finally:
+        first.close()
+        second.close()
+        s.exporter.stop()
+
+
+def test_a_slow_request_is_cut_off_after_connection_timeout() -> None:
+    s = FakeSensor(MetricsConfig(port=0, connection_timeout=0.5, disabled_collectors=QUIET))
+    s.exporter.start()
+    addr = ("127.0.0.1", _port(s.exporter.url))
+    silent = socket.create_connection(addr, timeout=5)
+    dribbler = socket.create_connection(addr, timeout=0.05)
+    try:
+        t0 = time.monotonic()
+        closed_at = None
+        for ch in b"GET /metrics HTTP/1.0\r\nX-Slow: " + b"a" * 100:  # a byte each 50 ms
             try:
-                if _get(s.exporter.url)[0] == 200:
+                dribbler.send(bytes([ch]))
+                if dribbler.recv(100) == b"":
+                    closed_at = time.monotonic() - t0
                     break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+            except TimeoutError:
+                continue
+            except ConnectionError:  # dropped connections are reset
+                closed_at = time.monotonic() - t0
+                break
+        assert closed_at is not None and 0.45 < closed_at < 1.2, closed_at
+        assert _closed_within(silent, 0.5)
+        assert _dropped(s.exporter, "timeout") == 2
+        assert _get(s.exporter.url)[0] == 200
+    finally:
+        silent.close()
+        dribbler.close()
+        s.exporter.stop()
+
+
+def test_an_oversized_request_is_dropped() -> None:
+    s = FakeSensor()
+    s.exporter.start()
+    try:
+        c = socket.create_connection(("127.0.0.1", _port(s.exporter.url)), timeout=5)
+        c.sendall(b"GET /metrics HTTP/1.0\r\n" + b"X-Pad: " + b"a" * 10_000 + b"\r\n\r\n")
+        assert _closed_within(c, 2)
+        c.close()
+        assert _dropped(s.exporter, "invalid") == 1
+    finally:
+        s.exporter.stop()
+
+
+def test_scrapes_within_min_interval_share_one_collection() -> None:
+    s = FakeSensor(MetricsConfig(port=0, min_interval=0.5, disabled_collectors=QUIET))
+    e = s.open("02:00:00:00:00:01", "198.51.100.1")
+    s.grow(e, 10, 0)
+    s.exporter.start()
+    try:
+        url = s.exporter.url
+        first = _get(url)[1]
+        s.grow(e, 5, 0)
+        assert _get(url)[1] == first  # the same collection, byte for byte
+        om = urllib.request.Request(
+            url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        with urllib.request.urlopen(om, timeout=10) as resp:  # another format, same data
+            assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert "phonehome_upload_bytes_total{" in resp.read().decode()
+        got = parse(first)
+        assert total(got, "phonehome_upload_bytes_total") == 10
+        assert got[("phonehome_metrics_collections_total", frozenset())] == 1
+        time.sleep(0.55)
+        later = parse(_get(url)[1])
+        assert total(later, "phonehome_upload_bytes_total") == 15
+        assert later[("phonehome_metrics_collections_total", frozenset())] == 2
+        gz = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(gz, timeout=10) as resp:
+            assert resp.headers["Content-Encoding"] == "gzip"
+            assert parse(gzip.decompress(resp.read())) == later
+        code, body = _get(url + "?name[]=phonehome_upload_bytes_total")
+        assert code == 200 and set(parse(body)) == {
+            k for k in later if k[0] == "phonehome_upload_bytes_total"
+        }
+        s.grow(e, 1, 0)
+        assert total(parse(s.exporter.render()), "phonehome_upload_bytes_total") == 16
+        codes = parse(s.exporter.render())
+        assert values(codes, "phonehome_metrics_http_requests_total", code="200") == [6.0]
+    finally:
+        s.exporter.stop()
+
+
+@pytest.mark.parametrize("scheme", ["basic", "bearer"])
+def test_unauthenticated_requests_get_401_and_no_metrics(tmp_path: Path, scheme: str) -> None:
+    token = tmp_path / "token"
+    token.write_text("tok-123\n")
+    token.chmod(0o600)
+    if scheme == "basic":
+        digest = hashlib.sha256(b"s3cret").hexdigest()
+        cfg = MetricsConfig(port=0, basic_auth_user="prom", basic_auth_password_sha256=digest)
+        good = _basic("prom", "s3cret")
+    else:
+        cfg = MetricsConfig(port=0, bearer_token_file=str(token))
+        good = {"Authorization": "Bearer tok-123"}
+    s = FakeSensor(cfg)
+    s.open("02:00:00:00:00:01", "198.51.100.1")
+    s.exporter.start()
+    try:
+        url = s.exporter.url
+        bad: list[dict[str, str]] = [
+            {},
+            {"Authorization": ""},
+            {"Authorization": "Basic"},
+            {"Authorization": "Basic !!!notbase64"},
+            {"Authorization": "Basic " + base64.b64encode(b"prom").decode()},  # no colon
+            _basic("prom", "wrong"),
+            _basic("prom", "s3cre"),
+            _basic("Prom", "s3cret"),
+            _basic("", ""),
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer tok-12"},
+            {"Authorization": "Bearer tok-1234"},
+            {"Authorization": "Bearer s3cret"},
+            {"Authorization": "Digest tok-123"},
+            {"Authorization": "tok-123"},
+        ]
+        for headers in bad:
+            for path in ("/metrics", "/", "/nope"):
+                code, body = _get(url.replace("/metrics", path), headers)
+                assert (code, body) == (401, b"401 Unauthorized\n"), (headers, path)
+        req = urllib.request.Request(url)
+        try:
+            urllib.request.urlopen(req, timeout=10)
+        except urllib.error.HTTPError as exc:
+            scheme_word = "Basic" if scheme == "basic" else "Bearer"
+            assert exc.headers["WWW-Authenticate"] == f'{scheme_word} realm="phonehome"'
+        # Nothing was collected for them; the right credential scrapes.
+        code, body = _get(url, good)
+        assert code == 200 and b"phonehome_upload_bytes_total" in body
+        got = parse(body)
+        assert got[("phonehome_metrics_collections_total", frozenset())] == 1
+        assert values(got, "phonehome_metrics_http_requests_total", code="401") == [
+            3.0 * len(bad) + 1
+        ]
     finally:
         s.exporter.stop()
 
@@ -999,8 +1245,8 @@ def test_reconfigure_restarts_the_endpoint_and_keeps_the_counts() -> None:
         assert total(parse(_get(s.exporter.url)[1]), "phonehome_upload_bytes_total") == 10
         old = s.exporter.cfg
         s.exporter.reconfigure(old)  # nothing changed: keeps running as it was
-        token_cfg = MetricsConfig(
-            port=0, scrape_timeout=5.0, disabled_collectors=old.disabled_collectors
+        token_cfg = MetricsConfig(  # min_interval 0: a fresh collection for the next scrape
+            port=0, scrape_timeout=5.0, min_interval=0, disabled_collectors=old.disabled_collectors
         )
         s.exporter.reconfigure(token_cfg)
         s.grow(e, 5, 0)

@@ -735,3 +735,33 @@ def test_conntrack_idle_until_a_ruleset_uses_it(lab: Lab) -> None:
         assert not still.counted  # created before: no counters, ever
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def test_dump_of_assured_entries_leaves_half_open_ones_to_the_kernel(lab: Lab) -> None:
+    """`assured_only` (what the daemon's periodic dump asks for): an established TCP connection
+    is there, one-way UDP flows (never assured) are not, though a full dump has them; and a
+    dump can be taken in slices and dropped half way."""
+    from sensor.netlink import iter_dump
+
+    dev = lab.devices["xiaomi"]
+    server = lab.servers[SINK_SERVER].ipv4
+    flush_udp_flows(lab)
+    result = json.loads(run(lab, UPLOAD, server, "20000"))
+    sport = int(result["sport"])
+    run(lab, UDP_FLOWS, lab.servers["cn"].ipv4, "24000", "200")
+
+    def tcp_ours(e: ConntrackEntry) -> bool:
+        return e.proto == "tcp" and e.orig_src == dev.ipv4 and e.orig_sport == sport
+
+    def udp_ours(e: ConntrackEntry) -> bool:
+        return e.proto == "udp" and e.orig_dport == DISCARD_PORT
+
+    full = dump(netns=lab.gw_ns)
+    assured = dump(netns=lab.gw_ns, assured_only=True)
+    assert sum(map(udp_ours, full)) >= 200 and not any(map(udp_ours, assured))
+    assert any(map(tcp_ours, assured)) and all(e.status & 0x4 for e in assured)
+    it = iter_dump(netns=lab.gw_ns)
+    first = [next(it) for _ in range(5)]
+    it.close()  # the socket goes with it; a new dump starts afresh
+    assert len(first) == 5 and len(dump(netns=lab.gw_ns)) >= len(first)
+    flush_udp_flows(lab)

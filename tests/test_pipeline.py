@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import random
 import struct
 from pathlib import Path
@@ -11,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sensor.analyze import analyze
+from sensor.capture import CaptureFile, read_captures
 from sensor.config import Config, FlowsConfig
-from sensor.model import Device, Flow
+from sensor.model import Device, Flow, HttpRequest
 from sensor.pipeline import Pipeline
 from sensor.synth import (
     AWS_SG_IP,
@@ -453,3 +457,132 @@ def test_http_body_budget_and_several_requests(tmp_path: Path) -> None:
     # The query string (where identifiers leak) is never written out.
     assert f["http"][0]["path"] == "/a" and f["http"][0]["query_bytes"] == len("imei=1")
     assert "imei" not in str(f)
+
+
+# --- names: detection sees them set, outputs see them redacted ---------------------------------
+
+LEAK_IMEI = "861234567890127"
+IMEI_HEX_NAME = LEAK_IMEI.encode().hex() + ".t.leak.example"
+"""A query name carrying the IMEI in hex (the lab's DNS leak)."""
+
+
+class _Seen:
+    """Observer that records what detection is shown, and when."""
+
+    def __init__(self) -> None:
+        self.http: list[tuple[str | None, str | None, str | None]] = []
+        self.dns: list[str] = []
+
+    def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
+        self.http.append((req.host, flow.server_name, flow.name_source))
+
+    def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
+        self.dns.append(qname)
+
+    def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
+        pass
+
+    def tick(self, ts: float) -> None:
+        pass
+
+
+def _run_observed(path: Path) -> tuple[_Collect, _Seen]:
+    sink, seen = _Collect(), _Seen()
+    p = Pipeline(Config(), sink, seen)
+    p.run(read_captures([CaptureFile(path)]))
+    p.finish()
+    return sink, seen
+
+
+def _alerts(path: Path, tmp_path: Path) -> list[dict[str, object]]:
+    """The alerts of `analyze --json` with LEAK_IMEI configured."""
+    cfg = tmp_path / "leak.toml"
+    cfg.write_text(
+        f'[paths]\nstate_dir = "{tmp_path}/state"\n[identifiers]\nimei = ["{LEAK_IMEI}"]'
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert analyze([str(path)], config_path=str(cfg), as_json=True, out=out, err=err) == 0
+    recs = [json.loads(line) for line in out.getvalue().splitlines()]
+    return [r for r in recs if r["type"] == "alert"]
+
+
+def _two_hosts_one_address(cap: Capture) -> None:
+    # No DNS lookup first (a hard-coded address): only the Host header names the server.
+    for port, host in ((41000, "a.leak.example"), (41001, "b.leak.example")):
+        s = TcpSession(cap, PHONE, SERVER, port, 80)
+        s.open()
+        s.send(http_request("GET", host, f"/c?imei={LEAK_IMEI}", REDMI_UA))
+        s.close()
+
+
+def test_http_request_is_named_before_detection(tmp_path: Path) -> None:
+    _, seen = _run_observed(build(tmp_path / "h.pcap", _two_hosts_one_address))
+    assert seen.http == [
+        ("a.leak.example", "a.leak.example", "http"),
+        ("b.leak.example", "b.leak.example", "http"),
+    ]
+
+
+def test_http_leaks_to_one_address_alert_per_host(tmp_path: Path) -> None:
+    """Repeats are suppressed per server name: two hosts behind one address the phone never
+    looked up are two destinations, not one."""
+    path = build(tmp_path / "h.pcap", _two_hosts_one_address)
+    alerts = [a for a in _alerts(path, tmp_path) if a["identifier"] == "imei"]
+    assert {a["server_name"] for a in alerts} == {"a.leak.example", "b.leak.example"}, alerts
+
+
+def _data_names(cap: Capture) -> None:
+    # Answered, so the cache would name the next flow to that address after it.
+    cap.dns_lookup(PHONE, RESOLVER, IMEI_HEX_NAME, ["198.51.100.7"])
+    s = TcpSession(cap, PHONE, "198.51.100.7", 42000, 8883)
+    s.open()
+    s.send(b"\x10\x20opaque")
+    s.close()
+    cap.dns_lookup(PHONE, RESOLVER, "time-ios.apple.com", ["198.51.100.10"])
+    # The same in an SNI and a Host header.
+    s = TcpSession(cap, PHONE, "198.51.100.11", 42001, 443)
+    s.open()
+    s.send(client_hello(IMEI_HEX_NAME))
+    s.close()
+    s = TcpSession(cap, PHONE, "198.51.100.12", 42002, 80)
+    s.open()
+    s.send(http_request("GET", f"{LEAK_IMEI}.h.leak.example", "/", REDMI_UA))
+    s.close()
+
+
+def test_names_with_data_labels_are_kept_redacted(tmp_path: Path) -> None:
+    path = build(tmp_path / "n.pcap", _data_names)
+    flows, _, _, _ = run_analyze(path)
+    names = {(f["dst_ip"], f["dst_port"]): (f["server_name"], f["name_source"]) for f in flows}
+    assert names[("198.51.100.7", 8883)] == ("….t.leak.example", "dns")
+    assert names[("198.51.100.11", 443)] == ("….t.leak.example", "tls")
+    assert names[("198.51.100.12", 80)] == ("….h.leak.example", "http")
+    queries = [q for f in flows for q in f.get("dns_queries") or []]
+    assert sorted(queries) == sorted(["….t.leak.example", "time-ios.apple.com"])
+    text = str(flows)
+    assert LEAK_IMEI not in text and LEAK_IMEI.encode().hex() not in text
+    # Detection still sees the name as it was sent, and alerts name only its domain.
+    _, seen = _run_observed(path)
+    assert seen.dns == [IMEI_HEX_NAME, "time-ios.apple.com"]
+    dns = [a for a in _alerts(path, tmp_path) if a["location"] == "dns"]
+    assert dns and {a["server_name"] for a in dns} == {"….leak.example"}, dns
+
+
+def test_each_query_name_is_scanned_once_per_flow(tmp_path: Path) -> None:
+    """The flow's list holds names cut, so two names with different data read the same there;
+    detection must still see both, and a name asked twice (A, then AAAA) once."""
+    names = [
+        ("fm3deobrgiztinjwg44dsma.p.leak.example", dpkt.dns.DNS_A),
+        ("gezdgnbvgy3tqojq.p.leak.example", dpkt.dns.DNS_A),
+        ("gezdgnbvgy3tqojq.p.leak.example", dpkt.dns.DNS_AAAA),
+    ]
+
+    def scenario(cap: Capture) -> None:
+        for i, (name, qtype) in enumerate(names):
+            q = dpkt.dns.DNS(id=i, qd=[dpkt.dns.DNS.Q(name=name, type=qtype)])
+            cap.udp(PHONE, RESOLVER, 40053, 53, bytes(q), up=True)
+
+    sink, seen = _run_observed(build(tmp_path / "q.pcap", scenario))
+    assert seen.dns == [names[0][0], names[1][0]]
+    (flow,) = sink.flows
+    assert flow.extra["dns_queries"] == ["….p.leak.example"]

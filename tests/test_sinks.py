@@ -8,7 +8,6 @@ FULL_IMEI, and the outputs are checked for the whole value."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import http.client
 import io
 import json
@@ -258,22 +257,66 @@ def test_eventlog_short_write_is_rolled_back(
     assert s["written"] == 2 and s["errors_ENOSPC"] == 1
 
 
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `path` (root only), unmounted afterwards, also on failure."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill_up(directory: Path) -> Path:
+    """A file taking every free page of `directory`'s file system."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as fh:
+        for size in (16384, 4096, 1):
+            with contextlib.suppress(OSError):
+                while fh.write(b"\0" * size) == size:
+                    pass
+    assert os.statvfs(directory).f_bavail == 0
+    return filler
+
+
 def test_eventlog_full_disk_counted_not_raised(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    log = EventLog(tmp_path / "events.jsonl")
-
-    def full(fd: int, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("sensor.sinks.os.write", full)
-    for _ in range(50):
-        log.send(make_alert())
-    s = log.stats()
-    assert s["written"] == 0 and s["errors_ENOSPC"] == 50
-    # logged, but not 50 times
-    assert 1 <= sum("ENOSPC" in r.getMessage() for r in caplog.records) <= 2
-    log.close()
+    """A real full disk: a 64 KiB tmpfs filled to its last page. Records still fit in the
+    log's last page until it is full; the one that straddles into a page that cannot be had
+    comes back as a short write and is taken out again; the rest fail with ENOSPC. Counted,
+    logged once, never raised, never half a record; with space freed the next one goes in."""
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
+        path = disk / "events.jsonl"
+        log = EventLog(path)
+        log.send(make_alert(ts=1_700_000_000.0))
+        filler = fill_up(disk)
+        for i in range(1, 51):
+            log.send(make_alert(ts=1_700_000_000.0 + i))
+        s = log.stats()
+        assert s["written"] + s["errors_ENOSPC"] == 51 and s["errors_ENOSPC"] >= 40
+        assert s["errors"] == s["errors_ENOSPC"] and log.failing == "ENOSPC"
+        records = read_lines(path)  # whole lines only: the straddling record was rolled back
+        assert len(records) == s["written"] and path.stat().st_size == s["bytes"]
+        assert [r["ts"] for r in records] == [1_700_000_000.0 + i for i in range(len(records))]
+        # logged, but not 50 times
+        assert 1 <= sum("ENOSPC" in r.getMessage() for r in caplog.records) <= 2
+        filler.unlink()
+        log.send(make_alert(ts=1_700_000_100.0))
+        assert log.stats()["written"] == s["written"] + 1 and log.failing is None
+        assert read_lines(path)[-1]["ts"] == 1_700_000_100.0
+        assert FULL_IMEI not in path.read_text()
+        log.close()
 
 
 def test_eventlog_unwritable_directory_counted_not_raised(tmp_path: Path) -> None:
@@ -359,6 +402,40 @@ def test_eventlog_survives_kill_9(tmp_path: Path) -> None:
     assert FULL_IMEI not in data.decode()
     EventLog(path).close()  # reopening repairs a torn tail, if the kernel left one
     assert path.read_bytes() == b"".join(line + b"\n" for line in whole)
+
+
+def test_sinks_after_the_event_log_only_see_alerts_already_in_it(tmp_path: Path) -> None:
+    """The order the lab's kill -9 test relies on: an alert a later sink (journal,
+    Alertmanager, metrics) has seen is already written and fsynced in the event log."""
+    seen: list[tuple[float, list[float]]] = []
+
+    class Probe:
+        name = "probe"
+
+        def send(self, alert: Alert) -> None:
+            seen.append((alert.ts, [r["ts"] for r in read_lines(tmp_path / "events.jsonl")]))
+
+        def close(self) -> None:
+            pass
+
+    out = make_sinks(tmp_path, EventLogConfig(), JournalConfig(enabled=False))
+    assert isinstance(out[0], EventLog)
+    stage = AlertStage(AlertsConfig(), [*out, Probe()])
+    for i, kind in enumerate(("imei", "email", "phone")):
+        obs = Observation(
+            what="identifier",
+            ts=1_700_000_000.0 + i,
+            device=TV,
+            dst=DST,
+            identifier=kind,
+            encoding="plain",
+            location="body",
+            value=REDACTED,
+            keyed_hash=HASH,
+        )
+        assert stage.observe(obs) is not None
+    stage.close()
+    assert len(seen) == 3 and all(ts in in_file for ts, in_file in seen)
 
 
 def test_eventlog_config_validation() -> None:

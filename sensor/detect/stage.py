@@ -53,8 +53,16 @@ def load_or_create_key(path: Path) -> tuple[bytes, bool]:
             fh.flush()
             os.fsync(fh.fileno())
         return key, True
-    except FileExistsError:  # another process made it first: use theirs
-        return path.read_bytes()[:KEY_BYTES], True
+    except FileExistsError:  # another process made it first (use theirs), or a short file
+        try:
+            theirs = path.read_bytes()
+        except OSError:
+            theirs = b""
+        if len(theirs) >= KEY_BYTES:
+            return theirs[:KEY_BYTES], True
+        # Never an empty or short key: keyed hashes of an IMEI would be guessable.
+        log.warning("%s holds %d bytes, not a key; a key for this run only", path, len(theirs))
+        return key, False
     except OSError as exc:
         log.info("cannot create %s (%s); keyed hashes are per run", path, exc)
         return key, False

@@ -3,10 +3,14 @@
 Each source (`cloud.CLOUD_SOURCES`) is downloaded with urllib from its default URL or the one
 `[update.urls]` sets, or imported from a local folder (`--from DIR`, for routers without
 internet, files named as the providers publish them). A file is accepted only if the real
-parser reads it, it has at least one prefix, is no bigger than `max_bytes`, was not cut short
-(Content-Length) and has not shrunk to less than half its previous prefix count (unless
-forced). Accepted files replace the old copy atomically (temporary file in the same folder,
-fsync, rename); a rejected or failed source keeps its last good copy and is reported.
+parser reads it, it has at least one prefix and no more than `MAX_PREFIXES`, is no bigger than
+`max_bytes` (also once gunzipped), was not cut short (Content-Length, chunked framing, gzip
+trailer), arrived within `timeout` seconds in all (redirects included: a server dripping a byte
+just inside every socket timeout is cut off too) and has not shrunk to less than half its
+previous prefix count (unless forced). Redirects go to http/https only, never from https down
+to http. Accepted files replace the old copy atomically (temporary file in the same folder,
+fsync, rename); a rejected or failed source keeps its last good copy and is reported (one
+line, in the output and as `last_error` in the manifest).
 `manifest.json` beside the files records per source where it came from, when, its SHA-256,
 size and prefix count, and the last error.
 
@@ -26,14 +30,17 @@ import http.client
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urljoin, urlsplit
@@ -50,6 +57,11 @@ LOCK_FILE: Final = ".update.lock"
 USER_AGENT: Final = "phonehome-update-data/0.1"
 SHRINK_LIMIT: Final = 0.5
 """A new file with fewer than this share of the current copy's prefixes is rejected."""
+MAX_PREFIXES: Final = 500_000
+"""Prefixes one source may have (Azure, the biggest, has ~90,000 in 2025). Parsing costs
+~330 bytes a prefix: a hostile 28 MB list of 1.9 million /24s took 630 MB before this."""
+MAX_ERROR: Final = 300
+"""Characters of a failure reason kept (a hostile Location header can be 64 KB)."""
 
 DEFAULT_URLS: Final[Mapping[str, str]] = {
     "aws": "https://ip-ranges.amazonaws.com/ip-ranges.json",
@@ -68,6 +80,10 @@ DEFAULT_URLS: Final[Mapping[str, str]] = {
 
 AZURE_DOWNLOAD_HOST: Final = "download.microsoft.com"
 _AZURE_LINK: Final = re.compile(r"[^\s\"'<>()\\]*ServiceTags_Public_(\d{8})\.json")
+# Upper bounds on the address literals in a file, found without parsing it: every prefix of
+# every format holds one (an IPv6 one has at least two colons with hex digits between).
+_IPV4_LITERAL: Final = re.compile(rb"\d{1,3}(?:\.\d{1,3}){3}")
+_IPV6_LITERAL: Final = re.compile(rb":[0-9A-Fa-f]{0,4}:")
 
 Status = Literal["updated", "unchanged", "failed", "skipped"]
 ProgressFn = Callable[[str, int, int | None], None]
@@ -106,29 +122,113 @@ class SourceResult:
 # --- fetching -----------------------------------------------------------------------------------
 
 
+class _Deadline:
+    """Ends a download when its time is up. Socket timeouts bound each read, not a server
+    that drips a byte just inside every one (nor a slow redirect chain): at the deadline the
+    connections' sockets are shut down, which wakes a blocked read with end-of-file."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket call also for TLS sockets (ssl's own shutdown unwraps them first).
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        if self._deadline is not None:
+            self._deadline.watch(self.sock)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        if self._deadline is not None:
+            self._deadline.watch(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPConnection, req, deadline=self._deadline)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        context = getattr(self, "_context", None)
+        return self.do_open(_HTTPSConnection, req, context=context, deadline=self._deadline)
+
+
 def _read_limited(
-    resp: IO[bytes],
+    resp: http.client.HTTPResponse,
     name: str,
     expected: int | None,
     *,
     max_bytes: int,
-    deadline: float,
+    deadline: _Deadline,
     progress: ProgressFn | None,
 ) -> bytes:
     chunks: list[bytes] = []
     got = 0
     while True:
-        chunk = resp.read(1 << 16)
+        # read1: what one recv brings, so the checks run as data comes in (read(n) would
+        # wait for all n bytes)
+        chunk = resp.read1(1 << 16)
         if not chunk:
             break
         got += len(chunk)
         if got > max_bytes:
             raise FetchError(f"larger than the limit of {max_bytes} bytes")
-        if time.monotonic() > deadline:
-            raise FetchError("timed out")
         chunks.append(chunk)
         if progress is not None:
             progress(name, got, expected)
+    if deadline.expired:  # the shut-down socket ends the body early: not a complete file
+        raise FetchError(f"timed out after {deadline.seconds:g} s ({got} bytes read)")
     if expected is not None and got != expected:
         raise FetchError(f"truncated: got {got} of {expected} bytes")
     return b"".join(chunks)
@@ -148,7 +248,8 @@ def _gunzip(data: bytes, max_bytes: int) -> bytes:
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects to http/https only (urllib would also follow one to ftp)."""
+    """Follow redirects to http/https only (urllib would also follow one to ftp), and never
+    from https down to http (anyone on the path could then answer)."""
 
     def redirect_request(
         self,
@@ -159,8 +260,11 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         headers: Any,
         newurl: str,
     ) -> urllib.request.Request | None:
-        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+        scheme = urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
             raise FetchError(f"redirect to a non-HTTP URL refused: {newurl}")
+        if scheme == "http" and urlsplit(req.full_url).scheme.lower() == "https":
+            raise FetchError(f"redirect from https to http refused: {newurl}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -172,29 +276,43 @@ def download(
     max_bytes: int = 64 << 20,
     progress: ProgressFn | None = None,
 ) -> bytes:
-    """GET `url` (http/https) with size, time and completeness checks; FetchError if not."""
-    scheme = urlsplit(url).scheme.lower()
+    """GET `url` (http/https) with size, time and completeness checks; FetchError if not.
+    `timeout` bounds the whole download, redirects included, as well as each read."""
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        raise FetchError(f"not a URL: {url}") from None
     if scheme not in ("http", "https"):
         raise FetchError(f"unsupported URL scheme {scheme!r}: {url}")
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
-    deadline = time.monotonic() + timeout
-    opener = urllib.request.build_opener(_HttpOnlyRedirects)
-    try:
-        with opener.open(req, timeout=timeout) as resp:
-            length = resp.headers.get("Content-Length")
-            expected = int(length) if length and length.strip().isdigit() else None
-            if expected is not None and expected > max_bytes:
-                raise FetchError(f"{expected} bytes, larger than the limit of {max_bytes}")
-            data = _read_limited(
-                resp, name, expected, max_bytes=max_bytes, deadline=deadline, progress=progress
-            )
-            encoding = (resp.headers.get("Content-Encoding") or "").strip().lower()
-    except urllib.error.HTTPError as exc:
-        raise FetchError(f"HTTP {exc.code} {exc.reason}: {url}") from None
-    except urllib.error.URLError as exc:
-        raise FetchError(f"cannot fetch {url}: {exc.reason}") from None
-    except (http.client.HTTPException, OSError) as exc:
-        raise FetchError(f"cannot fetch {url}: {exc}") from None
+    with _Deadline(timeout) as deadline:
+        opener = urllib.request.build_opener(
+            _HttpOnlyRedirects, _HTTPHandler(deadline), _HTTPSHandler(deadline)
+        )
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                length = resp.headers.get("Content-Length")
+                expected = int(length) if length and length.strip().isdigit() else None
+                if expected is not None and expected > max_bytes:
+                    raise FetchError(f"{expected} bytes, larger than the limit of {max_bytes}")
+                data = _read_limited(
+                    resp, name, expected, max_bytes=max_bytes, deadline=deadline, progress=progress
+                )
+                encoding = (resp.headers.get("Content-Encoding") or "").strip().lower()
+        except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400 and "infinite loop" in str(exc.reason):
+                # urllib gives up after 10 hops, or at the 4th visit of one URL
+                raise FetchError(f"too many redirects, or a redirect loop: {url}") from None
+            raise FetchError(f"HTTP {exc.code} {exc.reason}: {url}") from None
+        except urllib.error.URLError as exc:
+            if deadline.expired:
+                raise FetchError(f"timed out after {timeout:g} s: {url}") from None
+            raise FetchError(f"cannot fetch {url}: {exc.reason}") from None
+        # ValueError, OverflowError: a bad chunk size, a Location with a bad host or port
+        except (http.client.HTTPException, OSError, ValueError, OverflowError) as exc:
+            if deadline.expired:
+                raise FetchError(f"timed out after {timeout:g} s: {url}") from None
+            raise FetchError(f"cannot fetch {url}: {exc or type(exc).__name__}") from None
     if encoding in ("gzip", "x-gzip"):
         data = _gunzip(data, max_bytes)
     elif encoding not in ("", "identity"):
@@ -226,6 +344,8 @@ def _fetch_source(
         link = find_service_tags_link(data, url)
         if link is None:
             raise FetchError(f"neither Service Tags JSON nor a page linking to it: {url}")
+        if urlsplit(url).scheme.lower() == "https" and urlsplit(link).scheme.lower() != "https":
+            raise FetchError(f"an https page linking to http refused: {link}")
         data = download(
             link, name=src.name, timeout=timeout, max_bytes=max_bytes, progress=progress
         )
@@ -400,11 +520,10 @@ def _update_one(
         else:
             got = _fetch_source(src, url, timeout=timeout, max_bytes=max_bytes, progress=progress)
         data, origin = got
-        try:
-            records = len(src.parse(data))
-        except CloudDataError as exc:
-            raise FetchError(f"not a valid {src.filename}: {exc}") from None
+        records = _validate(src, data)
         prev_records = previous.get("records")
+        if not isinstance(prev_records, int) and target.is_file():
+            prev_records = _count(src, target)  # the manifest was lost: ask the copy itself
         if (
             not allow_shrink
             and target.is_file()
@@ -434,22 +553,60 @@ def _update_one(
         return SourceResult(
             src.name, "unchanged" if unchanged else "updated", origin, records, len(data), digest
         )
-    except (FetchError, OSError) as exc:
-        error = str(exc) if isinstance(exc, FetchError) else f"cannot write {target}: {exc}"
-        kept = target.is_file()
-        entry = dict(previous) if kept else {"file": src.filename}
-        entry.update(last_error=error, last_attempt=_now(), last_origin=origin)
-        manifest[src.name] = entry
-        return SourceResult(
-            src.name,
-            "failed",
-            origin,
-            records=previous.get("records") if kept else None,
-            size=previous.get("size") if kept else None,
-            sha256=previous.get("sha256") if kept else None,
-            error=error,
-            kept_previous=kept,
-        )
+    except FetchError as exc:
+        error = str(exc)
+    except OSError as exc:
+        error = f"cannot write {target}: {exc}"
+    except Exception as exc:  # a library bug on hostile input: this source fails, not the run
+        error = f"unexpected {type(exc).__name__}: {exc}"
+    error = _one_line(error)
+    kept = target.is_file()
+    entry = dict(previous) if kept else {"file": src.filename}
+    entry.update(last_error=error, last_attempt=_now(), last_origin=_one_line(origin))
+    manifest[src.name] = entry
+    return SourceResult(
+        src.name,
+        "failed",
+        origin,
+        records=previous.get("records") if kept else None,
+        size=previous.get("size") if kept else None,
+        sha256=previous.get("sha256") if kept else None,
+        error=error,
+        kept_previous=kept,
+    )
+
+
+def _validate(src: CloudSource, data: bytes) -> int:
+    """The prefix count of `data` as the real parser reads it; FetchError if it is not a valid
+    file of this source, or an absurdly big one (counted before parsing: parsing is what
+    costs memory)."""
+    n = 0
+    for pattern in (_IPV4_LITERAL, _IPV6_LITERAL):
+        n += sum(1 for _ in islice(pattern.finditer(data), MAX_PREFIXES + 1 - n))
+        if n > MAX_PREFIXES:
+            raise FetchError(f"more than {MAX_PREFIXES} addresses: not a {src.filename}")
+    try:
+        records = len(src.parse(data))
+    except CloudDataError as exc:
+        raise FetchError(f"not a valid {src.filename}: {exc}") from None
+    if records > MAX_PREFIXES:
+        raise FetchError(f"{records} prefixes, more than the limit of {MAX_PREFIXES}")
+    return records
+
+
+def _count(src: CloudSource, path: Path) -> int | None:
+    try:
+        return len(src.parse(path.read_bytes()))
+    except (OSError, CloudDataError):
+        return None
+
+
+def _one_line(text: str) -> str:
+    """Control characters escaped, cut to MAX_ERROR: a server's words reach the terminal and
+    the manifest."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -468,10 +468,13 @@ class EmbeddedGeo:
             "orgs": self.orgs,
         }
         head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
-        cache.parent.mkdir(parents=True, exist_ok=True)
+        # Private like every state file, whatever the umask (public data, but the state
+        # directory's contents are the service user's alone).
+        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(_CACHE_MAGIC + len(head).to_bytes(4, "little") + head + payload)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -127,6 +127,10 @@ class PublicSuffixes:
 def normalize_name(server_name: str) -> str | None:
     """Lower-case ASCII host name without trailing dot or port; None for addresses/garbage."""
     name = server_name.strip().rstrip(".").lower()
+    # A name whose data-looking labels were cut (sensor.names.redact_name): "….d.xiaomi.com"
+    # still belongs to xiaomi.com.
+    while name.startswith("…."):
+        name = name[2:]
     if not name or name.startswith("["):
         return None
     if name.count(":") == 1:

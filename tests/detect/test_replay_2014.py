@@ -29,6 +29,7 @@ from sensor.synth import (
     sample_home,
 )
 from tests.pipeline_helpers import build, run_analyze
+from tests.secrets import find_secrets
 
 
 def _config(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:
@@ -47,15 +48,6 @@ def _replay(tmp_path: Path) -> Path:
     with open(p, "wb") as fh:
         sample_home(fh)
     return p
-
-
-def secret_forms(value: str) -> list[str]:
-    """The ways a leaked value could show up in an output file."""
-    raw = value.encode()
-    forms = [value, value.lstrip("+"), raw.hex(), base64.b64encode(raw).decode()]
-    for h in (hashlib.md5, hashlib.sha1, hashlib.sha256):
-        forms.append(h(raw).hexdigest())
-    return forms
 
 
 def test_replay_raises_identifier_abroad_in_report_and_event_log(tmp_path: Path) -> None:
@@ -95,7 +87,8 @@ def test_replay_raises_identifier_abroad_in_report_and_event_log(tmp_path: Path)
 
 
 def _hashed_followup(cap: Capture) -> None:
-    """After the plaintext post, the IMEI goes to Singapore md5-hashed and base64-encoded."""
+    """After the plaintext post, the IMEI goes to Singapore md5-hashed and base64-encoded, to a
+    third party's SDK (to Xiaomi again it would be a repeat, suppressed for an hour)."""
     sample_home_into(cap)
     s = TcpSession(cap, PHONE, AWS_SG_IP, 40900, 80)
     s.open()
@@ -104,7 +97,7 @@ def _hashed_followup(cap: Capture) -> None:
     s.send(
         http_request(
             "GET",
-            "data.mistat.intl.xiaomi.com",
+            "t.sdk-analytics.example",
             f"/v1/s?d={md5}",
             REDMI_UA,
             headers=[("X-Payload", b64)],
@@ -178,12 +171,9 @@ def test_no_output_holds_an_identifier(tmp_path: Path, as_json: bool) -> None:
         analyze([str(path), str(_replay(tmp_path))], str(cfg), as_json=as_json, out=out, err=err)
         == 0
     )
-    texts = {"stdout": out.getvalue(), "stderr": err.getvalue()}
+    texts: dict[str, str | bytes] = {"stdout": out.getvalue(), "stderr": err.getvalue()}
     for f in state.rglob("*"):
         if f.is_file() and f.stat().st_size < 5_000_000:
-            texts[str(f)] = f.read_bytes().decode("latin-1")
-    secrets = [DEMO_IMEI, DEMO_PHONE, *DEMO_CONTACTS]
-    for where, text in texts.items():
-        for value in secrets:
-            for form in secret_forms(value):
-                assert form not in text, f"{where} holds {value!r} as {form!r}"
+            texts[str(f)] = f.read_bytes()
+    found = find_secrets(texts, [DEMO_IMEI, DEMO_PHONE, *DEMO_CONTACTS])
+    assert not found, "\n".join(found)

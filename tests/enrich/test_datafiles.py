@@ -536,10 +536,20 @@ def test_main_reports_failure_with_exit_1(
     assert (tmp_path / DATA_SUBDIR / "ip-ranges.json").is_file()  # the good one is written
 
 
-def test_main_bad_configuration_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(command([]), config(tmp_path, {"nonesuch": "http://127.0.0.1:9/"}))
+def test_main_nothing_attempted_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(command(["--from", str(tmp_path / "absent")]), config(tmp_path / "state", {}))
     assert rc == 2
-    assert "unknown source 'nonesuch'" in capsys.readouterr().err
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_config_rejects_unknown_sources_and_bad_urls() -> None:
+    from sensor.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"update\.urls\.nonesuch: unknown source \(known: aws"):
+        config(Path("/x"), {"nonesuch": "http://127.0.0.1:9/"})
+    for url in ("file:///etc/passwd", "ftp://example.com/x", "http://", "http://[::1"):
+        with pytest.raises(ConfigError, match=r"update\.urls\.aws: must be an http"):
+            config(Path("/x"), {"aws": url})
 
 
 def test_main_from_dir_nothing_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

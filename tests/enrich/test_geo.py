@@ -272,6 +272,19 @@ def test_embedded_cache_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         EmbeddedGeo.load(src, cache_dir=cache_dir)
 
 
+def test_embedded_cache_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    src = _fake_embedded(tmp_path / "fake.dat.gz")
+    cache_dir = tmp_path / "state" / "cache"
+    old = os.umask(0o022)  # a daemon started by hand
+    try:
+        EmbeddedGeo.load(src, cache_dir=cache_dir)
+    finally:
+        os.umask(old)
+    assert cache_dir.stat().st_mode & 0o777 == 0o700
+    assert (cache_dir / geo.CACHE_FILE).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in cache_dir.iterdir()] == [geo.CACHE_FILE]  # no temporary left
+
+
 def test_embedded_cache_dir_not_writable_is_not_fatal(tmp_path: Path) -> None:
     src = _fake_embedded(tmp_path / "fake.dat.gz")
     blocker = tmp_path / "file"

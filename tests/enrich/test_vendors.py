@@ -374,3 +374,12 @@ def test_load_from_path_and_errors(tmp_path: Path, psl: PublicSuffixes) -> None:
     bad.write_text("format = [", encoding="utf-8")
     with pytest.raises(VendorDataError, match="invalid TOML"):
         VendorMap.load(bad, psl=psl)
+
+
+def test_redacted_names_keep_their_domain() -> None:
+    """Names with data labels cut (sensor.names.redact_name) still find their vendor."""
+    from sensor.enrich.vendors import normalize_name
+
+    assert normalize_name("….d.xiaomi.com") == "d.xiaomi.com"
+    assert normalize_name("….….x.example.com") == "x.example.com"
+    assert normalize_name("…") is None

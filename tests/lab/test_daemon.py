@@ -148,7 +148,9 @@ def test_leak_to_cn_raises_identifier_abroad_within_2s(daemon: Daemon, lab: Lab)
         lambda: [
             e
             for e in daemon.events()[before:]
-            if e.get("rule") == "identifier_abroad" and e.get("identifier") == "imei"
+            if e.get("type") == "alert"
+            and e.get("rule") == "identifier_abroad"
+            and e.get("identifier") == "imei"
         ],
         timeout=2.0,
     )

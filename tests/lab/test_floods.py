@@ -108,6 +108,53 @@ elif mode == "fragments":
         payload = udp(src_ip, server, rnd.randrange(1024, 65536), 80, os.urandom(64))[: 8 * 9]
         s.sendto(ipv4(src_ip, server, 17, payload, rnd.getrandbits(16), flags | off), (server, 0))
     send_loop(send)
+elif mode == "dns":
+    # Forged DNS answers, each naming 60 random hosts (thousands of names a second), from the
+    # device's port 53 to a WAN address: every one passes the "all DNS" sampling rule.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((src_ip, 53))
+    def name():
+        labels = [os.urandom(rnd.randrange(3, 9)).hex() for _ in range(3)]
+        return b"".join(bytes([len(x)]) + x.encode() for x in labels) + b"\0"
+    def send():
+        q = name()
+        answers = b"".join(
+            name() + struct.pack("!HHIH4s", 1, 1, 300, 4, os.urandom(4)) for _ in range(60)
+        )
+        head = struct.pack("!HHHHHH", rnd.getrandbits(16), 0x8180, 1, 60, 0, 0)
+        s.sendto(head + q + b"\0\1\0\1" + answers, (server, rnd.randrange(1024, 65536)))
+    send_loop(send)
+elif mode == "hellos":
+    # Endless partial TLS ClientHellos: each connection announces a 16 KB handshake record
+    # and then dribbles a few bytes at a time, never finishing it.
+    conns = []
+    for _ in range(count):
+        if time.monotonic() >= end:
+            break
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex((server, 443))
+        conns.append(c)
+    time.sleep(0.2)
+    for c in conns:
+        try:
+            c.send(b"\x16\x03\x01\x40\x00\x01\x00\x3f\xfc\x03\x03" + os.urandom(32))
+        except OSError:
+            pass
+    while time.monotonic() < end:
+        for c in conns:
+            try:
+                c.send(os.urandom(rnd.randrange(1, 64)))
+                sent += 1
+            except OSError:
+                pass
+        time.sleep(0.05)
+    for c in conns:
+        c.close()
+    print(json.dumps({"sent": sent, "connections": len(conns),
+                      "seconds": time.monotonic() - t0}))
+    sys.exit(0)
 elif mode == "headers":
     conns = []
     for _ in range(count):
@@ -145,7 +192,9 @@ print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}))
 FLOODS: dict[str, tuple[int, str]] = {
     "syn": (60_000, "SYN/s"),
     "macs": (40_000, "frames/s"),
+    "dns": (20_000, "answers/s (60 names each)"),
     "headers": (300, "header lines/s"),
+    "hellos": (300, "ClientHello pieces/s"),
     "quic": (30_000, "datagrams/s"),
     "fragments": (60_000, "fragments/s"),
 }
@@ -180,12 +229,13 @@ def daemon(flood_lab: Lab, tmp_path: Path) -> Iterator[Daemon]:
 
 def teardown_module() -> None:
     if RESULTS:
-        print("\nflood      rate achieved                 RSS before  peak RSS  alert after")
+        print("\nflood      rate achieved          RSS before  peak RSS  alert after  series")
         for mode, r in RESULTS.items():
             print(
                 f"{mode:<10} {r['rate']:>10.0f} {FLOODS[mode][1]:<18} "
                 f"{r['rss_before_mb']:>7.1f} MB {r['peak_rss_mb']:>7.1f} MB  "
                 + (f"{r['alert_s']:.2f} s" if r["alert_s"] < 1e9 else f"> {ALERT_TIMEOUT:.0f} s")
+                + f"  {r.get('series', '-')}, over budget {r.get('over_budget', '-')}"
             )
 
 
@@ -194,8 +244,7 @@ ALERTS = "[alerts]\nsuppress_window = 1.0\n"
 
 def leak_raises_alert(daemon: Daemon, lab: Lab, timeout: float = ALERT_TIMEOUT) -> float:
     """Seconds from the leaking POST until its identifier_abroad event."""
-    before = len(daemon.events())
-    t0 = time.monotonic()
+    t0, wall = time.monotonic(), time.time()
     r = lab.http_post(
         "xiaomi",
         "api.account.xiaomi.com",
@@ -204,24 +253,49 @@ def leak_raises_alert(daemon: Daemon, lab: Lab, timeout: float = ALERT_TIMEOUT) 
         body=LEAK_BODY,
     )
     assert r.status == 200
+    try:
+        _wait_alert(daemon, wall, timeout)
+    except AssertionError:
+        stats = daemon.snapshot()["stats"]
+        raise AssertionError(f"no alert for the leak: {json.dumps(stats)[:4000]}") from None
+    return time.monotonic() - t0
+
+
+def _wait_alert(daemon: Daemon, wall: float, timeout: float) -> None:
     daemon.wait_for(
         "identifier_abroad",
         lambda: [
             e
-            for e in daemon.events()[before:]
-            if e.get("rule") == "identifier_abroad" and e.get("identifier") == "imei"
+            for e in daemon.events()
+            # A firing alert for this POST: not the "resolved" line of an earlier one, and
+            # stamped with this POST's packets (the lab's clocks are one clock).
+            if e.get("type") == "alert"
+            and e.get("rule") == "identifier_abroad"
+            and e.get("identifier") == "imei"
+            and e["ts"] >= wall - 0.5
         ],
         timeout=timeout,
     )
-    return time.monotonic() - t0
 
 
-ALERT_TIMEOUTS = {"quic": 30.0, "macs": 30.0, "syn": 30.0}
-"""Floods the daemon falls behind on: the leak's alert must still come (none lost), later than
-the 5 s the others meet. SYN: every new random source port is a new flow on the slow path, so
-60,000 SYNs in under 3 s leave a 12-13 s backlog (seen 11.8-12.6 s). QUIC: 0.3-0.4 s in some
-runs, 14-18 s in others (key derivation per random connection ID). 40,000 random MACs: ~2 s,
-once over 5 s. The lags are printed (pytest -s) and reported; shortening them is open work."""
+MAX_SERIES = 3000
+"""Metric series after any flood: the exporter bounds its label sets (top-k per device)."""
+
+
+def metric_series(lab: Lab) -> dict[str, float]:
+    """The daemon's /metrics (the default 127.0.0.1:14663 in the gateway namespace), as
+    series text → value."""
+    fetch = "import urllib.request as u; print(u.urlopen(sys.argv[1], timeout=10).read().decode())"
+    out = lab.gw_exec(
+        [sys.executable, "-c", "import sys; " + fetch, "http://127.0.0.1:14663/metrics"],
+        check=True,
+    ).stdout
+    series = {}
+    for line in out.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            series[name] = float(value)
+    return series
 
 
 @pytest.mark.parametrize("mode", list(FLOODS))
@@ -258,9 +332,55 @@ def test_flood(mode: str, daemon: Daemon, flood_lab: Lab) -> None:
         "alert_s": float("inf"),
     }
     print(f"\n{mode}: {figures}, peak RSS {peak / 1024:.1f} MB")
-    result["alert_s"] = leak_raises_alert(daemon, lab, ALERT_TIMEOUTS.get(mode, ALERT_TIMEOUT))
+    result["alert_s"] = leak_raises_alert(daemon, lab)
     assert daemon.proc.poll() is None, daemon.output()
     peak = max(peak, rss_kb(pid))
     result["peak_rss_mb"] = peak / 1024
     assert peak < RSS_LIMIT_KB
-    print(f"{mode}: alert after {result['alert_s']:.2f} s")
+    series = metric_series(lab)
+    result["series"] = len(series)
+    result["over_budget"] = sum(
+        v for k, v in series.items() if "phonehome_capture_errors" in k and "over_budget" in k
+    )
+    assert len(series) < MAX_SERIES
+    if mode == "syn":  # the flooding host's budget held its SYNs (and the RSTs) back
+        assert result["over_budget"] > figures["sent"] / 2
+    print(f"{mode}: alert after {result['alert_s']:.2f} s, {len(series)} series, {result}")
+
+
+def test_memory_bound_sheds_flows_and_keeps_alerting(flood_lab: Lab, tmp_path: Path) -> None:
+    """A low memory bound and a budget big enough to let a SYN flood through: the daemon ends
+    its oldest flows to stay under the bound, says so, and still catches the leak."""
+    lab = flood_lab
+    lab.gw_exec(["conntrack", "-F"])
+    limit_mb = 128
+    settings = (
+        f"[daemon]\nmemory_limit_mb = {limit_mb}\n"
+        "host_sample_rate = 1000000\nhost_sample_burst = 1000000\n"
+    )
+    d = Daemon(lab, tmp_path, extra=ALERTS, edit=lambda text: text.replace("[daemon]\n", settings))
+    try:
+        d.wait_notify("READY=1")
+        pid = d.proc.pid
+        leak_raises_alert(d, lab)
+        dev = lab.device("laptop")
+        argv = [sys.executable, "-c", FLOOD, "syn", "150000", "6", dev.ipv4, SERVER, GW_LAN4]
+        proc = lab.popen(dev, [*argv, GW_MAC], stdout=subprocess.PIPE, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, rss_kb(pid))
+            d.pump(0.05)
+        proc.communicate()
+        for _ in range(20):  # the backlog drains
+            peak = max(peak, rss_kb(pid))
+            d.pump(0.1)
+        alert_s = leak_raises_alert(d, lab)
+        memory = d.snapshot()["stats"]["memory"]
+        print(f"\nmemory bound {limit_mb} MB: peak RSS {peak / 1024:.1f} MB, {memory}, "
+              f"alert after {alert_s:.2f} s")
+        assert memory["sheds"] >= 1 and memory["flows_shed"] > 0, memory
+        assert memory["flow_cap"] < 200_000
+        assert peak < limit_mb * 1024, peak
+        assert "memory:" in d.output() and "oldest flows" in d.output()
+    finally:
+        d.stop()
