@@ -59,6 +59,8 @@ assumed:
   own;
 - a client has `connection_timeout` seconds to send its request (at most `MAX_REQUEST_BYTES`),
   TLS handshake included, and as long again to read the answer;
+- at most `ACCEPT_RATE` new connections a second, whoever opens them (the rest wait in the
+  kernel's listen queue);
 - ``phonehome_metrics_connections_dropped_total{reason}``, ``…_connections_open``,
   ``…_collections_total`` and ``…_http_requests_total{code}`` show all this.
 
@@ -187,7 +189,8 @@ class MetricsConfig:
     """Allow listening on a non-loopback address without basic auth or a bearer token (the
     metrics say which device talks to whom, and where)."""
     scrape_timeout: float = 10.0
-    """Seconds a scrape waits for the one before it before answering 503."""
+    """Seconds a scrape waits for a collection under way elsewhere (`Exporter.render`) before
+    answering 503."""
     min_interval: float = 0.5
     """Seconds a collection is reused: a scrape less than this long (or than the collection
     took) after the last one finished is answered from it, so concurrent scrapers cost one
@@ -673,7 +676,12 @@ class Exporter:
         ctx = _tls_context(self.cfg)
         try:
             server = _Server(
-                (self.cfg.address, self.cfg.port), ctx, self.cfg, self._endpoint, _App(self, auth)
+                (self.cfg.address, self.cfg.port),
+                ctx,
+                self.cfg,
+                self._endpoint,
+                _App(self, auth),
+                self._limiter,
             )
         except OSError as exc:
             raise MetricsError(
@@ -935,9 +943,7 @@ class Exporter:
             yield fam
         flows = p.flows
         yield _gauge("phonehome_flows_active", "Flows in the flow table", len(flows))
-        yield _gauge(
-            "phonehome_flows_active_max", "The flow table's size cap", p.flows.cap
-        )
+        yield _gauge("phonehome_flows_active_max", "The flow table's size cap", p.flows.cap)
         fam = CounterMetricFamily("phonehome_flows_opened", "Flows opened in the table")
         fam.add_metric([], carry.value(("created",), float(flows.created)))
         yield fam
@@ -1560,10 +1566,15 @@ _READING, _WRITING = 0, 1
 """A connection's phases: sending its request (TLS handshake included), reading the answer."""
 _POLL: Final = 0.25
 """Seconds between the serving thread's checks of the connections' ages, at most."""
-_ACCEPT_BATCH: Final = 16
-"""Connections accepted per wake-up, at most (and half of max_connections): then the open ones
-get their turn, before the next newcomers can push them out."""
+_CROWD_TURNS: Final = 16
+"""Connections of a crowd (an address holding over a quarter of max_connections) served per
+round of the serving thread, at most."""
 _BACKLOG: Final = 256
+ACCEPT_RATE: Final = 400.0
+"""New connections accepted per second, at most (in bursts of up to `_ACCEPT_BURST`); more
+wait in the listen queue. Each one costs the packet loop some GIL time, whoever sends it;
+scrapers need a few a second."""
+_ACCEPT_BURST: Final = 64.0
 _ABORT: Final = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 seconds: close() resets the connection."""
 
@@ -1608,7 +1619,7 @@ class _Snapshot:
 
     def __init__(self, started: float, finished: float, families: list[Metric]) -> None:
         self.started = started
-        """time.monotonic() when the collection began, and ended."""
+        """time.monotonic() when the collection began."""
         self.finished = finished
         self.families = families
         self._bodies: dict[tuple[str, bool], bytes] = {}
@@ -1748,7 +1759,8 @@ class _Conn:
 
 class _Server:
     """The endpoint: one thread and a selector for every connection (slowloris clients cost a
-    socket and a few bytes each, not a thread); a request is answered when its head is in.
+    socket and a few bytes each, not a thread); a request is answered when its head is in, a
+    collection, when one is due, in this thread too (scrapes arriving meanwhile share it).
 
     At most `max_connections` connections. At the limit a new one takes the place of a
     connection of the client address that holds the most: its oldest one still sending its
@@ -1759,7 +1771,7 @@ class _Server:
 
     A connection that takes more than `connection_timeout` to send its request (TLS handshake
     included), or to read its answer, is closed. Dropped connections are closed with a reset
-    and counted by reason.
+    and counted by reason. New connections are accepted at `ACCEPT_RATE` a second at most.
     """
 
     def __init__(
@@ -1769,6 +1781,7 @@ class _Server:
         cfg: MetricsConfig,
         stats: _EndpointStats,
         app: Callable[[_Request], tuple[str, list[tuple[str, str]], bytes]],
+        limiter: LogLimiter,
     ) -> None:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
@@ -1786,6 +1799,7 @@ class _Server:
         self.connection_timeout = cfg.connection_timeout
         self.stats = stats
         self.app = app
+        self.limiter = limiter
         self._conns: dict[int, _Conn] = {}
         self._by_host: dict[str, dict[int, _Conn]] = {}
         """The connections of each client address, oldest first."""
@@ -1796,6 +1810,9 @@ class _Server:
         self._sel.register(self._wake, selectors.EVENT_READ, "wake")
         self._stopping = False
         self._accept_paused_until = 0.0
+        self._tokens = _ACCEPT_BURST
+        """Connections that may be accepted now (refilled at ACCEPT_RATE)."""
+        self._refilled = time.monotonic()
 
     def open_connections(self) -> int:
         return len(self._conns)
@@ -1804,20 +1821,38 @@ class _Server:
         try:
             while not self._stopping:
                 accept = False
-                for key, _ in self._sel.select(_POLL):
+                wait = _POLL
+                if self._accept_paused_until:
+                    wait = min(wait, max(0.0, self._accept_paused_until - time.monotonic()))
+                ready = []
+                for key, _ in self._sel.select(wait):
                     if isinstance(key.data, _Conn):
-                        if self._conns.get(key.data.fd) is key.data:
-                            self._service(key.data)
+                        ready.append(key.data)
                     elif key.data == "accept":
                         accept = True
                     else:
                         with contextlib.suppress(OSError):
                             self._wake.recv(64)
-                # New connections last: one that was accepted last time and whose request is
-                # in is answered before newcomers can push it out.
-                if accept:
-                    self._accept()
-                self._check(time.monotonic())
+                try:
+                    if accept:
+                        self._accept()
+                    # Clients with few connections first; a crowd's turn is bounded per round
+                    # (the rest stay ready for the next), so it cannot hold up the accepting
+                    # of everyone else's connections.
+                    ready.sort(key=self._crowding)
+                    crowd_turns = _CROWD_TURNS
+                    for conn in ready:
+                        if self._conns.get(conn.fd) is not conn:
+                            continue
+                        if self._crowding(conn) > self.max_connections // 4:
+                            if crowd_turns <= 0:
+                                break
+                            crowd_turns -= 1
+                        self._service(conn)
+                    self._check(time.monotonic())
+                except Exception as exc:  # a bug: the endpoint carries on, and says so
+                    self.limiter.warning("endpoint", "metrics: endpoint trouble: %r", exc)
+                    time.sleep(0.05)
         finally:
             for conn in list(self._conns.values()):
                 self._close(conn)
@@ -1833,17 +1868,29 @@ class _Server:
 
     # --- connections ------------------------------------------------------------------------
 
+    def _pause_accepting(self, seconds: float) -> None:
+        self._sel.unregister(self.socket)
+        self._accept_paused_until = time.monotonic() + seconds
+
     def _accept(self) -> None:
-        for _ in range(max(1, min(_ACCEPT_BATCH, self.max_connections // 2))):
+        # Newcomers are accepted before the ready connections are served: a scraper's is
+        # answered at once (below); a crowd's may push its own older ones out unanswered.
+        now = time.monotonic()
+        self._tokens = min(_ACCEPT_BURST, self._tokens + (now - self._refilled) * ACCEPT_RATE)
+        self._refilled = now
+        if self._tokens < 1:  # the rest wait in the listen queue
+            self._pause_accepting((1 - self._tokens) / ACCEPT_RATE)
+            return
+        for _ in range(max(1, min(self.max_connections // 2, int(self._tokens)))):
             try:
                 sock, addr = self.socket.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:  # out of descriptors: let the backlog wait a moment
                 log.debug("metrics: accept failed: %s", exc)
-                self._sel.unregister(self.socket)
-                self._accept_paused_until = time.monotonic() + 0.1
+                self._pause_accepting(0.1)
                 return
+            self._tokens -= 1
             if len(self._conns) >= self.max_connections:
                 self._make_room()
             try:
@@ -1861,8 +1908,16 @@ class _Server:
             self._by_host.setdefault(conn.host, {})[conn.fd] = conn
             # A scraper's request is usually in already: answered without a trip through the
             # selector (each system call can cost the GIL's switch interval when the packet
-            # loop is busy); the rest are registered by _want.
-            self._service(conn)
+            # loop is busy). A crowd's newcomers wait for the selector, behind everyone else,
+            # and the crowd's own newer ones may push them out before they cost an answer.
+            if self._crowding(conn) > self.max_connections // 4:
+                self._want(conn, selectors.EVENT_READ)
+            else:
+                self._service(conn)
+
+    def _crowding(self, conn: _Conn) -> int:
+        """Connections open from `conn`'s address."""
+        return len(self._by_host.get(conn.host, ()))
 
     def _make_room(self) -> None:
         """Close a connection of the client address that holds the most: its oldest one still
@@ -1916,8 +1971,6 @@ class _Server:
                 self._read(conn)
             else:
                 self._write(conn)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise  # handled where they can happen; never here
         except OSError as exc:  # reset, TLS alert, a client speaking something else
             log.debug("metrics: connection from %s ended: %r", conn.addr, exc)
             self._close(conn)

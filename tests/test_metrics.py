@@ -29,6 +29,7 @@ import dpkt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sensor import metrics
 from sensor.alerts import RULES
 from sensor.capture import CaptureFile, read_captures
 from sensor.config import Config, FlowsConfig, parse_config
@@ -1137,6 +1138,21 @@ def test_an_oversized_request_is_dropped() -> None:
         assert _closed_within(c, 2)
         c.close()
         assert _dropped(s.exporter, "invalid") == 1
+    finally:
+        s.exporter.stop()
+
+
+def test_new_connections_are_accepted_at_accept_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "ACCEPT_RATE", 20.0)
+    monkeypatch.setattr(metrics, "_ACCEPT_BURST", 5.0)
+    s = FakeSensor(MetricsConfig(port=0, disabled_collectors=QUIET))
+    s.exporter.start()
+    try:
+        t0 = time.monotonic()
+        codes = [_get(s.exporter.url)[0] for _ in range(25)]  # 5 at once, then 20 a second
+        took = time.monotonic() - t0
+        assert codes == [200] * 25
+        assert 0.9 <= took < 3, took
     finally:
         s.exporter.stop()
 

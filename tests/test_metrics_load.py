@@ -25,12 +25,13 @@ import dpkt
 import pytest
 
 from sensor.capture import pack_chunks
-from sensor.metrics import MetricsConfig
+from sensor.metrics import ACCEPT_RATE, MetricsConfig
 from tests.test_metrics import Wired, home_config, parse, values
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Runs in a subprocess: `python -c CLIENTS CONFIG_JSON`; prints a JSON report at the end.
+# Runs in a subprocess: `python -c CLIENTS CONFIG_JSON` (`client_config`); prints a JSON report
+# at the end (tests/lab/test_scrapers.py runs it in the lab's namespaces too).
 # Single-threaded poll loop for the hostile connections (cheap: the subprocess must not eat the
 # CPU the measured process needs), plus one thread for the well-behaved scrapes, or `scrapers`
 # threads scraping back to back.
@@ -43,6 +44,7 @@ start = time.monotonic()
 end = start + cfg["seconds"]
 report = {"opened": {"dribble": 0, "mute": 0}, "closed": {"dribble": 0, "mute": 0},
           "dribble_lifetimes": [], "good": [], "scrapes": {}}
+AUTH = b"Authorization: %s\r\n" % cfg["authorization"].encode() if cfg["authorization"] else b""
 RDHUP = getattr(select, "POLLRDHUP", 0x2000)
 DEAD = RDHUP | select.POLLHUP | select.POLLERR
 REQUEST = (b"GET /metrics HTTP/1.1\r\nHost: phonehome\r\n"
@@ -56,7 +58,7 @@ def get(path=b"/metrics"):
     try:
         with socket.create_connection(addr, timeout=10) as s:
             connected = time.monotonic() - t0
-            s.sendall(b"GET " + path + b" HTTP/1.0\r\nHost: phonehome\r\n\r\n")
+            s.sendall(b"GET " + path + b" HTTP/1.0\r\nHost: phonehome\r\n" + AUTH + b"\r\n")
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
@@ -96,7 +98,8 @@ due = [(start, "dribble")] * cfg["dribblers"] + [(start, "mute")] * cfg["mute"]
 
 def open_one(kind, now):
     s = socket.socket()
-    s.bind((cfg["source"], 0))  # another host of the LAN, as far as the server can tell
+    if cfg["source"]:
+        s.bind((cfg["source"], 0))  # another host of the LAN, as far as the server can tell
     s.setblocking(False)
     if kind == "mute":
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # never read: keep it full
@@ -251,25 +254,31 @@ def loop(tmp_path: Path) -> Iterator[PacketLoop]:
     pl.close()
 
 
-def clients(loop: PacketLoop, **kw: Any) -> subprocess.Popen[str]:
-    port = int(loop.exporter.url.split(":")[2].split("/")[0])
+def client_config(**kw: Any) -> str:
+    """CLIENTS' argument: who connects where, how many of each kind, how fast."""
     cfg = {
         "host": "127.0.0.1",
-        "source": "127.0.0.2",
-        "port": port,
+        "port": 0,
+        "source": "127.0.0.2",  # the hostile connections' address ("": any)
         "seconds": 6.0,
-        "dribblers": 0,
-        "mute": 0,
+        "dribblers": 0,  # connections dribbling a request that never ends, a byte per `gap`
         "gap": 0.2,
-        "reconnect": 0.25,
-        "mute_hold": 3.0,
-        "scrapers": 0,
-        "good_every": 0.0,
+        "mute": 0,  # connections sending a whole request and never reading
+        "mute_hold": 3.0,  # seconds before a mute connection starts over
+        "reconnect": 0.25,  # seconds before a closed connection is opened again
+        "scrapers": 0,  # threads scraping back to back
+        "good_every": 0.0,  # seconds between well-behaved scrapes (0: none)
         "good_after": 1.0,
+        "authorization": "",  # the well-behaved scrapes' Authorization header value
     }
     cfg.update(kw)
+    return json.dumps(cfg)
+
+
+def clients(loop: PacketLoop, **kw: Any) -> subprocess.Popen[str]:
+    port = int(loop.exporter.url.split(":")[2].split("/")[0])
     return subprocess.Popen(
-        [sys.executable, "-c", CLIENTS, json.dumps(cfg)],
+        [sys.executable, "-c", CLIENTS, client_config(port=port, **kw)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -326,7 +335,7 @@ def test_slowloris_and_unread_answers_do_not_stall_the_packet_loop(loop: PacketL
     # when it queues behind a burst of connections with a whole request each, every one an
     # answer to send: in the worst case here, a packet loop that never waits, each system
     # call of the endpoint's thread can cost it the GIL for a switch interval, 5 ms).
-    assert len(good) >= 8
+    assert len(good) >= 3
     assert all(status == 200 and took < 5.0 for _, status, took, _, _ in good), good
     # Bounded: threads (the endpoint's one, from before), connections, collections.
     assert peak_threads == threads_before
@@ -387,7 +396,8 @@ def test_fifty_scrapers_share_collections(loop: PacketLoop) -> None:
         f"(from {threads_before})"
     )
     assert scrapes == {"200": answered}  # every one answered (50 < max_connections)
-    assert answered >= 500
+    assert answered >= max(100, 10 * collections)  # shared
+    assert answered <= ACCEPT_RATE * 5.5 + 64  # new connections: ACCEPT_RATE a second at most
     assert collections <= (t1 - t0) / cfg.min_interval + 1  # shared: about 2 a second
     assert loop.max_threads == threads_before
     assert typical >= 0.5 * baseline
