@@ -62,14 +62,14 @@ class ConfigError(ValueError):
     syntax errors (``line 3, column 7``), or empty when the file as a whole is the problem."""
 
     def __init__(self, source: str, key: str, reason: str) -> None:
-        source, key, reason = _one_line(source), _one_line(key), _one_line(reason)
+        source, key, reason = one_line(source), one_line(key), one_line(reason)
         super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
         self.source = source
         self.key = key
         self.reason = reason
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """Control characters escaped: a message stays one line and cannot drive a terminal."""
     if text.isprintable():
         return text
@@ -618,9 +618,7 @@ def _existing_file(src: str, key: str, path: str | Path) -> None:
         st = os.stat(path)
     except OSError as exc:
         raise ConfigError(src, key, f"{path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ConfigError(src, key, f"{path}: {what}")
+    _regular(src, key, path, st)
     try:
         os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except OSError as exc:
@@ -629,8 +627,8 @@ def _existing_file(src: str, key: str, path: str | Path) -> None:
         raise ConfigError(src, key, f"{path}: empty")
 
 
-def _creatable_file(src: str, key: str, path: str | Path) -> None:
-    """A regular file, or nothing yet where one can be made."""
+def _creatable_file(src: str, key: str, path: str | Path) -> os.stat_result | None:
+    """A regular file (its status), or nothing yet (None) where one can be made."""
     p = Path(path)
     try:
         st = os.stat(p)
@@ -638,12 +636,17 @@ def _creatable_file(src: str, key: str, path: str | Path) -> None:
         problem = _dir_problem(p.parent)
         if problem:
             raise ConfigError(src, key, f"{p.parent}: {problem}") from None
-        return
+        return None
     except OSError as exc:
         raise ConfigError(src, key, f"{p}: {exc.strerror or exc}") from None
+    _regular(src, key, p, st)
+    return st
+
+
+def _regular(src: str, key: str, path: str | Path, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
         what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ConfigError(src, key, f"{p}: {what}")
+        raise ConfigError(src, key, f"{path}: {what}")
 
 
 def _maxmind(src: str, key: str, path: str) -> None:
@@ -666,17 +669,16 @@ def _check_key_file(cfg: Config, state: Path) -> None:
     path = Path(cfg.detect.key_file) if cfg.detect.key_file else state / "identity.key"
     key = "detect.key_file"
     if cfg.detect.key_file is not None:
-        _creatable_file(cfg.source, key, path)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return  # missing (made at start), or the state directory is not there yet
-    if not stat.S_ISREG(st.st_mode):
-        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ConfigError(cfg.source, key, f"{path}: {what}")
+        st = _creatable_file(cfg.source, key, path)
+    else:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # missing (made at start), or the state directory is not there yet
+        _regular(cfg.source, key, path, st)
     # Not opened: it is the service user's (mode 0600), and one it cannot read only costs a
     # per-run key (logged); `check` run by someone else must not call that invalid.
-    if st.st_size < KEY_BYTES:
+    if st is not None and st.st_size < KEY_BYTES:
         raise ConfigError(
             cfg.source,
             key,

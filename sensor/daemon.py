@@ -19,7 +19,6 @@ event log is closed, the nftables rules are removed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import faulthandler
 import heapq
 import itertools
@@ -37,13 +36,14 @@ from typing import Any
 
 from sensor import __version__
 from sensor.config import Config, ConfigError, check_files, load_config
+from sensor.files import write_atomically
 from sensor.flows import FlowEntry
 from sensor.metrics import Exporter, MetricsError
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
 from sensor.report import device_record, flow_record
 from sensor.service import Notifier
-from sensor.sinks import EventLog, LogLimiter, Sink, make_sinks
+from sensor.sinks import EventLog, LogLimiter, Sink, errno_name, make_sinks
 from sensor.stages import Stages
 from sensor.stages import build as build_stages
 
@@ -177,8 +177,7 @@ class Daemon:
             self.sel.register(self.conntrack, selectors.EVENT_READ, self._on_conntrack)
         self.neigh = netlink.NeighbourMonitor()
         self.sel.register(self.neigh, selectors.EVENT_READ, self._on_neighbours)
-        user = cfg.daemon.user
-        if os.geteuid() == 0 and user and privileges.user_exists(user):
+        if self._service_user() is not None:
             # Before the first thread (the Alertmanager sender): threads inherit the bounding
             # set, but cutting it later reaches only the thread that does it.
             privileges.cut_bounding_set()
@@ -245,13 +244,22 @@ class Daemon:
         if self.stages.detector is not None:
             self.metrics.tap(self.stages.detector.alerts)
 
+    def _service_user(self) -> str | None:
+        """The user to drop to: daemon.user, when we are root and it exists."""
+        from sensor import privileges
+
+        user = self.cfg.daemon.user
+        if os.geteuid() == 0 and user and privileges.user_exists(user):
+            return user
+        return None
+
     def _drop_privileges(self) -> None:
         from sensor import privileges
 
         if os.geteuid() != 0:
             return
-        user = self.cfg.daemon.user
-        if user and privileges.user_exists(user):
+        user = self._service_user()
+        if user is not None:
             # The state directory was made as root: the service user keeps writing there.
             privileges.chown_tree(Path(self.cfg.paths.state_dir), user)
             privileges.drop_to(user)
@@ -260,7 +268,7 @@ class Daemon:
             log.warning("running as root (daemon.allow_root)")
         else:
             raise DaemonError(
-                f"refusing to run as root: user {user!r} does not exist "
+                f"refusing to run as root: user {self.cfg.daemon.user!r} does not exist "
                 "(create it, or set daemon.allow_root = true)"
             )
 
@@ -275,7 +283,7 @@ class Daemon:
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            why = f"{_errno_name(exc)} ({exc.strerror or exc})"
+            why = f"{errno_name(exc)} ({exc.strerror or exc})"
             self.write_trouble["state_dir"] = f"{state}: {why}"
             log.error(
                 "state directory %s is not writable by uid %d: %s; running without the "
@@ -335,14 +343,15 @@ class Daemon:
         flood (about 1.5 KB each with their decoder state), so above MEMORY_HIGH of the bound
         the oldest are ended, reported as evicted, and the table's cap stays at what fits.
         (Python seldom gives memory back to the system; what the shed flows held is reused.)"""
-        rss = _rss_bytes()
-        self.memory["rss_bytes"] = rss
         limit = self.cfg.daemon.memory_limit_mb << 20
+        if not limit:
+            return
+        rss = self.memory["rss_bytes"] = _rss_bytes()
         flows = self.pipeline.flows
         # After a shed the resident size stays where it was (the freed memory is kept for
         # new flows): shed again only when it grows past that level once more.
         high = max(limit * MEMORY_HIGH, self._rss_at_shed + limit * 0.02)
-        if not limit or rss < high or len(flows) < 1024:
+        if rss < high or len(flows) < 1024:
             return
         ended = flows.shrink(int(len(flows) * MEMORY_KEEP))
         self._rss_at_shed = rss
@@ -394,10 +403,13 @@ class Daemon:
         if done:
             self._finish_dump(now)
 
-    def _finish_dump(self, now: float) -> None:
+    def _close_dump(self) -> None:
         if self._dump_iter is not None:
-            self._dump_iter.close()
+            self._dump_iter.close()  # releases its netlink socket
             self._dump_iter = None
+
+    def _finish_dump(self, now: float) -> None:
+        self._close_dump()
         busy = self._dump_busy
         self._next_dump = now + max(self.cfg.daemon.conntrack_interval, busy / DUMP_DUTY)
         self.dump_stats["dumps"] += 1
@@ -478,9 +490,7 @@ class Daemon:
             self.stages.close()
         except Exception:
             log.exception("closing the stages failed")
-        if self._dump_iter is not None:
-            self._dump_iter.close()
-            self._dump_iter = None
+        self._close_dump()
         self.write_snapshot(time.time())
         self.metrics.stop()
         for obj in (self.source, self.conntrack, self.neigh):
@@ -518,11 +528,9 @@ class Daemon:
         return line
 
     def _event_log(self) -> EventLog | None:
-        stage = getattr(getattr(self, "stages", None), "detector", None)
-        for sink in getattr(getattr(stage, "alerts", None), "sinks", ()):
-            if isinstance(sink, EventLog):
-                return sink
-        return None
+        detector = self.stages.detector
+        sinks = detector.alerts.sinks if detector is not None else ()
+        return next((s for s in sinks if isinstance(s, EventLog)), None)
 
     def snapshot(self, now: float) -> dict[str, Any]:
         p = self.pipeline
@@ -574,7 +582,7 @@ class Daemon:
         try:
             write_atomically(path, data)
         except OSError as exc:
-            self._write_failed(path, _errno_name(exc), exc.strerror or str(exc))
+            self._write_failed(path, errno_name(exc), exc.strerror or str(exc))
             return
         if self.write_trouble.pop(SNAPSHOT_NAME, None) is not None:
             log.info("%s written again", path)
@@ -593,43 +601,6 @@ class Daemon:
             reason,
             why,
         )
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` by `data` so that it is, at every moment and after any crash, either
-    the old file or the new one, whole: written to a temporary file beside it (created
-    afresh, `mode`), fsynced, renamed over `path`, and the directory fsynced. On any error
-    the temporary file is removed (a full disk gets its space back) and `path` is untouched
-    unless the rename itself already happened."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # a leftover of a killed run: never write through someone's file
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, "short write")
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, "error")
 
 
 def _rss_bytes() -> int:

@@ -96,8 +96,6 @@ class FlowTable:
         self.cap = cfg.max_flows
         """The size cap in force: `cfg.max_flows`, or lower once `shrink` was asked to fit
         the daemon's memory bound."""
-        self.shed = 0
-        """Flows ended early by `shrink` (memory pressure); also counted in evicted_cap."""
         self.sweep_interval = min(cfg.tcp_idle_timeout, cfg.udp_idle_timeout) / 4
 
     def __len__(self) -> int:
@@ -106,11 +104,8 @@ class FlowTable:
     def add(self, flow: Flow, key_up: bytes, key_down: bytes) -> FlowEntry:
         """Insert a new flow (the caller checked neither key is present)."""
         entries = self.entries
-        while len(entries) >= self.cap:
-            _, victim = entries.popitem(last=False)
-            self.evicted_cap += 1
-            self._remove(victim)
-            self.on_end(victim, "evicted")
+        if len(entries) >= self.cap:
+            self._evict_oldest(len(entries) - self.cap + 1)
         is_tcp = flow.proto == "tcp"
         entry = FlowEntry(flow, key_up, key_down, is_tcp)
         table = self.tcp if is_tcp else self.udp
@@ -125,12 +120,15 @@ class FlowTable:
         the bound allows) and end the oldest flows above it, as the cap would have. Returns
         how many were ended."""
         self.cap = max(16, min(self.cap, cap))
-        ended = 0
+        return self._evict_oldest(len(self.entries) - self.cap)
+
+    def _evict_oldest(self, count: int) -> int:
+        """End the `count` oldest flows (the size cap's evictions); returns how many."""
         entries = self.entries
-        while len(entries) > self.cap:
+        ended = 0
+        while ended < count and entries:
             _, victim = entries.popitem(last=False)
             self.evicted_cap += 1
-            self.shed += 1
             ended += 1
             self._remove(victim)
             self.on_end(victim, "evicted")

@@ -488,6 +488,19 @@ _NFTA_COUNTER_PACKETS = 2
 _NFPROTO_INET = 1
 
 
+def _attr(attrs: bytes, wanted: int) -> bytes | None:
+    """The payload of the first netlink attribute of type `wanted` in `attrs`, or None."""
+    pos = 0
+    while pos + 4 <= len(attrs):
+        alen, atype = _NLA.unpack_from(attrs, pos)
+        if alen < 4:
+            return None
+        if atype & NLA_TYPE_MASK == wanted:
+            return attrs[pos + 4 : pos + alen]
+        pos += (alen + 3) & ~3
+    return None
+
+
 class NftCounter:
     """Reads one named nftables counter (`counter NAME { }` in an inet table) over netlink,
     without the `nft` program: the daemon has dropped root by then, and a process per reading
@@ -523,23 +536,9 @@ class NftCounter:
 
     @staticmethod
     def _parse(attrs: bytes) -> int | None:
-        pos = 0
-        while pos + 4 <= len(attrs):
-            alen, atype = _NLA.unpack_from(attrs, pos)
-            if alen < 4:
-                return None
-            if atype & NLA_TYPE_MASK == _NFTA_OBJ_DATA:
-                inner = attrs[pos + 4 : pos + alen]
-                ipos = 0
-                while ipos + 4 <= len(inner):
-                    ilen, itype = _NLA.unpack_from(inner, ipos)
-                    if ilen < 4:
-                        return None
-                    if itype & NLA_TYPE_MASK == _NFTA_COUNTER_PACKETS and ilen >= 12:
-                        return int.from_bytes(inner[ipos + 4 : ipos + 12], "big")
-                    ipos += (ilen + 3) & ~3
-            pos += (alen + 3) & ~3
-        return None
+        data = _attr(attrs, _NFTA_OBJ_DATA)
+        packets = _attr(data, _NFTA_COUNTER_PACKETS) if data is not None else None
+        return int.from_bytes(packets[:8], "big") if packets and len(packets) >= 8 else None
 
     def close(self) -> None:
         self._sock.close()

@@ -88,7 +88,7 @@ import stat
 import struct
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -713,11 +713,11 @@ class Exporter:
         self._server = self._thread = None
         if server is None:
             return
+        if thread is None:  # opened, never served
+            server.close()
+            return
         server.shutdown()
-        if thread is not None:
-            thread.join(timeout=5)
-        else:  # opened, never served: the serving loop, stopped already, closes everything
-            server.serve_forever()
+        thread.join(timeout=5)
 
     def reconfigure(self, cfg: MetricsConfig) -> None:
         """New settings (SIGHUP): a started endpoint restarts if its settings changed
@@ -891,8 +891,7 @@ class Exporter:
         for dev, (rule, severity), (n,) in rows:
             fam.add_metric([rule, severity, names[dev]], n)
         yield fam
-        stages = getattr(self.sensor, "stages", None)
-        stage = getattr(getattr(stages, "detector", None), "alerts", None)
+        stage = self._alert_stage()
         if stage is None:
             return
         stats = stage.stats()
@@ -1083,12 +1082,11 @@ class Exporter:
             "(ENOSPC: disk full; EROFS, EACCES: not writable)",
             labels=["file", "reason"],
         )
-        stages = getattr(self.sensor, "stages", None)
-        stage = getattr(getattr(stages, "detector", None), "alerts", None)
+        stage = self._alert_stage()
         if stage is not None:
             sinks = stage.stats().get("sinks") or {}
             counts = {
-                k[len("errors_") :]: v
+                k.removeprefix("errors_"): v
                 for k, v in (sinks.get("eventlog") or {}).items()
                 if k.startswith("errors_")
             }
@@ -1338,6 +1336,11 @@ class Exporter:
 
     # --- helpers ------------------------------------------------------------------------------
 
+    def _alert_stage(self) -> Any:
+        """The sensor's alert stage (``stages.detector.alerts``), None when it has none."""
+        detector = getattr(getattr(self.sensor, "stages", None), "detector", None)
+        return getattr(detector, "alerts", None)
+
     def _carry_for(self, name: str, owner: object) -> _Carry:
         carry = self._carry.get(name)
         if carry is None:
@@ -1585,37 +1588,28 @@ class _EndpointStats:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.counts: dict[str, int] = {}
+        self.counts: Counter[str] = Counter()
         """Dropped connections by reason (`_DROP_REASONS`), and "collections"."""
-        self.codes: dict[str, int] = {}
+        self.codes: Counter[str] = Counter()
         """Requests answered, by status code."""
 
     def add(self, key: str) -> None:
         with self.lock:
-            self.counts[key] = self.counts.get(key, 0) + 1
+            self.counts[key] += 1
 
     def answered(self, code: str) -> None:
         with self.lock:
-            self.codes[code] = self.codes.get(code, 0) + 1
+            self.codes[code] += 1
 
 
-class _Families(Collector):
-    """Families already collected, as an encoder's registry."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self.families
-
-
-def _encode(encoder: Callable[[Collector], bytes], families: list[Metric], gz: bool) -> bytes:
-    out = encoder(_Families(families))
+def _encode(encoder: Callable[[Collector], bytes], families: Collector, gz: bool) -> bytes:
+    out = encoder(families)
     return gzip.compress(out, compresslevel=6) if gz else out
 
 
 class _Snapshot:
-    """One collection, and its encodings (per content type and compression), each made once."""
+    """One collection, and its encodings (per content type and compression), each made once.
+    A collector itself: the encoders read it as they would a registry."""
 
     def __init__(self, started: float, finished: float, families: list[Metric]) -> None:
         self.started = started
@@ -1624,6 +1618,9 @@ class _Snapshot:
         self.families = families
         self._bodies: dict[tuple[str, bool], bytes] = {}
         self._lock = threading.Lock()
+
+    def collect(self) -> list[Metric]:
+        return self.families
 
     def fresh(self, max_age: float, now: float) -> bool:
         """Finished less than `max_age` seconds ago, or less than it took (a slow collection
@@ -1639,21 +1636,15 @@ class _Snapshot:
     ) -> bytes:
         """The collection in `content_type` (its `encoder`); only samples named in `names`
         when given (``?name[]=...``, not kept)."""
-        if names:
-            wanted = set(names)
-            picked = []
-            for fam in self.families:
-                samples = [s for s in fam.samples if s.name in wanted]
-                if samples:
-                    m = Metric(fam.name, fam.documentation, fam.type)
-                    m.samples = samples
-                    picked.append(m)
-            return _encode(encoder, picked, gzipped)
+        if names:  # prometheus_client's own ?name[] filter (it finds collectors by name)
+            registry = CollectorRegistry(auto_describe=True)
+            registry.register(self)
+            return _encode(encoder, registry.restricted_registry(names), gzipped)
         key = (content_type, gzipped)
         with self._lock:
             out = self._bodies.get(key)
             if out is None:
-                out = self._bodies[key] = _encode(encoder, self.families, gzipped)
+                out = self._bodies[key] = _encode(encoder, self, gzipped)
         return out
 
 
@@ -1667,15 +1658,14 @@ class _Request:
 
 
 _LINE_END = re.compile(rb"\r?\n")
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 
 def _head_end(buf: bytearray, start: int) -> int:
     """Where the request's head (line and headers) ends in `buf`, -1 while incomplete; the
     search starts at `start` (what came before was searched already)."""
-    i = buf.find(b"\n\r\n", start)
-    j = buf.find(b"\n\n", start)
-    ends = [k + 3 for k in (i,) if k >= 0] + [k + 2 for k in (j,) if k >= 0]
-    return min(ends) if ends else -1
+    m = _HEAD_END.search(buf, start)
+    return m.end() if m else -1
 
 
 def _parse_request(head: bytes) -> _Request | None:
@@ -1738,7 +1728,7 @@ class _Conn:
     __slots__ = ("addr", "events", "fd", "handshaken", "host", "inbuf", "mark", "out", "phase",
                  "since", "sock")  # fmt: skip
 
-    def __init__(self, sock: socket.socket, addr: Any, now: float, tls: bool) -> None:
+    def __init__(self, sock: socket.socket, addr: Any, now: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.addr = addr
@@ -1751,7 +1741,7 @@ class _Conn:
         much it dribbles), the last write that went out while it reads the answer."""
         self.events = 0
         """What the selector waits for (0: not registered)."""
-        self.handshaken = not tls
+        self.handshaken = not isinstance(sock, ssl.SSLSocket)
         self.inbuf = bytearray()
         self.out: list[memoryview] = []
         """What is left to send: the head, then the body (shared by every scraper)."""
@@ -1844,7 +1834,7 @@ class _Server:
                     for conn in ready:
                         if self._conns.get(conn.fd) is not conn:
                             continue
-                        if self._crowding(conn) > self.max_connections // 4:
+                        if self._crowded(conn):
                             if crowd_turns <= 0:
                                 break
                             crowd_turns -= 1
@@ -1854,17 +1844,22 @@ class _Server:
                     self.limiter.warning("endpoint", "metrics: endpoint trouble: %r", exc)
                     time.sleep(0.05)
         finally:
-            for conn in list(self._conns.values()):
-                self._close(conn)
-            self._sel.close()
-            for s in (self.socket, self._wake, self._waker):
-                s.close()
+            self.close()
 
     def shutdown(self) -> None:
         """Stop serving (from another thread): the serving thread closes everything."""
         self._stopping = True
         with contextlib.suppress(OSError):
             self._waker.send(b"x")
+
+    def close(self) -> None:
+        """Close every connection and the listening socket (the serving thread does, once
+        stopped; or whoever opened the endpoint and never served it)."""
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._sel.close()
+        for s in (self.socket, self._wake, self._waker):
+            s.close()
 
     # --- connections ------------------------------------------------------------------------
 
@@ -1903,14 +1898,14 @@ class _Server:
                 log.debug("metrics: connection from %s failed: %s", addr, exc)
                 sock.close()
                 continue
-            conn = _Conn(sock, addr, time.monotonic(), self.ssl_context is not None)
+            conn = _Conn(sock, addr, time.monotonic())
             self._conns[conn.fd] = conn
             self._by_host.setdefault(conn.host, {})[conn.fd] = conn
             # A scraper's request is usually in already: answered without a trip through the
             # selector (each system call can cost the GIL's switch interval when the packet
             # loop is busy). A crowd's newcomers wait for the selector, behind everyone else,
             # and the crowd's own newer ones may push them out before they cost an answer.
-            if self._crowding(conn) > self.max_connections // 4:
+            if self._crowded(conn):
                 self._want(conn, selectors.EVENT_READ)
             else:
                 self._service(conn)
@@ -1918,6 +1913,10 @@ class _Server:
     def _crowding(self, conn: _Conn) -> int:
         """Connections open from `conn`'s address."""
         return len(self._by_host.get(conn.host, ()))
+
+    def _crowded(self, conn: _Conn) -> bool:
+        """`conn`'s address holds over a quarter of max_connections."""
+        return self._crowding(conn) > self.max_connections // 4
 
     def _make_room(self) -> None:
         """Close a connection of the client address that holds the most: its oldest one still
@@ -2026,7 +2025,8 @@ class _Server:
             self.stats.answered(status.split(" ", 1)[0])
         lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers)]
         lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
-        conn.out = [memoryview("\r\n".join(lines).encode("latin-1")), memoryview(body)]
+        head = "\r\n".join(lines).encode("latin-1")
+        conn.out = [memoryview(b) for b in (head, body) if b]  # a ?name[] body may be empty
         conn.inbuf = bytearray()
         conn.phase = _WRITING
         conn.since = conn.mark = time.monotonic()
@@ -2048,12 +2048,8 @@ class _Server:
                 self._want(conn, selectors.EVENT_READ)
                 return
             conn.mark = time.monotonic()
-            while n and out:
-                if n >= len(out[0]):
-                    n -= len(out.pop(0))
-                else:
-                    out[0] = out[0][n:]
-                    n = 0
-            while out and not out[0]:
-                out.pop(0)
+            while n and n >= len(out[0]):
+                n -= len(out.pop(0))
+            if n:
+                out[0] = out[0][n:]
         self._close(conn)

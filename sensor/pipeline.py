@@ -117,9 +117,10 @@ class Pipeline:
         self.packets_fast = 0
         self.devices_dropped = 0
         self._fragments: OrderedDict[tuple[bytes, bytes, int, int], Half] = OrderedDict()
-        self._asked: OrderedDict[tuple[str, str], None] = OrderedDict()
-        """Query names already handed to the observer, by flow uid (the flow's own list holds
-        them redacted, so it cannot tell two names with data labels apart)."""
+        self._asked: OrderedDict[tuple[str, str], str] = OrderedDict()
+        """(flow uid, query name) already handed to the observer -> the name redacted: each
+        name is scanned and cut once per flow (the flow's own list holds the redacted names,
+        so it cannot tell two names with data labels apart)."""
         self._lan_cache: dict[bytes, bool] = {}
         self._lan_v4: list[tuple[int, int]] = []
         self._lan_v6: list[tuple[int, int]] = []
@@ -733,20 +734,25 @@ class Pipeline:
         assert isinstance(queries, list)
         # Names are kept (query list, cache: flow records, alerts) with data labels cut; the
         # detector gets each name as sent, once per flow.
+        asked = self._asked
         for qname, _qtype in msg.questions:
-            shown = redact_name(qname)
+            shown = asked.get((flow.uid, qname))
+            new = shown is None
+            if shown is None:
+                shown = redact_name(qname)
             if shown not in queries and len(queries) < MAX_DNS_QUERIES:
                 queries.append(shown)
-            if not msg.is_response and (flow.uid, qname) not in self._asked:
-                self._asked[(flow.uid, qname)] = None
-                if len(self._asked) > MAX_ASKED:
-                    self._asked.popitem(last=False)
+            if new and not msg.is_response:
+                asked[(flow.uid, qname)] = shown
+                if len(asked) > MAX_ASKED:
+                    asked.popitem(last=False)
                 self._observe(self.observer.dns_query, flow, qname, ts)
         if not msg.is_response:
             return
         for address, qname, ttl in dns_dec.resolve_chain(msg):
             if not dns_dec.is_local_name(qname):
-                self.dns.put(flow.src_ip, address, redact_name(qname), ttl, ts)
+                shown = asked.get((flow.uid, qname)) or redact_name(qname)
+                self.dns.put(flow.src_ip, address, shown, ttl, ts)
 
     def _dhcp(self, msg: DhcpMessage | Weird, ts: float, fallback_mac: str | None = None) -> None:
         if isinstance(msg, Weird):

@@ -223,7 +223,8 @@ def destination_label(alert: Alert) -> str:
     return alert.dst.vendor or alert.dst.server_name or alert.dst.ip
 
 
-def _errno_name(exc: OSError) -> str:
+def errno_name(exc: OSError) -> str:
+    """The errno's name ("ENOSPC", "EROFS", ...): how write failures are counted."""
     return errno.errorcode.get(exc.errno or 0, "error")
 
 
@@ -356,7 +357,7 @@ class EventLog:
     # -- internals
 
     def _error(self, what: str, exc: OSError) -> None:
-        kind = _errno_name(exc)
+        kind = errno_name(exc)
         self.errors[kind] += 1
         self.failing = kind
         self._limiter.warning(
@@ -589,7 +590,7 @@ class JournalSink:
             else:
                 self.errors += 1
             self._limiter.warning(
-                _errno_name(exc), "journal (%s): %s: %s", self.backend, _errno_name(exc), exc
+                errno_name(exc), "journal (%s): %s: %s", self.backend, errno_name(exc), exc
             )
             return
         except Exception as exc:  # a binding error must not escape

@@ -26,7 +26,7 @@ import pytest
 
 from sensor.capture import pack_chunks
 from sensor.metrics import ACCEPT_RATE, MetricsConfig
-from tests.test_metrics import Wired, home_config, parse, values
+from tests.test_metrics import Wired, dropped, home_config, parse, port_of, values
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -232,9 +232,7 @@ class PacketLoop:
         return n / (time.perf_counter() - t0)
 
     def run_for(self, seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            self.step()
+        self.rate(seconds)
 
     def collections(self) -> tuple[int, float]:
         """Collections so far, and when."""
@@ -276,9 +274,8 @@ def client_config(**kw: Any) -> str:
 
 
 def clients(loop: PacketLoop, **kw: Any) -> subprocess.Popen[str]:
-    port = int(loop.exporter.url.split(":")[2].split("/")[0])
     return subprocess.Popen(
-        [sys.executable, "-c", CLIENTS, client_config(port=port, **kw)],
+        [sys.executable, "-c", CLIENTS, client_config(port=port_of(loop.exporter.url), **kw)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -287,19 +284,14 @@ def clients(loop: PacketLoop, **kw: Any) -> subprocess.Popen[str]:
 
 def finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0
+    assert proc.returncode == 0, out
     report: dict[str, Any] = json.loads(out)
     return report
 
 
 def endpoint_series(loop: PacketLoop) -> dict[str, float]:
     got = parse(loop.exporter.render())
-    out = {
-        r: values(got, "phonehome_metrics_connections_dropped_total", reason=r)[0]
-        for r in ("evicted", "timeout", "invalid")
-    }
-    out["open"] = values(got, "phonehome_metrics_connections_open")[0]
-    return out
+    return {**dropped(got), "open": values(got, "phonehome_metrics_connections_open")[0]}
 
 
 def test_slowloris_and_unread_answers_do_not_stall_the_packet_loop(loop: PacketLoop) -> None:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from sensor.config import Config
 from sensor.detect import extract
 from sensor.detect.identifiers import Finding, KnownIdentifiers, Location, Scanner
 from sensor.enrich.stage import Enricher
+from sensor.files import write_atomically
 from sensor.model import Destination, Device, DeviceRef, Flow, HttpRequest, Observation
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,7 @@ def load_or_create_key(path: Path) -> tuple[bytes, bool]:
     Without a writable place the key is random for this run only: keyed hashes then do not
     match across runs, which costs correlation, never secrecy."""
     try:
-        data = path.read_bytes()
-        if len(data) >= KEY_BYTES:
-            return data[:KEY_BYTES], True
+        return _whole_key(path, path.read_bytes())
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -53,19 +51,24 @@ def load_or_create_key(path: Path) -> tuple[bytes, bool]:
             fh.flush()
             os.fsync(fh.fileno())
         return key, True
-    except FileExistsError:  # another process made it first (use theirs), or a short file
+    except FileExistsError:  # another process made it first: use theirs
         try:
             theirs = path.read_bytes()
         except OSError:
             theirs = b""
-        if len(theirs) >= KEY_BYTES:
-            return theirs[:KEY_BYTES], True
-        # Never an empty or short key: keyed hashes of an IMEI would be guessable.
-        log.warning("%s holds %d bytes, not a key; a key for this run only", path, len(theirs))
-        return key, False
+        return _whole_key(path, theirs)
     except OSError as exc:
         log.info("cannot create %s (%s); keyed hashes are per run", path, exc)
         return key, False
+
+
+def _whole_key(path: Path, data: bytes) -> tuple[bytes, bool]:
+    """The key `path` holds; a key for this run only when it is short (or empty), left for
+    its owner to look at: keyed hashes of an IMEI under a short key would be guessable."""
+    if len(data) >= KEY_BYTES:
+        return data[:KEY_BYTES], True
+    log.warning("%s holds %d bytes, not a key; a key for this run only", path, len(data))
+    return secrets.token_bytes(KEY_BYTES), False
 
 
 class Detector:
@@ -231,14 +234,7 @@ def _read_learned(path: Path) -> set[tuple[str, str]]:
 def _write_learned(path: Path, learned: set[tuple[str, str]]) -> None:
     """Keyed hashes only (never values), atomically, mode 0600."""
     rows = [{"kind": k, "keyed_hash": h} for k, h in sorted(learned)]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{int(time.time())}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(rows, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(rows).encode())
     except OSError as exc:
         log.warning("cannot save learned identifiers to %s: %s", path, exc)
-        tmp.unlink(missing_ok=True)

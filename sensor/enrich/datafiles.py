@@ -28,11 +28,9 @@ import fcntl
 import hashlib
 import http.client
 import json
-import os
 import re
 import socket
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -45,8 +43,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urljoin, urlsplit
 
+from sensor.config import one_line
 from sensor.enrich.cloud import CLOUD_SOURCES, SOURCES_BY_NAME, CloudDataError, CloudSource
 from sensor.enrich.geo import EmbeddedGeo, GeoDataError, geo_cache_dir
+from sensor.files import write_atomically
 
 if TYPE_CHECKING:
     from sensor.config import Config
@@ -163,41 +163,33 @@ def _shut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-class _HTTPConnection(http.client.HTTPConnection):
+class _WatchedConnection(http.client.HTTPConnection):
+    """Hands each socket it connects to the download's deadline."""
+
     def __init__(self, *args: Any, deadline: _Deadline | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
 
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # for https: after the TLS handshake, so the socket is the TLS one
         if self._deadline is not None:
             self._deadline.watch(self.sock)
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: _Deadline | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        if self._deadline is not None:
-            self._deadline.watch(self.sock)
+class _HTTPSConnection(_WatchedConnection, http.client.HTTPSConnection):
+    pass
 
 
-class _HTTPHandler(urllib.request.HTTPHandler):
+class _DeadlineHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens http and https connections whose sockets `deadline` watches (it replaces both
+    of urllib's default handlers)."""
+
     def __init__(self, deadline: _Deadline) -> None:
         super().__init__()
         self._deadline = deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_HTTPConnection, req, deadline=self._deadline)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
+        return self.do_open(_WatchedConnection, req, deadline=self._deadline)
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         context = getattr(self, "_context", None)
@@ -260,12 +252,16 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         headers: Any,
         newurl: str,
     ) -> urllib.request.Request | None:
-        scheme = urlsplit(newurl).scheme.lower()
-        if scheme not in ("http", "https"):
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
             raise FetchError(f"redirect to a non-HTTP URL refused: {newurl}")
-        if scheme == "http" and urlsplit(req.full_url).scheme.lower() == "https":
+        if _downgrades(req.full_url, newurl):
             raise FetchError(f"redirect from https to http refused: {newurl}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _downgrades(url: str, next_url: str) -> bool:
+    """Whether going from `url` to `next_url` leaves https (anyone on the path could answer)."""
+    return urlsplit(url).scheme.lower() == "https" and urlsplit(next_url).scheme.lower() != "https"
 
 
 def download(
@@ -286,9 +282,7 @@ def download(
         raise FetchError(f"unsupported URL scheme {scheme!r}: {url}")
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
     with _Deadline(timeout) as deadline:
-        opener = urllib.request.build_opener(
-            _HttpOnlyRedirects, _HTTPHandler(deadline), _HTTPSHandler(deadline)
-        )
+        opener = urllib.request.build_opener(_HttpOnlyRedirects, _DeadlineHandler(deadline))
         try:
             with opener.open(req, timeout=timeout) as resp:
                 length = resp.headers.get("Content-Length")
@@ -304,15 +298,13 @@ def download(
                 # urllib gives up after 10 hops, or at the 4th visit of one URL
                 raise FetchError(f"too many redirects, or a redirect loop: {url}") from None
             raise FetchError(f"HTTP {exc.code} {exc.reason}: {url}") from None
-        except urllib.error.URLError as exc:
-            if deadline.expired:
-                raise FetchError(f"timed out after {timeout:g} s: {url}") from None
-            raise FetchError(f"cannot fetch {url}: {exc.reason}") from None
-        # ValueError, OverflowError: a bad chunk size, a Location with a bad host or port
+        # URLError is an OSError; ValueError, OverflowError: a bad chunk size, a Location with
+        # a bad host or port
         except (http.client.HTTPException, OSError, ValueError, OverflowError) as exc:
             if deadline.expired:
                 raise FetchError(f"timed out after {timeout:g} s: {url}") from None
-            raise FetchError(f"cannot fetch {url}: {exc or type(exc).__name__}") from None
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else str(exc)
+            raise FetchError(f"cannot fetch {url}: {reason or type(exc).__name__}") from None
     if encoding in ("gzip", "x-gzip"):
         data = _gunzip(data, max_bytes)
     elif encoding not in ("", "identity"):
@@ -344,7 +336,7 @@ def _fetch_source(
         link = find_service_tags_link(data, url)
         if link is None:
             raise FetchError(f"neither Service Tags JSON nor a page linking to it: {url}")
-        if urlsplit(url).scheme.lower() == "https" and urlsplit(link).scheme.lower() != "https":
+        if _downgrades(url, link):
             raise FetchError(f"an https page linking to http refused: {link}")
         data = download(
             link, name=src.name, timeout=timeout, max_bytes=max_bytes, progress=progress
@@ -377,24 +369,7 @@ def _import_source(src: CloudSource, from_dir: Path, max_bytes: int) -> tuple[by
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that readers see the old or the new file, never a mix,
     and a crash leaves one of the two: temporary file in the same folder, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    write_atomically(path, data, 0o644)
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:
@@ -510,6 +485,7 @@ def _update_one(
 ) -> SourceResult:
     previous: dict[str, Any] = manifest.get(src.name, {})
     target = data_dir / src.filename
+    kept = target.is_file()  # the current copy (the lock keeps other updates off it)
     origin = str(import_dir) if import_dir is not None else url
     try:
         if import_dir is not None:
@@ -521,25 +497,17 @@ def _update_one(
             got = _fetch_source(src, url, timeout=timeout, max_bytes=max_bytes, progress=progress)
         data, origin = got
         records = _validate(src, data)
-        prev_records = previous.get("records")
-        if not isinstance(prev_records, int) and target.is_file():
-            prev_records = _count(src, target)  # the manifest was lost: ask the copy itself
-        if (
-            not allow_shrink
-            and target.is_file()
-            and isinstance(prev_records, int)
-            and records < prev_records * SHRINK_LIMIT
-        ):
-            raise FetchError(
-                f"only {records} prefixes where the current copy has {prev_records}: looks "
-                "truncated (--force accepts it)"
-            )
+        if kept and not allow_shrink:
+            prev_records = previous.get("records")
+            if not isinstance(prev_records, int):
+                prev_records = _count(src, target)  # the manifest was lost: ask the copy itself
+            if prev_records is not None and records < prev_records * SHRINK_LIMIT:
+                raise FetchError(
+                    f"only {records} prefixes where the current copy has {prev_records}: looks "
+                    "truncated (--force accepts it)"
+                )
         digest = hashlib.sha256(data).hexdigest()
-        unchanged = (
-            previous.get("sha256") == digest
-            and target.is_file()
-            and target.stat().st_size == len(data)
-        )
+        unchanged = kept and previous.get("sha256") == digest and target.stat().st_size == len(data)
         if not unchanged:
             atomic_write(target, data)
         manifest[src.name] = {
@@ -559,10 +527,9 @@ def _update_one(
         error = f"cannot write {target}: {exc}"
     except Exception as exc:  # a library bug on hostile input: this source fails, not the run
         error = f"unexpected {type(exc).__name__}: {exc}"
-    error = _one_line(error)
-    kept = target.is_file()
+    error = _error_text(error)
     entry = dict(previous) if kept else {"file": src.filename}
-    entry.update(last_error=error, last_attempt=_now(), last_origin=_one_line(origin))
+    entry.update(last_error=error, last_attempt=_now(), last_origin=_error_text(origin))
     manifest[src.name] = entry
     return SourceResult(
         src.name,
@@ -601,11 +568,10 @@ def _count(src: CloudSource, path: Path) -> int | None:
         return None
 
 
-def _one_line(text: str) -> str:
-    """Control characters escaped, cut to MAX_ERROR: a server's words reach the terminal and
-    the manifest."""
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def _error_text(text: str) -> str:
+    """One line (`config.one_line`), cut to MAX_ERROR: a server's words reach the terminal
+    and the manifest."""
+    text = one_line(text)
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 

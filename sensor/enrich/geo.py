@@ -25,7 +25,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import pickle
 import re
 import socket
@@ -37,6 +36,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from sensor.files import write_atomically
 
 if TYPE_CHECKING:
     from sensor.config import GeoConfig
@@ -471,16 +472,8 @@ class EmbeddedGeo:
         # Private like every state file, whatever the umask (public data, but the state
         # directory's contents are the service user's alone).
         cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(_CACHE_MAGIC + len(head).to_bytes(4, "little") + head + payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, cache)
-        finally:
-            tmp.unlink(missing_ok=True)
+        data = _CACHE_MAGIC + len(head).to_bytes(4, "little") + head + payload
+        write_atomically(cache, data, unique=True)
 
     @classmethod
     def _read_cache(cls, cache: Path, source: dict[str, Any]) -> EmbeddedGeo:

@@ -38,7 +38,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
+
+from sensor.names import REDACTED
 
 if TYPE_CHECKING:
     from sensor.model import Flow
@@ -51,6 +53,7 @@ DEFAULT_CACHE_SIZE = 16_384
 
 _VENDOR_KEYS = frozenset({"name", "parent", "note", "asn", "domains", "hosts", *CATEGORIES})
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_CUT_LABEL: Final = REDACTED + "."
 
 
 class VendorDataError(ValueError):
@@ -129,8 +132,8 @@ def normalize_name(server_name: str) -> str | None:
     name = server_name.strip().rstrip(".").lower()
     # A name whose data-looking labels were cut (sensor.names.redact_name): "….d.xiaomi.com"
     # still belongs to xiaomi.com.
-    while name.startswith("…."):
-        name = name[2:]
+    while name.startswith(_CUT_LABEL):
+        name = name[len(_CUT_LABEL) :]
     if not name or name.startswith("["):
         return None
     if name.count(":") == 1:

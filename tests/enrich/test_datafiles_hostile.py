@@ -229,7 +229,7 @@ def seed(srv: _Server, state: Path) -> dict[str, Any]:
 
 def snapshot(state: Path) -> dict[str, Any]:
     data = state / DATA_SUBDIR
-    files = {p.name: p.read_bytes() for p in data.iterdir() if p.name not in (MANIFEST,)}
+    files = {p.name: p.read_bytes() for p in data.iterdir() if p.name != MANIFEST}
     return {"files": files, "manifest": read_manifest(data)}
 
 

@@ -69,6 +69,37 @@ def send_loop(send):
             pass
         sent += 1
 
+def dribble(port, first, piece):
+    # `count` connections that send `first`, then a `piece()` each 50 ms until the end.
+    global sent
+    conns = []
+    for _ in range(count):
+        if time.monotonic() >= end:
+            break
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex((server, port))
+        conns.append(c)
+    time.sleep(0.2)
+    for c in conns:
+        try:
+            c.send(first)
+        except OSError:
+            pass
+    while time.monotonic() < end:
+        for c in conns:
+            try:
+                c.send(piece())
+                sent += 1
+            except OSError:
+                pass
+        time.sleep(0.05)
+    for c in conns:
+        c.close()
+    print(json.dumps({"sent": sent, "connections": len(conns),
+                      "seconds": time.monotonic() - t0}))
+    sys.exit(0)
+
 if mode == "syn":
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     pseudo = socket.inet_aton(src_ip) + socket.inet_aton(server) + struct.pack("!BBH", 0, 6, 20)
@@ -128,62 +159,11 @@ elif mode == "dns":
 elif mode == "hellos":
     # Endless partial TLS ClientHellos: each connection announces a 16 KB handshake record
     # and then dribbles a few bytes at a time, never finishing it.
-    conns = []
-    for _ in range(count):
-        if time.monotonic() >= end:
-            break
-        c = socket.socket()
-        c.setblocking(False)
-        c.connect_ex((server, 443))
-        conns.append(c)
-    time.sleep(0.2)
-    for c in conns:
-        try:
-            c.send(b"\x16\x03\x01\x40\x00\x01\x00\x3f\xfc\x03\x03" + os.urandom(32))
-        except OSError:
-            pass
-    while time.monotonic() < end:
-        for c in conns:
-            try:
-                c.send(os.urandom(rnd.randrange(1, 64)))
-                sent += 1
-            except OSError:
-                pass
-        time.sleep(0.05)
-    for c in conns:
-        c.close()
-    print(json.dumps({"sent": sent, "connections": len(conns),
-                      "seconds": time.monotonic() - t0}))
-    sys.exit(0)
+    dribble(443, b"\x16\x03\x01\x40\x00\x01\x00\x3f\xfc\x03\x03" + os.urandom(32),
+            lambda: os.urandom(rnd.randrange(1, 64)))
 elif mode == "headers":
-    conns = []
-    for _ in range(count):
-        if time.monotonic() >= end:
-            break
-        c = socket.socket()
-        c.setblocking(False)
-        c.connect_ex((server, 80))
-        conns.append(c)
-    time.sleep(0.2)
-    for c in conns:
-        try:
-            c.send(b"POST /upload HTTP/1.1\r\nHost: api.example.com\r\n")
-        except OSError:
-            pass
-    while time.monotonic() < end:
-        for c in conns:
-            try:
-                c.send(b"X-Pad-%d: %s\r\n" % (rnd.randrange(10**6), b"a" * rnd.randrange(1, 200)))
-                sent += 1
-            except OSError:
-                pass
-        time.sleep(0.05)
-    for c in conns:
-        c.close()
-    sent = max(sent, 0)
-    print(json.dumps({"sent": sent, "connections": len(conns),
-                      "seconds": time.monotonic() - t0}))
-    sys.exit(0)
+    dribble(80, b"POST /upload HTTP/1.1\r\nHost: api.example.com\r\n",
+            lambda: b"X-Pad-%d: %s\r\n" % (rnd.randrange(10**6), b"a" * rnd.randrange(1, 200)))
 print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}))
 """
 

@@ -10,18 +10,16 @@ sending WATCHDOG=1. `pytest -s` prints the figures.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from sensor.lab import GW_LAN4, Lab
 from tests.lab.test_daemon import Daemon
 from tests.lab.test_floods import ALERTS, leak_raises_alert
-from tests.test_metrics import parse, values
-from tests.test_metrics_load import CLIENTS, client_config
+from tests.test_metrics import dropped, parse
+from tests.test_metrics_load import CLIENTS, client_config, finish
 
 PORT = 14663
 TOKEN = "lab-scrapers-token-5b1d"
@@ -33,13 +31,6 @@ req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + 
 with urllib.request.urlopen(req, timeout=10) as r:
     sys.stdout.write(r.read().decode())
 """
-
-
-def _report(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    report: dict[str, Any] = json.loads(out)
-    return report
 
 
 def test_slow_scrapers_from_a_device_do_not_hold_up_the_daemon(lab: Lab, tmp_path: Path) -> None:
@@ -75,7 +66,7 @@ def test_slow_scrapers_from_a_device_do_not_hold_up_the_daemon(lab: Lab, tmp_pat
         daemon.pump(max(0.0, started + ATTACK_SECONDS - 0.5 - time.monotonic()))
         pings = sum(m == "WATCHDOG=1" for m in daemon.messages) - pings_before
         ping_seconds = time.monotonic() - t_pings
-        attack, good = _report(hostile), _report(scraper)["good"]
+        attack, good = finish(hostile), finish(scraper)["good"]
         out = lab.gw_exec(
             [sys.executable, "-c", _SCRAPE, f"http://{GW_LAN4}:{PORT}/metrics", TOKEN],
             capture_output=True,
@@ -84,10 +75,7 @@ def test_slow_scrapers_from_a_device_do_not_hold_up_the_daemon(lab: Lab, tmp_pat
         )
         assert out.returncode == 0, out.stderr
         metrics = parse(out.stdout)
-        drops = {
-            r: values(metrics, "phonehome_metrics_connections_dropped_total", reason=r)[0]
-            for r in ("evicted", "timeout", "invalid")
-        }
+        drops = dropped(metrics)
         answers = {
             dict(labels)["code"]: v
             for (name, labels), v in metrics.items()
