@@ -389,7 +389,9 @@ def test_fifty_scrapers_share_collections(loop: PacketLoop) -> None:
     )
     assert scrapes == {"200": answered}  # every one answered (50 < max_connections)
     assert answered >= max(100, 10 * collections)  # shared
-    assert answered <= ACCEPT_RATE * 5.5 + 64  # new connections: ACCEPT_RATE a second at most
+    # New connections: ACCEPT_RATE a second at most, plus the backlog (up to 64) and the one
+    # connection each scraper may still have queued in the kernel when the clients stop.
+    assert answered <= ACCEPT_RATE * 5.5 + 64 + 50
     assert collections <= (t1 - t0) / cfg.min_interval + 1  # shared: about 2 a second
     assert loop.max_threads == threads_before
     assert typical >= 0.5 * baseline
