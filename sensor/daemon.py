@@ -215,9 +215,7 @@ class Daemon:
                 host_rate=d.host_sample_rate,
                 host_burst=d.host_sample_burst,
             )
-            self.source = livecapture.NflogSource(
-                d.nflog_group, budget_table=livecapture.NFT_TABLE
-            )
+            self.source = livecapture.NflogSource(d.nflog_group, budget_table=livecapture.NFT_TABLE)
         else:
             self.source = livecapture.PacketSocketSource(
                 self.interfaces, wide=self.accounting == "capture"
@@ -309,13 +307,24 @@ class Daemon:
 
     def loop_once(self, timeout: float) -> None:
         self.loop_iterations += 1
-        if self._dump_iter is not None:
-            timeout = 0  # a dump is under way: its next slice comes right after the events
+        held = self.source is not None and self.source.pending() > 0
+        if self._dump_iter is not None or held:
+            # A dump is under way (its next slice comes right after the events), or the
+            # source holds packets it already took from the kernel: its descriptor will not
+            # turn readable for them, so they must not wait for the next packet to arrive.
+            timeout = 0
+        fired = False
         for key, _ in self.sel.select(timeout):
             handler: Callable[[], None] = key.data
+            fired |= handler == self._on_packets
             try:
                 handler()
             except Exception:  # one failing source must not stop the loop
+                log.exception("event handler failed")
+        if held and not fired:
+            try:
+                self._on_packets()
+            except Exception:
                 log.exception("event handler failed")
         now = time.time()
         if self.reload_requested:
@@ -536,9 +545,7 @@ class Daemon:
         p = self.pipeline
         # The most recently active flows only: under a flood the table holds hundreds of
         # thousands, and records (with their enrichment) are built for the few written.
-        recent = heapq.nlargest(
-            MAX_SNAPSHOT_FLOWS, list(p.flows.entries.values()), key=_last_seen
-        )
+        recent = heapq.nlargest(MAX_SNAPSHOT_FLOWS, list(p.flows.entries.values()), key=_last_seen)
         live = [flow_record(e.sync()) for e in recent]
         for rec in live:
             rec.update(_destination_fields(self.stages, rec))

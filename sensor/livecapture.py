@@ -16,9 +16,9 @@ facts reach Python; conntrack counts the bytes of everything else.
   the tap); NFLOG has no such gap. `wide=True` accepts everything (mirror ports, bridges where
   nothing else counts bytes). Reads a TPACKET_V3 memory-mapped ring, or plain recv.
 
-Both sources: `fileno()` for poll/select, `read(max_packets)` that never blocks, `stats()`,
-`close()`; a malformed message is counted, never raised. `live_chunks` turns a source into the
-chunk stream `Pipeline.run` consumes.
+Both sources: `fileno()` for poll/select, `read(max_packets)` that never blocks, `pending()`,
+`stats()`, `close()`; a malformed message is counted, never raised. `live_chunks` turns a
+source into the chunk stream `Pipeline.run` consumes.
 """
 
 from __future__ import annotations
@@ -63,6 +63,13 @@ class LiveSource(Protocol):
     def fileno(self) -> int: ...
 
     def read(self, max_packets: int = 1024) -> list[Packet]: ...
+
+    def pending(self) -> int:
+        """Packets already taken from the kernel that the next `read` returns, although the
+        descriptor may not turn readable again for them: a loop that waits on `fileno()`
+        must read again at once while this is non-zero, or they wait for the next packet
+        (on a quiet network, indefinitely)."""
+        ...
 
     def stats(self) -> dict[str, int]: ...
 
@@ -678,6 +685,11 @@ class NflogSource:
         self.delivered += len(out)
         return out
 
+    def pending(self) -> int:
+        """Packets parsed from a datagram (or met while waiting for an answer to a request)
+        that did not fit the last `read`: the socket is not readable for them."""
+        return len(self._pending)
+
     def queue_length(self) -> int | None:
         """Messages the kernel holds for our group, from /proc/net/netfilter/nfnetlink_log."""
         if self._proc_fd is None:
@@ -735,6 +747,7 @@ class NflogSource:
         with contextlib.suppress(OSError):
             self._sock.send(self._message(_nla(NFULA_CFG_CMD, bytes((NFULNL_CFG_CMD_UNBIND,))))[1])
         self._sock.close()
+        self._pending.clear()
         if self._budget is not None:
             self._budget.close()
         if self._proc_fd is not None:
@@ -1172,6 +1185,11 @@ class PacketSocketSource:
             self._read_socket(max_packets, out)
         self.delivered += len(out)
         return out
+
+    def pending(self) -> int:
+        """Frames left in a ring block the last `read` began (poll reports that block as
+        readable while we hold it, so this is a courtesy); 0 without a ring."""
+        return self._left
 
     def _read_ring(self, max_packets: int, out: list[Packet]) -> None:
         mm = self._mm

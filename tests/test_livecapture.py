@@ -864,6 +864,32 @@ def test_nflog_overrun_is_counted_and_reading_goes_on(lab: Any) -> None:
     assert len(later) == 5
 
 
+@needs_root
+def test_nflog_pending_names_what_the_socket_no_longer_signals(lab: Any) -> None:
+    """The kernel batches messages into datagrams; a `read` smaller than a batch keeps the
+    rest. The socket is then not readable for them, and only `pending()` says they are
+    there: a select loop that trusts readability alone strands them until the next packet."""
+    dev = lab.devices["laptop"]
+    with in_netns(lab.gw_ns):
+        src = NflogSource(GROUP, rcvbuf=4 << 20)
+    try:
+        _flood(lab, dev, "203.0.113.10", 53, 200)
+        time.sleep(0.3)  # every batch flushed (50 ms)
+        got: list[Packet] = []
+        while select.select([src], [], [], 0.2)[0]:  # read only when the socket says so
+            got += src.read(3)
+        held = src.pending()
+        assert held > 0  # 3 of each batch were read; the rest is held, and unsignalled
+        assert not select.select([src], [], [], 0.2)[0]
+        while batch := src.read(3):
+            got += batch
+        stats = src.stats()
+    finally:
+        src.close()
+    assert src.pending() == 0
+    assert len(got) == stats["received"] == stats["delivered"] >= 200 - stats["drops"]
+
+
 def _flood(lab: Any, dev: Any, host: str, port: int, count: int, size: int = 32) -> None:
     """`count` UDP datagrams from a device, as fast as one Python process sends them."""
     script = (

@@ -238,9 +238,33 @@ def leak_raises_alert(daemon: Daemon, lab: Lab, timeout: float = ALERT_TIMEOUT) 
     try:
         _wait_alert(daemon, wall, timeout)
     except AssertionError:
-        stats = daemon.snapshot()["stats"]
-        raise AssertionError(f"no alert for the leak: {json.dumps(stats)[:4000]}") from None
+        raise AssertionError(f"no alert for the leak:\n{_why(daemon, lab, wall)}") from None
     return time.monotonic() - t0
+
+
+def _why(daemon: Daemon, lab: Lab, wall: float) -> str:
+    """What a missing alert leaves to look at: the events (relative to the POST), the
+    daemon's live counters (flows.json may be 5 s old), the phone's conntrack entries and the
+    daemon's log."""
+    events = [
+        (e.get("type"), e.get("rule"), e.get("identifier"), round(e["ts"] - wall, 3))
+        for e in daemon.events()
+    ]
+    try:
+        counters = "\n".join(
+            f"{k} {v:g}"
+            for k, v in metric_series(lab).items()
+            if v
+            and k.startswith("phonehome_")
+            and not k.startswith(("phonehome_scrape_", "phonehome_metrics_", "phonehome_data_"))
+            and "_bucket" not in k
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        counters = f"(scrape failed: {e})"
+    phone = lab.device("xiaomi").ipv4
+    conntrack = lab.gw_exec(["conntrack", "-L", "-s", phone]).stdout
+    log = daemon.output()[-3000:]
+    return f"events: {events}\ncounters:\n{counters}\nconntrack:\n{conntrack}\nlog:\n{log}"
 
 
 def _wait_alert(daemon: Daemon, wall: float, timeout: float) -> None:
@@ -361,8 +385,10 @@ def test_memory_bound_sheds_flows_and_keeps_alerting(flood_lab: Lab, tmp_path: P
             d.pump(0.1)
         alert_s = leak_raises_alert(d, lab)
         memory = d.snapshot()["stats"]["memory"]
-        print(f"\nmemory bound {limit_mb} MB: peak RSS {peak / 1024:.1f} MB, {memory}, "
-              f"alert after {alert_s:.2f} s")
+        print(
+            f"\nmemory bound {limit_mb} MB: peak RSS {peak / 1024:.1f} MB, {memory}, "
+            f"alert after {alert_s:.2f} s"
+        )
         assert memory["sheds"] >= 1 and memory["flows_shed"] > 0, memory
         assert memory["flow_cap"] < 200_000
         assert peak < limit_mb * 1024, peak
