@@ -36,14 +36,14 @@ from typing import Any
 
 from sensor import __version__
 from sensor.config import Config, ConfigError, check_files, load_config
-from sensor.files import write_atomically
+from sensor.files import errno_name, write_atomically
 from sensor.flows import FlowEntry
 from sensor.metrics import Exporter, MetricsError
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
 from sensor.report import device_record, flow_record
 from sensor.service import Notifier
-from sensor.sinks import EventLog, LogLimiter, Sink, errno_name, make_sinks
+from sensor.sinks import EventLog, LogLimiter, Sink, make_sinks
 from sensor.stages import Stages
 from sensor.stages import build as build_stages
 

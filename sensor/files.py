@@ -8,6 +8,11 @@ import os
 from pathlib import Path
 
 
+def errno_name(exc: OSError) -> str:
+    """The errno's name ("ENOSPC", "EROFS", ...): how write failures are counted."""
+    return errno.errorcode.get(exc.errno or 0, "error")
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o600, *, unique: bool = False) -> None:
     """Replace `path` by `data` so that it is, at every moment and after any crash, either
     the old file or the new one, whole: written to a temporary file beside it (created

@@ -1095,6 +1095,14 @@ class Exporter:
                 fam.add_metric(
                     ["events.jsonl", safe_label(reason)], carry.value(("eventlog", reason), n)
                 )
+        detector = getattr(getattr(self.sensor, "stages", None), "detector", None)
+        if detector is not None:
+            learned = getattr(detector, "write_errors", None) or {}
+            carry = self._carry_for("learned", detector)
+            for reason, n in sorted(_fold_keys(dict(_copy_items(learned))).items()):
+                fam.add_metric(
+                    ["learned.json", safe_label(reason)], carry.value(("learned", reason), n)
+                )
         own = getattr(self.sensor, "write_errors", None)
         if own:
             for (name, reason), n in sorted(_copy_items(own))[:MAX_REASONS]:

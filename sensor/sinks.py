@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol, TextIO, runtime_checkable
 
+from sensor.files import errno_name
 from sensor.model import Alert
 
 log = logging.getLogger(__name__)
@@ -221,11 +222,6 @@ def destination_label(alert: Alert) -> str:
     """Who the alert is about on the far side: vendor, else server name, else address (the
     same choice the alert stage suppresses repeats by)."""
     return alert.dst.vendor or alert.dst.server_name or alert.dst.ip
-
-
-def errno_name(exc: OSError) -> str:
-    """The errno's name ("ENOSPC", "EROFS", ...): how write failures are counted."""
-    return errno.errorcode.get(exc.errno or 0, "error")
 
 
 # --- event log --------------------------------------------------------------------------------

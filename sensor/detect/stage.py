@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import secrets
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,13 +22,16 @@ from sensor.config import Config
 from sensor.detect import extract
 from sensor.detect.identifiers import Finding, KnownIdentifiers, Location, Scanner
 from sensor.enrich.stage import Enricher
-from sensor.files import write_atomically
+from sensor.files import errno_name, write_atomically
 from sensor.model import Destination, Device, DeviceRef, Flow, HttpRequest, Observation
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 MAX_ACCOUNTED_FLOWS = 262144
+LEARNED_SAVE_INTERVAL = 10.0
+"""Seconds between saves of learned.json while new identifiers are learned: a crash or a
+power cut loses at most this much learning."""
 
 
 def load_or_create_key(path: Path) -> tuple[bytes, bool]:
@@ -100,6 +104,12 @@ class Detector:
         self.findings = 0
         self.learned = 0
         self.scanned_bytes = 0
+        self._unsaved = False
+        """Identifiers learned since learned.json was last written."""
+        self._next_save = 0.0
+        self.write_errors: Counter[str] = Counter()
+        """Failed writes of learned.json by errno name (phonehome_state_write_errors_total)."""
+        self._failing = False
 
     # --- outbound plaintext -------------------------------------------------------------------
 
@@ -158,6 +168,7 @@ class Detector:
         if self.scanner.learn(f, raw, owner=device.mac if device else None):
             self.learned += 1
             self.learned_on_disk.add((f.kind, f.keyed_hash))
+            self._unsaved = self.learned_path is not None
 
     def _destination(self, flow: Flow, dns_name: str | None) -> Destination:
         if dns_name is not None:
@@ -206,10 +217,37 @@ class Detector:
 
     def tick(self, now: float) -> None:
         self.alerts.tick(now)
+        if self._unsaved:
+            mono = time.monotonic()  # `now` is packet time in `analyze`
+            if mono >= self._next_save:
+                self._next_save = mono + LEARNED_SAVE_INTERVAL
+                self._save_learned()
 
     def close(self) -> None:
-        if self.learned_path is not None and self.learned_on_disk:
+        if self._unsaved:
+            self._save_learned()
+
+    def _save_learned(self) -> None:
+        """learned.json now; a failure is counted by errno name and logged when the file
+        starts failing, the set stays marked unsaved for the next try."""
+        assert self.learned_path is not None
+        try:
             _write_learned(self.learned_path, self.learned_on_disk)
+        except OSError as exc:
+            if not self._failing:
+                log.warning(
+                    "cannot save learned identifiers to %s: %s; retrying every %.0f s",
+                    self.learned_path,
+                    exc,
+                    LEARNED_SAVE_INTERVAL,
+                )
+            self.write_errors[errno_name(exc)] += 1
+            self._failing = True
+            return
+        if self._failing:
+            log.info("%s written again", self.learned_path)
+        self._failing = False
+        self._unsaved = False
 
     def stats(self) -> dict[str, object]:
         return {
@@ -217,6 +255,7 @@ class Detector:
             "learned": self.learned,
             "learned_on_disk": len(self.learned_on_disk),
             "scanned_bytes": self.scanned_bytes,
+            "write_errors": dict(self.write_errors),
         }
 
 
@@ -234,7 +273,4 @@ def _read_learned(path: Path) -> set[tuple[str, str]]:
 def _write_learned(path: Path, learned: set[tuple[str, str]]) -> None:
     """Keyed hashes only (never values), atomically, mode 0600."""
     rows = [{"kind": k, "keyed_hash": h} for k, h in sorted(learned)]
-    try:
-        write_atomically(path, json.dumps(rows).encode())
-    except OSError as exc:
-        log.warning("cannot save learned identifiers to %s: %s", path, exc)
+    write_atomically(path, json.dumps(rows).encode())
