@@ -214,6 +214,7 @@ class Daemon:
                 snaplen=d.snaplen,
                 host_rate=d.host_sample_rate,
                 host_burst=d.host_sample_burst,
+                lan_prefixes=self.cfg.site.lan_networks,
             )
             self.source = livecapture.NflogSource(d.nflog_group, budget_table=livecapture.NFT_TABLE)
         else:

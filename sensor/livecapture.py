@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import ipaddress
 import mmap
 import os
 import re
@@ -173,6 +174,7 @@ def nft_rules(
     host_rate: int = DEFAULT_HOST_RATE,
     host_burst: int = DEFAULT_HOST_BURST,
     hosts: int = DEFAULT_HOSTS,
+    lan_prefixes: Sequence[str] = (),
 ) -> str:
     """An nftables table (`table inet phonehome`) sending to NFLOG `group` what can name things.
 
@@ -217,6 +219,13 @@ def nft_rules(
     their budgets and new ones are not sampled (counted likewise) until addresses lapse, 10 s
     after their last sampled packet. Nothing is ever dropped: these chains only choose what
     to log.
+
+    Strangers: with `lan_prefixes` (site.lan_networks) given, a LAN-side address outside them
+    (a spoofed source, DHCP's 0.0.0.0, a subnet the configuration does not list) gets no set
+    element of its own; all such addresses share one budget of the same size. A flood of
+    random spoofed sources, the cheap way to fill the sets, then costs the real hosts
+    nothing. (Spoofing inside the LAN prefixes still can: 65,536 addresses fit in an IPv6
+    /64, not in a /24. For IPv6, link-local fe80::/10 counts as LAN.)
     """
     if not 0 <= group <= 0xFFFF:
         raise ValueError(f"nflog group {group}: must be 0-65535")
@@ -233,6 +242,15 @@ def nft_rules(
     for name in lan_ifaces:
         if not _IFNAME_RE.match(name):
             raise ValueError(f"interface name {name!r}: not a valid interface name")
+    nets: dict[int, list[str]] = {4: [], 6: []}
+    for prefix in lan_prefixes:
+        try:
+            net = ipaddress.ip_network(prefix, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"LAN prefix {prefix!r}: {exc}") from None
+        nets[net.version].append(str(net))
+    if nets[6]:
+        nets[6].append("fe80::/10")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", table):
         raise ValueError(f"table name {table!r}: letters, digits, underscore")
     lan = "{ " + ", ".join(f'"{name}"' for name in lan_ifaces) + " }"
@@ -249,8 +267,16 @@ def nft_rules(
         meta l4proto {{ tcp, udp }} ct direction reply ct reply packets 1-{n} goto {budget}
         tcp flags & (fin | rst) != 0 goto {budget}"""
 
+    def strangers(side: str) -> str:
+        return "".join(
+            f"        {family} {side} != {{ {', '.join(nets[v])} }} goto budget_strangers\n"
+            for v, family in ((4, "ip"), (6, "ip6"))
+            if nets[v]
+        )
+
     def budget(side: str) -> str:
         return f"""\
+{strangers(side)}\
         update @hosts4 {{ ip {side} {limit} }} {over}
         update @hosts6 {{ ip6 {side} {limit} }} {over}
         ip {side} != @hosts4 {over}
@@ -285,6 +311,10 @@ table inet {table} {{
     }}
     chain budget_daddr {{
 {budget("daddr")}
+    }}
+    chain budget_strangers {{
+        {limit} {over}
+        {log}
     }}
     chain input {{
         type filter hook input priority filter + 10; policy accept;
@@ -324,6 +354,8 @@ def install_rules(
     nft: str = "nft",
     host_rate: int = DEFAULT_HOST_RATE,
     host_burst: int = DEFAULT_HOST_BURST,
+    hosts: int = DEFAULT_HOSTS,
+    lan_prefixes: Sequence[str] = (),
 ) -> None:
     """Load `nft_rules` (replacing an older version of the table in the same transaction) and
     switch conntrack accounting on. `netns` runs it in a named namespace (`ip netns exec`)."""
@@ -335,6 +367,8 @@ def install_rules(
         table=table,
         host_rate=host_rate,
         host_burst=host_burst,
+        hosts=hosts,
+        lan_prefixes=lan_prefixes,
     )
     # Declaring then deleting the table makes the load an atomic replace, also the first time.
     script = f"table inet {table}\ndelete table inet {table}\n{rules}"

@@ -402,9 +402,15 @@ def test_nft_rules_sample_first_packets_and_every_name_packet() -> None:
     assert "ct direction reply ct reply packets 1-8 goto budget_daddr" in text
     assert "th dport 53 goto budget_saddr" in text and "udp dport { 53, 67, 547 }" in text
     # Every packet chosen is charged to its LAN host's budget before it is logged.
-    assert text.count("log group 5 snaplen 2048 accept") == 2
+    assert text.count("log group 5 snaplen 2048 accept") == 3  # hosts, both ways; strangers
     assert "update @hosts4 { ip saddr limit rate over 300/second" in text
     assert "update @hosts6 { ip6 daddr limit rate over 300/second" in text
+    assert "goto budget_strangers" not in text  # no prefixes: every address is a host
+    lan = nft_rules(5, ["br-lan"], lan_prefixes=["192.168.77.9/24", "fd00:77::/64"])
+    assert "ip saddr != { 192.168.77.0/24 } goto budget_strangers" in lan
+    assert "ip6 daddr != { fd00:77::/64, fe80::/10 } goto budget_strangers" in lan
+    v4only = nft_rules(5, ["br-lan"], lan_prefixes=["10.1.0.0/16"])
+    assert "ip6 saddr !=" not in v4only.replace("!= @hosts6", "")
     bad: list[dict[str, Any]] = [
         {"group": 70000},
         {"lan_ifaces": []},
@@ -413,6 +419,8 @@ def test_nft_rules_sample_first_packets_and_every_name_packet() -> None:
         {"snaplen": 10},
         {"host_rate": 0},
         {"hosts": 1},
+        {"lan_prefixes": ["192.168.77.0/33"]},
+        {"lan_prefixes": ["lan"]},
     ]
     for kw in bad:
         args: dict[str, Any] = {"group": 5, "lan_ifaces": ["br-lan"], **kw}
@@ -888,6 +896,76 @@ def test_nflog_pending_names_what_the_socket_no_longer_signals(lab: Any) -> None
         src.close()
     assert src.pending() == 0
     assert len(got) == stats["received"] == stats["delivered"] >= 200 - stats["drops"]
+
+
+SPOOF = r"""
+import random, socket, struct, sys
+count, dst = int(sys.argv[1]), socket.inet_aton(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+rnd = random.Random(7)
+for i in range(count):
+    src = bytes([192, 0, 2, rnd.randrange(1, 255)])  # TEST-NET-1: nobody on this LAN
+    udp = struct.pack("!HHHH", rnd.randrange(1024, 65536), 9, 12, 0) + b"spoof"[:4]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0, src, dst)
+    try:
+        s.sendto(ip + udp, (sys.argv[2], 0))
+    except OSError:
+        pass
+"""
+
+
+def _sources_in(packets: Sequence[Packet], prefix: bytes) -> int:
+    """Packets whose IPv4 source starts with `prefix`."""
+    from sensor.decode.ip import parse_ip
+    from sensor.model import Weird
+
+    n = 0
+    for _ts, lt, frame in packets:
+        link = parse_link(lt, frame)
+        if isinstance(link, Weird):
+            continue
+        ip = parse_ip(frame, link.offset, link.ethertype)
+        n += not isinstance(ip, Weird) and ip.src.startswith(prefix)
+    return n
+
+
+@needs_root
+@pytest.mark.parametrize("prefixes", [False, True], ids=["any-source", "lan-prefixes"])
+def test_spoofed_sources_cannot_fill_the_host_sets(lab: Any, prefixes: bool) -> None:
+    """A LAN host spoofing many source addresses fills the per-host sets (here 64 addresses):
+    a host new to them, the phone, is then not sampled at all. With site.lan_networks given
+    to the rules, spoofed addresses outside them share one stranger budget and never enter
+    the sets, and the phone's DNS and POST are logged whole."""
+    laptop, phone = lab.devices["laptop"], lab.devices["xiaomi"]
+    lan = ["192.168.77.0/24", "fd00:77::/64"] if prefixes else []
+    install_rules(GROUP, [lab.lan_bridge], netns=lab.gw_ns, hosts=64, lan_prefixes=lan)
+    try:
+        with in_netns(lab.gw_ns):
+            src = NflogSource(GROUP, rcvbuf=16 << 20, budget_table=NFT_TABLE)
+        try:
+            proc = lab.exec(laptop, [lab.python, "-c", SPOOF, "3000", "203.0.113.10"], timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            assert lab.dns_query(phone, TLS_NAME).rcode == 0
+            assert lab.http_post(phone, HTTP_NAME, 2000).status == 200
+            time.sleep(0.3)
+            got: list[Packet] = []
+            while batch := src.read(4096):
+                got += batch
+        finally:
+            src.close()
+        listed = lab.gw_exec(["nft", "list", "set", "inet", NFT_TABLE, "hosts4"]).stdout
+        spoofed = _sources_in(got, bytes([192, 0, 2]))
+    finally:
+        install_rules(GROUP, [lab.lan_bridge], netns=lab.gw_ns, **UNLIMITED)
+    mine = seen(got, socket.inet_aton(phone.ipv4))
+    posts = [s for s in mine if s.proto == 6]
+    if not prefixes:  # the attack works: the sets are full, the phone is blind
+        assert "192.0.2." in listed and not posts, (listed, len(mine))
+        return
+    assert "192.0.2." not in listed  # strangers never get an element
+    assert spoofed > 0  # they are still sampled, within their shared budget
+    assert any(s.proto == 17 and s.up for s in mine)  # the phone's query
+    assert sum(1 for s in posts if s.up) >= 3 and any(not s.up for s in posts)
 
 
 def _flood(lab: Any, dev: Any, host: str, port: int, count: int, size: int = 32) -> None:
