@@ -56,6 +56,9 @@ MAX_READ = 512
 DUMP_SLICE = 1000
 """Conntrack entries accounted per loop turn while a dump is under way: a big table (a flood
 of established connections) is taken in slices between packet batches, never in one go."""
+RULES_CHECK = 2.0
+"""Seconds between checks that our nftables table is still there (one netlink request): a
+firewall reload that flushes the ruleset would otherwise leave NFLOG silent for good."""
 MEMORY_CHECK = 0.2
 """Seconds between looks at our resident memory (one read of /proc/self/statm)."""
 MEMORY_HIGH = 0.85
@@ -121,6 +124,10 @@ class Daemon:
         self._next_snapshot = 0.0
         self._next_status = 0.0
         self._next_memory = 0.0
+        self._next_rules = 0.0
+        self.rules_restored: Counter[str] = Counter()
+        """Reinstalls of the nftables rules after they vanished, by result ("ok", "failed")."""
+        self.rules_missing = False
         self._rss_at_shed = 0
         self.memory = {"rss_bytes": 0, "sheds": 0, "flows_shed": 0}
         self.write_errors: Counter[tuple[str, str]] = Counter()
@@ -207,21 +214,56 @@ class Daemon:
         d = self.cfg.daemon
         if self.capture_mode == "nflog":
             self.rules_installed = True  # removing an absent table is harmless
-            livecapture.install_rules(
-                d.nflog_group,
-                self.interfaces,
-                first_packets=d.first_packets,
-                snaplen=d.snaplen,
-                host_rate=d.host_sample_rate,
-                host_burst=d.host_sample_burst,
-                lan_prefixes=self.cfg.site.lan_networks,
-            )
+            self._install_rules()
             self.source = livecapture.NflogSource(d.nflog_group, budget_table=livecapture.NFT_TABLE)
         else:
             self.source = livecapture.PacketSocketSource(
                 self.interfaces, wide=self.accounting == "capture"
             )
         self.sel.register(self.source, selectors.EVENT_READ, self._on_packets)
+
+    def _install_rules(self) -> None:
+        from sensor import livecapture
+
+        d = self.cfg.daemon
+        livecapture.install_rules(
+            d.nflog_group,
+            self.interfaces,
+            first_packets=d.first_packets,
+            snaplen=d.snaplen,
+            host_rate=d.host_sample_rate,
+            host_burst=d.host_sample_burst,
+            lan_prefixes=self.cfg.site.lan_networks,
+        )
+
+    def _check_rules(self) -> None:
+        """Puts our nftables table back when it has vanished (a firewall reload that flushes
+        the whole ruleset): until then no packet reaches NFLOG and the sensor is blind. `nft`
+        runs with CAP_NET_ADMIN, ambient under systemd and after `privileges.drop_to`."""
+        from sensor import livecapture
+
+        if not self.source.rules_missing():
+            if self.rules_missing:
+                self.rules_missing = False
+                self._next_status = 0.0
+            return
+        if not self.rules_missing:
+            log.warning(
+                "the nftables table inet %s is gone (a firewall reload flushed the ruleset?): "
+                "no packets are sampled; installing it again",
+                livecapture.NFT_TABLE,
+            )
+        self.rules_missing = True
+        self._next_status = 0.0
+        try:
+            self._install_rules()
+        except livecapture.LiveCaptureError as exc:
+            self.rules_restored["failed"] += 1
+            self._write_limiter.warning("rules", "cannot install the nftables rules: %s", exc)
+            return
+        self.rules_restored["ok"] += 1
+        self.rules_missing = False
+        log.info("nftables table inet %s installed again", livecapture.NFT_TABLE)
 
     def _sinks(self, cfg: Config) -> list[Sink]:
         sinks = make_sinks(
@@ -340,6 +382,9 @@ class Daemon:
         if now >= self._next_memory:
             self._next_memory = now + MEMORY_CHECK
             self._check_memory()
+        if self.capture_mode == "nflog" and now >= self._next_rules:
+            self._next_rules = now + RULES_CHECK
+            self._check_rules()
         if now >= self._next_snapshot:
             self._next_snapshot = now + self.cfg.daemon.snapshot_interval
             self.write_snapshot(now)
@@ -535,6 +580,8 @@ class Daemon:
             trouble["eventlog"] = f"{eventlog.path}: {eventlog.failing}"
         if trouble:
             line += "; cannot write " + ", ".join(trouble.values())
+        if self.rules_missing:
+            line += "; nftables rules missing, nothing sampled"
         return line
 
     def _event_log(self) -> EventLog | None:

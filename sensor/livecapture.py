@@ -550,6 +550,8 @@ class NftCounter:
 
     def __init__(self, table: str, name: str) -> None:
         self.table, self.name = table, name
+        self.missing = False
+        """The last answer was ENOENT: no such table (or counter) in this namespace."""
         self._seq = 0
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         self._sock.bind((0, 0))
@@ -569,8 +571,14 @@ class NftCounter:
                 length, mtype, _flags, seq, _pid = _NLH.unpack_from(data, 0)
                 if seq != self._seq:
                     continue  # a late answer to an earlier, timed-out question
-                if mtype != _NFT_MSG_NEWOBJ:
-                    return None  # NLMSG_ERROR: no such table or counter
+                if mtype != _NFT_MSG_NEWOBJ:  # NLMSG_ERROR: no such table or counter
+                    self.missing = (
+                        mtype == NLMSG_ERROR
+                        and length >= 20
+                        and -_ERRNO.unpack_from(data, 16)[0] == errno.ENOENT
+                    )
+                    return None
+                self.missing = False
                 return self._parse(data[16 + 4 : length])
         except (OSError, struct.error, ValueError):
             return None
@@ -648,7 +656,12 @@ class NflogSource:
             self._proc_fd = os.open(proc_path, os.O_RDONLY | os.O_CLOEXEC)
         self._budget: NftCounter | None = None
         """The rules' `over_budget` counter (see `nft_rules`), when `budget_table` is given."""
-        self._over_budget: tuple[float, int | None] = (0.0, None)
+        self._budget_read_at = 0.0
+        self._over_total: int | None = None
+        self._budget_raw = 0
+        """The kernel counter's last reading; it starts again at 0 when the rules are
+        reinstalled, and `_over_total` adds what it had counted before."""
+        self._budget_base = 0
         if budget_table is not None:
             with contextlib.suppress(OSError):
                 self._budget = NftCounter(budget_table, OVER_BUDGET_COUNTER)
@@ -767,13 +780,36 @@ class NflogSource:
         (read from the kernel at most once a second)."""
         if self._budget is None:
             return None
-        at, value = self._over_budget
         now = time.monotonic()
-        if now - at >= 1.0:
-            fresh = self._budget.packets()
-            value = fresh if fresh is not None else value
-            self._over_budget = (now, value)
-        return value
+        if now - self._budget_read_at >= 1.0:
+            self._budget_read_at = now
+            self._read_budget()
+        return self._over_total
+
+    def _read_budget(self) -> bool | None:
+        """Reads the counter: True when read, False when its table is gone, None when
+        unknown (no counter, or another error)."""
+        if self._budget is None:
+            return None
+        fresh = self._budget.packets()
+        if fresh is None:
+            if not self._budget.missing:
+                return None
+            # Gone: whatever counter comes next starts from 0.
+            self._budget_base += self._budget_raw
+            self._budget_raw = 0
+            return False
+        if fresh < self._budget_raw:  # made anew between two readings: carry the old count
+            self._budget_base += self._budget_raw
+        self._budget_raw = fresh
+        self._over_total = self._budget_base + fresh
+        return True
+
+    def rules_missing(self) -> bool:
+        """Whether the rules' table (`budget_table`) is gone from the kernel: someone flushed
+        the ruleset (`nft -f` of a firewall file that starts with `flush ruleset`, as a restart
+        of nftables.service does). Nothing reaches NFLOG until it is installed again."""
+        return self._read_budget() is False
 
     def close(self) -> None:
         if self._sock.fileno() < 0:

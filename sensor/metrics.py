@@ -1007,6 +1007,23 @@ class Exporter:
             if "kernel_queue" in st:
                 queue.add_metric([iface], float(st["kernel_queue"]))
         yield from (recv, deliv, drop, errs, queue)
+        restored = getattr(self.sensor, "rules_restored", None)
+        if getattr(self.sensor, "capture_mode", None) == "nflog" and restored is not None:
+            fam = CounterMetricFamily(
+                "phonehome_capture_rules_restored",
+                "Times the sensor found its nftables table gone (a firewall reload flushed the "
+                "ruleset) and installed it again, by result (failed: the sensor samples nothing)",
+                labels=["result"],
+            )
+            for result in ("ok", "failed"):
+                fam.add_metric([result], float(restored.get(result, 0)))
+            yield fam
+            missing = GaugeMetricFamily(
+                "phonehome_capture_rules_missing",
+                "1 while the sensor's nftables table is gone and nothing reaches it",
+            )
+            missing.add_metric([], 1.0 if getattr(self.sensor, "rules_missing", False) else 0.0)
+            yield missing
 
     def _collect_conntrack(self) -> Families:
         mon = getattr(self.sensor, "conntrack", None)

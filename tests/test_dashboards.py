@@ -179,6 +179,7 @@ def test_names_in_dashboard_and_rules_exist(tmp_path: Path) -> None:
         w.feed(sample_capture(tmp_path / "home.pcap"))
         w.feed(icmp_capture(tmp_path / "icmp.pcap", 1_700_000_001.0))
         w.write_errors = {("flows.json", "ENOSPC"): 1}  # served only once a write has failed
+        w.capture_mode, w.rules_restored = "nflog", {}  # served for the NFLOG capture only
         served = set(re.findall(r"^(\w+)", w.exporter.render().decode(), re.M))
     finally:
         w.close()

@@ -914,6 +914,40 @@ for i in range(count):
 """
 
 
+@needs_root
+def test_a_flushed_table_is_noticed_and_the_budget_count_never_goes_back(lab: Any) -> None:
+    """`rules_missing` tells a vanished table (ENOENT) from a present one, and after the
+    table is made anew (its counter back at 0) `over_budget` carries what it had counted."""
+    laptop = lab.devices["laptop"]
+    tiny = {"host_rate": 10, "host_burst": 10}
+    install_rules(GROUP, [lab.lan_bridge], netns=lab.gw_ns, **tiny)
+    try:
+        with in_netns(lab.gw_ns):
+            src = NflogSource(GROUP, rcvbuf=16 << 20, budget_table=NFT_TABLE)
+        try:
+            assert not src.rules_missing()
+            _flood(lab, laptop, "203.0.113.10", 53, 200)
+            time.sleep(1.1)  # the counter is read at most once a second
+            before = src.over_budget()
+            assert before is not None and before >= 150
+            lab.gw_exec(["nft", "delete", "table", "inet", NFT_TABLE], check=True)
+            assert src.rules_missing()
+            time.sleep(1.1)
+            assert src.over_budget() == before  # unknown now: the last value stays
+            install_rules(GROUP, [lab.lan_bridge], netns=lab.gw_ns, **tiny)
+            assert not src.rules_missing()
+            _flood(lab, laptop, "203.0.113.10", 53, 100)
+            time.sleep(1.1)
+            after = src.over_budget()
+            while src.read(4096):
+                pass
+        finally:
+            src.close()
+    finally:
+        install_rules(GROUP, [lab.lan_bridge], netns=lab.gw_ns, **UNLIMITED)
+    assert after is not None and after >= before + 50, (before, after)
+
+
 def _sources_in(packets: Sequence[Packet], prefix: bytes) -> int:
     """Packets whose IPv4 source starts with `prefix`."""
     from sensor.decode.ip import parse_ip
