@@ -1077,20 +1077,24 @@ LEAK_BODY = (
 """What the 2014 Redmi sent in clear (made-up values, see sensor.synth)."""
 
 
+def post_leak(lab: Lab, device: str = "xiaomi") -> PostResult:
+    """The 2014 Redmi's registration POST (`LEAK_BODY`: IMEI, number, contacts in clear) to
+    api.account.xiaomi.com, from `device`."""
+    return lab.http_post(
+        device,
+        "api.account.xiaomi.com",
+        path="/pass/v2/register",
+        user_agent=REDMI_UA,
+        body=LEAK_BODY,
+    )
+
+
 def play_demo_traffic(lab: Lab) -> list[PostResult]:
     """A short, bounded conversation per default device (about 1.5 MB in all)."""
     results = []
     devs = lab.devices
     if "xiaomi" in devs:
-        results.append(
-            lab.http_post(
-                "xiaomi",
-                "api.account.xiaomi.com",
-                path="/pass/v2/register",
-                user_agent=REDMI_UA,
-                body=LEAK_BODY,
-            )
-        )
+        results.append(post_leak(lab))
         results.append(lab.tls_upload("xiaomi", "tracking.intl.miui.com", 200_000))
         results.append(lab.tls_upload("xiaomi", "data.mistat.xiaomi.com", 20_000, family=6))
         if lab.quic:

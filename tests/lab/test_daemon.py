@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from sensor.lab import LEAK_BODY, Lab, sensor_config
-from sensor.synth import DEMO_IMEI, REDMI_UA
+from sensor.lab import LEAK_BODY, Lab, post_leak, sensor_config
+from sensor.synth import DEMO_IMEI
 
 
 class Daemon:
@@ -135,13 +135,7 @@ def test_ready_status_and_watchdog(daemon: Daemon) -> None:
 def test_leak_to_cn_raises_identifier_abroad_within_2s(daemon: Daemon, lab: Lab) -> None:
     before = len(daemon.events())
     t0 = time.monotonic()
-    r = lab.http_post(
-        "xiaomi",
-        "api.account.xiaomi.com",
-        path="/pass/v2/register",
-        user_agent=REDMI_UA,
-        body=LEAK_BODY,
-    )
+    r = post_leak(lab)
     assert r.status == 200
     alerts = daemon.wait_for(
         "identifier_abroad",

@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from sensor.lab import GW_LAN4, GW_MAC, LEAK_BODY, Lab
-from sensor.synth import REDMI_UA
+from sensor.lab import GW_LAN4, GW_MAC, Lab, post_leak
 from tests.lab.test_daemon import Daemon
 
 RSS_LIMIT_KB = 256 * 1024
@@ -227,13 +226,7 @@ SUPPRESS = 1.0
 def leak_raises_alert(daemon: Daemon, lab: Lab, timeout: float = ALERT_TIMEOUT) -> float:
     """Seconds from the leaking POST until its identifier_abroad event."""
     t0, wall = time.monotonic(), time.time()
-    r = lab.http_post(
-        "xiaomi",
-        "api.account.xiaomi.com",
-        path="/pass/v2/register",
-        user_agent=REDMI_UA,
-        body=LEAK_BODY,
-    )
+    r = post_leak(lab)
     assert r.status == 200
     try:
         _wait_alert(daemon, wall, timeout)

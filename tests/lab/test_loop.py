@@ -11,8 +11,7 @@ import pytest
 
 from sensor import daemon as daemon_mod
 from sensor.config import load_config
-from sensor.lab import LEAK_BODY, Lab, sensor_config
-from sensor.synth import REDMI_UA
+from sensor.lab import Lab, post_leak, sensor_config
 from tests.test_livecapture import in_netns
 
 QUIET = "[metrics]\nenabled = false\n[journal]\nenabled = false\n"
@@ -48,13 +47,7 @@ def test_loop_holds_back_no_packet_on_a_quiet_network(
     SYN flood: seven packets of the POST waited, and the alert never came)."""
     d = loop_daemon
     monkeypatch.setattr(daemon_mod, "MAX_READ", 2)  # every batch overflows a turn
-    r = lab.http_post(
-        "xiaomi",
-        "api.account.xiaomi.com",
-        path="/pass/v2/register",
-        user_agent=REDMI_UA,
-        body=LEAK_BODY,
-    )
+    r = post_leak(lab)
     assert r.status == 200
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and _alerts(d).get("identifier_abroad", 0) < 2:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.lab import LEAK_BODY, Lab
-from sensor.synth import REDMI_UA
+from sensor.lab import Lab, post_leak
 from tests.lab.test_daemon import Daemon
 from tests.lab.test_floods import ALERTS, leak_raises_alert
 
@@ -114,13 +113,7 @@ def test_good_config_then_takes_effect(daemon: Daemon, good: str, reload_lab: La
         _sighup(daemon, good.replace(GOOD_HOME, CN_HOME), "reloaded")
         time.sleep(1.1)
         before = len(daemon.events())
-        r = reload_lab.http_post(
-            "xiaomi",
-            "api.account.xiaomi.com",
-            path="/pass/v2/register",
-            user_agent=REDMI_UA,
-            body=LEAK_BODY,
-        )
+        r = post_leak(reload_lab)
         assert r.status == 200
         (alert, *_) = daemon.wait_for(
             "identifier_cleartext: the same leak, now at home",
