@@ -239,7 +239,9 @@ class Daemon:
     def _check_rules(self) -> None:
         """Puts our nftables table back when it has vanished (a firewall reload that flushes
         the whole ruleset): until then no packet reaches NFLOG and the sensor is blind. `nft`
-        runs with CAP_NET_ADMIN, ambient under systemd and after `privileges.drop_to`."""
+        needs CAP_NET_ADMIN: ambient under the systemd unit. After a drop to the service user
+        by hand (`privileges.drop_to`, nothing ambient) it fails: counted as "failed", logged,
+        and `rules_missing` stays set (STATUS, phonehome_capture_rules_missing)."""
         from sensor import livecapture
 
         if not self.source.rules_missing():
