@@ -24,6 +24,7 @@ import heapq
 import itertools
 import json
 import logging
+import operator
 import os
 import selectors
 import signal
@@ -37,7 +38,6 @@ from typing import Any
 from sensor import __version__
 from sensor.config import Config, ConfigError, check_files, load_config
 from sensor.files import errno_name, write_atomically
-from sensor.flows import FlowEntry
 from sensor.metrics import Exporter, MetricsError
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
@@ -137,7 +137,6 @@ class Daemon:
         """file -> why its last write failed, while it keeps failing (the STATUS line)."""
         self._write_limiter = LogLimiter(log)
         self.conntrack_updates = 0
-        self.loop_iterations = 0
 
     # --- start --------------------------------------------------------------------------------
 
@@ -244,28 +243,26 @@ class Daemon:
         and `rules_missing` stays set (STATUS, phonehome_capture_rules_missing)."""
         from sensor import livecapture
 
-        if not self.source.rules_missing():
-            if self.rules_missing:
-                self.rules_missing = False
-                self._next_status = 0.0
-            return
-        if not self.rules_missing:
-            log.warning(
-                "the nftables table inet %s is gone (a firewall reload flushed the ruleset?): "
-                "no packets are sampled; installing it again",
-                livecapture.NFT_TABLE,
-            )
-        self.rules_missing = True
-        self._next_status = 0.0
-        try:
-            self._install_rules()
-        except livecapture.LiveCaptureError as exc:
-            self.rules_restored["failed"] += 1
-            self._write_limiter.warning("rules", "cannot install the nftables rules: %s", exc)
-            return
-        self.rules_restored["ok"] += 1
-        self.rules_missing = False
-        log.info("nftables table inet %s installed again", livecapture.NFT_TABLE)
+        missing = self.source.rules_missing()
+        if missing:
+            if not self.rules_missing:
+                log.warning(
+                    "the nftables table inet %s is gone (a firewall reload flushed the "
+                    "ruleset?): no packets are sampled; installing it again",
+                    livecapture.NFT_TABLE,
+                )
+            try:
+                self._install_rules()
+            except livecapture.LiveCaptureError as exc:
+                self.rules_restored["failed"] += 1
+                self._write_limiter.warning("rules", "cannot install the nftables rules: %s", exc)
+            else:
+                self.rules_restored["ok"] += 1
+                missing = False
+                log.info("nftables table inet %s installed again", livecapture.NFT_TABLE)
+        if missing != self.rules_missing:
+            self.rules_missing = missing
+            self._next_status = 0.0  # say so now, not at the next periodic STATUS
 
     def _sinks(self, cfg: Config) -> list[Sink]:
         sinks = make_sinks(
@@ -282,7 +279,6 @@ class Daemon:
         Path(self.cfg.paths.state_dir).mkdir(parents=True, exist_ok=True)
         self.stages = build_stages(self.cfg, self.output, self._sinks(self.cfg))
         self.pipeline = Pipeline(self.cfg, self.stages, self.stages)
-        self.pipeline.live_accounting = self.accounting == "conntrack"
         self.stages.devices = self.pipeline.devices
         if self.stages.detector is not None:
             self.metrics.tap(self.stages.detector.alerts)
@@ -351,7 +347,6 @@ class Daemon:
         return 0
 
     def loop_once(self, timeout: float) -> None:
-        self.loop_iterations += 1
         held = self.source is not None and self.source.pending() > 0
         if self._dump_iter is not None or held:
             # A dump is under way (its next slice comes right after the events), or the
@@ -571,7 +566,7 @@ class Daemon:
         if p is None:
             return "starting"
         src = self.source.stats() if self.source is not None else {}
-        drops = src.get("kernel_drops", src.get("drops", 0))
+        drops = src.get("drops", 0)
         line = (
             f"{len(p.flows)} flows, {len(p.devices)} devices, {p.packets_read} packets decoded, "
             f"{drops} kernel drops, {self.conntrack_updates} conntrack updates"
@@ -595,14 +590,14 @@ class Daemon:
         p = self.pipeline
         # The most recently active flows only: under a flood the table holds hundreds of
         # thousands, and records (with their enrichment) are built for the few written.
-        recent = heapq.nlargest(MAX_SNAPSHOT_FLOWS, list(p.flows.entries.values()), key=_last_seen)
+        recent = heapq.nlargest(MAX_SNAPSHOT_FLOWS, p.flows.entries.values(), key=_last_seen)
         live = [flow_record(e.sync()) for e in recent]
         for rec in live:
             rec.update(_destination_fields(self.stages, rec))
         stats: dict[str, Any] = dict(p.stats())
         stats["source"] = self.source.stats() if self.source is not None else {}
         if self.conntrack is not None:
-            stats["conntrack"] = getattr(self.conntrack, "stats", dict)()
+            stats["conntrack"] = self.conntrack.stats()
             stats["conntrack_dumps"] = dict(self.dump_stats)
         stats["memory"] = dict(self.memory, flow_cap=p.flows.cap)
         if self.stages.detector is not None:
@@ -671,8 +666,7 @@ def _rss_bytes() -> int:
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _last_seen(e: FlowEntry) -> float:
-    return max(e.up.last, e.down.last)
+_last_seen = operator.attrgetter("last_seen")
 
 
 def _destination_fields(stages: Stages, rec: dict[str, Any]) -> dict[str, Any]:
@@ -688,7 +682,8 @@ def main(config_path: str | None) -> int:
     from sensor.service import setup_logging
 
     os.umask(0o077)  # what it writes is the service user's alone, also when started by hand
-    setup_logging(logging.INFO)
+    # `phonehome -v run` has set DEBUG already: keep it.
+    setup_logging(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
     # `kill -USR1` prints every thread's stack to stderr: a hung daemon explains itself.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:

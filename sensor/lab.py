@@ -51,7 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sensor.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, REDMI_UA
+from sensor.synth import LEAK_BODY, REDMI_UA
 
 NS_PREFIX = "phlab"
 DEFAULT_RUN_DIR = Path("/run/phonehome-lab")
@@ -1068,13 +1068,6 @@ table inet phonehome_lab {{
 # --- demo traffic ---------------------------------------------------------------------------------
 
 GALAXY_UA = "Dalvik/2.1.0 (Linux; U; Android 14; SM-S911B Build/UP1A.231005.007)"
-
-
-LEAK_BODY = (
-    f"imei={DEMO_IMEI}&phone=%2B{DEMO_PHONE[1:]}&model=Redmi+Note+8+Pro&contacts="
-    + "%2C".join(f"%2B{c[1:]}" for c in DEMO_CONTACTS)
-)
-"""What the 2014 Redmi sent in clear (made-up values, see sensor.synth)."""
 
 
 def post_leak(lab: Lab, device: str = "xiaomi") -> PostResult:

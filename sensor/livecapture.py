@@ -52,6 +52,8 @@ from sensor.capture import (
     Packet,
     pack_chunks,
 )
+from sensor.decode.dns import MDNS_PORT
+from sensor.decode.link import PACKET_HOST, PACKET_OUTGOING
 
 
 class LiveCaptureError(OSError):
@@ -108,7 +110,6 @@ NFULNL_MSG_CONFIG = (NFNL_SUBSYS_ULOG << 8) | 1
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLMSG_ERROR = 2
-NLMSG_DONE = 3
 NLA_TYPE_MASK = 0x3FFF
 
 NFULA_CFG_CMD = 1
@@ -133,8 +134,6 @@ NFULA_SEQ = 12
 NFULA_HWTYPE = 15
 
 NF_INET_LOCAL_OUT = 3
-PACKET_HOST = 0
-PACKET_OUTGOING = 4
 ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772
 ARPHRD_VOID = 0xFFFF
@@ -557,6 +556,7 @@ class NftCounter:
         self._sock.bind((0, 0))
 
     def packets(self, timeout: float = 0.5) -> int | None:
+        self.missing = False  # until this answer says otherwise
         self._seq = (self._seq + 1) & 0x7FFFFFFF
         body = struct.pack(">BBH", _NFPROTO_INET, 0, 0)
         body += _nla(_NFTA_OBJ_TABLE, self.table.encode() + b"\0")
@@ -657,6 +657,9 @@ class NflogSource:
         self._budget: NftCounter | None = None
         """The rules' `over_budget` counter (see `nft_rules`), when `budget_table` is given."""
         self._budget_read_at = 0.0
+        self._budget_lock = threading.Lock()
+        """The loop (`rules_missing`) and a scrape thread (`over_budget`) share the counter's
+        socket and the carry below."""
         self._over_total: int | None = None
         self._budget_raw = 0
         """The kernel counter's last reading; it starts again at 0 when the rules are
@@ -742,8 +745,8 @@ class NflogSource:
         if self._proc_fd is None:
             return None
         try:
-            os.lseek(self._proc_fd, 0, os.SEEK_SET)
-            text = os.read(self._proc_fd, 65536).decode("ascii", "replace")
+            # pread: the loop and a scrape thread both read it, no shared offset to move
+            text = os.pread(self._proc_fd, 65536, 0).decode("ascii", "replace")
         except OSError:
             return None
         for line in text.splitlines():
@@ -780,30 +783,31 @@ class NflogSource:
         (read from the kernel at most once a second)."""
         if self._budget is None:
             return None
-        now = time.monotonic()
-        if now - self._budget_read_at >= 1.0:
-            self._budget_read_at = now
+        if time.monotonic() - self._budget_read_at >= 1.0:
             self._read_budget()
         return self._over_total
 
     def _read_budget(self) -> bool | None:
         """Reads the counter: True when read, False when its table is gone, None when
         unknown (no counter, or another error)."""
-        if self._budget is None:
+        budget = self._budget
+        if budget is None:
             return None
-        fresh = self._budget.packets()
-        if fresh is None:
-            if not self._budget.missing:
-                return None
-            # Gone: whatever counter comes next starts from 0.
-            self._budget_base += self._budget_raw
-            self._budget_raw = 0
-            return False
-        if fresh < self._budget_raw:  # made anew between two readings: carry the old count
-            self._budget_base += self._budget_raw
-        self._budget_raw = fresh
-        self._over_total = self._budget_base + fresh
-        return True
+        with self._budget_lock:
+            self._budget_read_at = time.monotonic()
+            fresh = budget.packets()
+            if fresh is None:
+                if not budget.missing:
+                    return None
+                # Gone: whatever counter comes next starts from 0.
+                self._budget_base += self._budget_raw
+                self._budget_raw = 0
+                return False
+            if fresh < self._budget_raw:  # made anew between two readings: carry the count
+                self._budget_base += self._budget_raw
+            self._budget_raw = fresh
+            self._over_total = self._budget_base + fresh
+            return True
 
     def rules_missing(self) -> bool:
         """Whether the rules' table (`budget_table`) is gone from the kernel: someone flushed
@@ -913,7 +917,6 @@ class BpfAssembler:
 
 UDP_PORTS = (53, 67, 68, 546, 547)
 """DNS, DHCP, DHCPv6 (either side of the packet)."""
-MDNS_PORT = 5353
 HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC")
 """First four bytes of an HTTP/1.x request (the pipeline's `looks_like_http_request` set)."""
 ACCEPT_ALL = MAX_RECORD
@@ -1196,7 +1199,6 @@ class PacketSocketSource:
             else:
                 offsets = {i.index: i.l3_offset for i in self.interfaces}
                 program = build_filter(ifindexes=offsets, wide=wide, mdns=mdns)
-            self.program = program
             attach_filter(self._sock, program)
             self.mode = "recv"
             """Either "ring" (TPACKET_V3) or "recv"; `ring_error` says why a ring is missing."""

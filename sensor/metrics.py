@@ -393,9 +393,6 @@ class Table:
                 out.append((dev, k, tuple(cell[:w])))
         return out
 
-    def __len__(self) -> int:
-        return sum(len(r.series) for r in self.rows.values())
-
     def _add_row(
         self, dev: str, labels: Sequence[str], amounts: Sequence[float], weight: float
     ) -> None:
@@ -557,7 +554,7 @@ class Exporter:
         self._identity: dict[str, tuple[tuple[Any, ...], tuple[str, str, str, str]]] = {}
         self._carry: dict[str, _Carry] = {}
         self._manifest: tuple[float, dict[str, Any]] | None = None
-        self.resolve_errors = 0
+        self._alert_stats_memo: tuple[object, Mapping[str, Any]] | None = None
         self._started = False
         """start() was called (and stop() was not): reconfigure() restarts the endpoint."""
         self._server: _Server | None = None
@@ -770,7 +767,11 @@ class Exporter:
                 return snap
             self._endpoint.add("collections")
             started = time.monotonic()
-            families = list(self.registry.collect())
+            self._alert_stats_memo = None  # one stats() per collection, however many read it
+            try:
+                families = list(self.registry.collect())
+            finally:
+                self._alert_stats_memo = None
             snap = self._snapshot = _Snapshot(started, time.monotonic(), families)
             return snap
         finally:
@@ -891,10 +892,9 @@ class Exporter:
         for dev, (rule, severity), (n,) in rows:
             fam.add_metric([rule, severity, names[dev]], n)
         yield fam
-        stage = self._alert_stage()
+        stage, stats = self._alert_stats()
         if stage is None:
             return
-        stats = stage.stats()
         carry = self._carry_for("alert_stage", stage)
         for name, key, doc in (
             ("phonehome_alerts_suppressed", "suppressed", "Repeats counted, not delivered"),
@@ -1099,9 +1099,9 @@ class Exporter:
             "(ENOSPC: disk full; EROFS, EACCES: not writable)",
             labels=["file", "reason"],
         )
-        stage = self._alert_stage()
+        stage, stats = self._alert_stats()
         if stage is not None:
-            sinks = stage.stats().get("sinks") or {}
+            sinks = stats.get("sinks") or {}
             counts = {
                 k.removeprefix("errors_"): v
                 for k, v in (sinks.get("eventlog") or {}).items()
@@ -1260,7 +1260,6 @@ class Exporter:
                     safe_label(d.country) or UNKNOWN,
                 )
             except Exception as exc:
-                self.resolve_errors += 1
                 self._limiter.warning("resolve", "metrics: placing %s failed: %r", ip, exc)
                 hit = (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN)
         if len(self._dest_cache) >= MAX_DEST_CACHE:
@@ -1283,7 +1282,6 @@ class Exporter:
         try:
             d = enricher.destination(flow.dst_ip, flow.dst_port, flow.server_name)
         except Exception:
-            self.resolve_errors += 1
             return (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN)
         return (
             safe_label(d.vendor) or UNKNOWN,
@@ -1365,6 +1363,17 @@ class Exporter:
         """The sensor's alert stage (``stages.detector.alerts``), None when it has none."""
         detector = getattr(getattr(self.sensor, "stages", None), "detector", None)
         return getattr(detector, "alerts", None)
+
+    def _alert_stats(self) -> tuple[Any, Mapping[str, Any]]:
+        """The alert stage and its `stats()`, read once per collection (two collectors use
+        them; a sink whose stats fail is counted by each read)."""
+        stage = self._alert_stage()
+        if stage is None:
+            return None, {}
+        memo = self._alert_stats_memo
+        if memo is None or memo[0] is not stage:
+            memo = self._alert_stats_memo = (stage, stage.stats())
+        return memo
 
     def _carry_for(self, name: str, owner: object) -> _Carry:
         carry = self._carry.get(name)

@@ -614,6 +614,14 @@ class ConntrackMonitor:
     def rcvbuf(self) -> int:
         return self._events.rcvbuf
 
+    def stats(self) -> dict[str, int]:
+        """The event counters, for the daemon's snapshot."""
+        return {
+            "received": self.received,
+            "lost_overruns": self.lost_overruns,
+            "decode_errors": self.decode_errors,
+        }
+
     def fileno(self) -> int:
         return self._events.fileno()
 

@@ -371,6 +371,12 @@ DEMO_PHONE = "+6281234567890"
 """A made-up Indonesian mobile number (valid per libphonenumber's metadata)."""
 DEMO_CONTACTS = ("+6281311112222", "+6285722223333", "+6281944445555", "+6287855556666")
 REDMI_UA = "Dalvik/2.1.0 (Linux; U; Android 10; Redmi Note 8 Pro MIUI/V12.0.3.0.QGGMIXM)"
+LEAK_BODY = (
+    f"imei={DEMO_IMEI}&phone=%2B{DEMO_PHONE[1:]}&model=Redmi+Note+8+Pro&contacts="
+    + "%2C".join(f"%2B{c[1:]}" for c in DEMO_CONTACTS)
+)
+"""What the 2014 analysis found the Redmi posting in clear: IMEI, the phone's number, its
+contact book (made-up values)."""
 
 
 def sample_home(fh: BinaryIO, linktype: int = LINK_ETHERNET, pcapng: bool = False) -> int:
@@ -382,11 +388,7 @@ def sample_home(fh: BinaryIO, linktype: int = LINK_ETHERNET, pcapng: bool = Fals
     cap.dns_lookup(PHONE, RESOLVER, "api.account.xiaomi.com", [XIAOMI_API_IP], ttl=600)
     s = TcpSession(cap, PHONE, XIAOMI_API_IP, 40001, 80)
     s.open()
-    # What the 2014 analysis found in clear: IMEI, the phone's number, its contact book.
-    body = (
-        f"imei={DEMO_IMEI}&phone=%2B{DEMO_PHONE[1:]}&model=Redmi+Note+8+Pro&contacts="
-        + "%2C".join(f"%2B{c[1:]}" for c in DEMO_CONTACTS)
-    ).encode()
+    body = LEAK_BODY.encode()
     s.send(
         http_request(
             "POST",

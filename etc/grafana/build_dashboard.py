@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,9 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job="$job", instance=~"$instance"'
 DEV = f'{SEL}, device=~"$device"'
 HOME = f'label_replace(phonehome_site_info{{{SEL}}}, "dst_country", "$1", "home_country", "(.+)")'
-RULE_ALERTS = (
-    "IdentifierExposedAbroad|IdentifierInCleartext|ForeignUploadHigh|NewCountry|"
-    "PhonehomeDown|CaptureDropping|DataStale|PhonehomeCollectorFailing"
-)
+RULES = Path(__file__).resolve().parent.parent / "prometheus" / "phonehome.rules.yml"
+RULE_ALERTS = "|".join(re.findall(r"^\s*- alert: (\w+)\s*$", RULES.read_text(), re.M))
+"""Every alert the rules file defines, for the "firing" panel."""
 
 Json = dict[str, Any]
 

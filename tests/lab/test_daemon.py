@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from sensor.lab import LEAK_BODY, Lab, post_leak, sensor_config
-from sensor.synth import DEMO_IMEI
+from sensor.lab import Lab, post_leak, sensor_config
+from sensor.synth import DEMO_IMEI, LEAK_BODY
 
 
 class Daemon:

@@ -45,9 +45,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sensor.lab import LEAK_BODY, Lab, sensor_config
 from sensor.lab import SERVERS as LAB_SERVERS
-from sensor.synth import DEMO_IMEI, REDMI_UA
+from sensor.lab import Lab, sensor_config
+from sensor.synth import DEMO_IMEI, LEAK_BODY, REDMI_UA
 from tests.lab.test_daemon import Daemon
 from tests.test_sinks import parse_native
 

@@ -38,9 +38,9 @@ from typing import Any
 import pytest
 
 from sensor import privileges
-from sensor.lab import DEFAULT_ZONE, LEAK_BODY, Lab
+from sensor.lab import DEFAULT_ZONE, Lab
 from sensor.names import dns_name_text
-from sensor.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, REDMI_UA
+from sensor.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, LEAK_BODY, REDMI_UA
 from tests.lab.test_daemon import Daemon
 from tests.secrets import find_secrets, forms_present
 from tests.test_sinks import AM_BINARY, parse_native
