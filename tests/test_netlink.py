@@ -691,7 +691,6 @@ def test_events_drain_rate(lab: Lab) -> None:
         f"\ndrained {len(events)} conntrack events in {seconds:.3f} s: {rate:,.0f} events/s; "
         f"dump of {len(flows)} entries {dump_seconds * 1000:.0f} ms"
     )
-    assert rate > 1000
 
 
 def test_conntrack_idle_until_a_ruleset_uses_it(lab: Lab) -> None:

@@ -369,7 +369,7 @@ def test_slow_server_times_out(server: _Server, tmp_path: Path, behaviour: Behav
     elapsed = time.monotonic() - t0
     print(f"\n{result.error} after {elapsed:.2f} s")
     assert_kept(tmp_path, before, result, "timed out")
-    assert 1.4 < elapsed < 3.5, elapsed
+    assert 1.4 < elapsed < 10, elapsed  # not before the timeout; ended (liveness)
 
 
 # --- memory ----------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_a_firewall_reload_does_not_blind_the_sensor(lab: Lab, daemon: Daemon) -
     lab.gw_exec(["nft", "-f", "-"], input=reload, text=True, check=True)
     flushed = time.monotonic()
     while not _table_present(lab):
-        assert time.monotonic() - flushed < RULES_CHECK + 3, "the table was not put back"
+        assert time.monotonic() - flushed < RULES_CHECK + 10, "the table was not put back"
         daemon.pump(0.05)
     back = time.monotonic() - flushed
     # The owner's tables are untouched: the phone still reaches the internet through NAT.

@@ -24,7 +24,7 @@ from tests.lab.test_daemon import Daemon
 
 RSS_LIMIT_KB = 256 * 1024
 FLOOD_SECONDS = 3.0
-ALERT_TIMEOUT = 5.0
+ALERT_TIMEOUT = 10.0
 SERVER = "203.0.113.10"
 
 # Runs inside the flooding device's namespace: `python -c FLOOD MODE COUNT SECONDS`. Prints

@@ -287,7 +287,7 @@ def test_cleanup_stale_removes_a_crashed_lab(lab_usable: None) -> None:
     assert any(ns.startswith(lab_id) for ns in list_namespaces())
     assert lab_id in cleanup_stale()
     _gone(lab_id, Path(run_dir))
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while not _pid_gone(int(sleeper)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _pid_gone(int(sleeper))

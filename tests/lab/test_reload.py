@@ -124,7 +124,7 @@ def test_good_config_then_takes_effect(daemon: Daemon, good: str, reload_lab: La
                 and e.get("rule") == "identifier_cleartext"
                 and e.get("identifier") == "imei"
             ],
-            timeout=5,
+            timeout=10,
         )
         assert alert["country"] == "CN"
         abroad = [e for e in daemon.events()[before:] if e.get("rule") == "identifier_abroad"]
