@@ -120,10 +120,9 @@ def load_identifiers_file(path: str) -> IdentifiersConfig:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         # The message may quote the file's text: say where, never what.
-        where = re.search(r"\(at (line \d+, column \d+)\)", str(exc))
-        raise ConfigError(
-            path, where.group(1) if where else "", "not a TOML identifiers file"
-        ) from None
+        at = re.search(r"\(at (line \d+, column \d+|end of document)\)", str(exc))
+        where = (at.group(1) if at else "").replace("end of document", "end of file")
+        raise ConfigError(path, where, "not a TOML identifiers file") from None
     nested = set(doc) == {"identifiers"} and isinstance(doc["identifiers"], dict)
     table = doc["identifiers"] if nested else doc
     try:

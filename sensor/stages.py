@@ -121,9 +121,7 @@ class Stages:
             self.detector.alerts.close()
 
 
-def build(
-    cfg: Config, output: Output, alert_sinks: list[Sink], *, record: bool = True
-) -> Stages:
+def build(cfg: Config, output: Output, alert_sinks: list[Sink], *, record: bool = True) -> Stages:
     """Load the data files and the install key, and wire enrich -> detect -> alerts.
 
     Without `record` nothing on disk is created or changed: the install key is used when it

@@ -51,7 +51,7 @@ LINKTYPE_NAMES = {
 
 
 def linktype_label(linktype: int) -> str:
-    """"link type 127 (IEEE802_11_RADIOTAP)"."""
+    """ "link type 127 (IEEE802_11_RADIOTAP)"."""
     name = LINKTYPE_NAMES.get(linktype)
     return f"link type {linktype}" + (f" ({name})" if name else "")
 
