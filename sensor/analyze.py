@@ -161,20 +161,32 @@ def _config(opts: Options, notes: list[str]) -> Config:
     return cfg
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(0) if path == "-" else os.stat(path)
+    except OSError:
+        return None  # CaptureFile says why
+    return st.st_dev, st.st_ino
+
+
 def _open(paths: Sequence[str]) -> list[CaptureFile]:
     """Every capture, opened; CaptureError for the first that cannot be, or a file given
-    twice (it would double every count)."""
-    files: list[CaptureFile] = []
+    twice (it would double every count). Checked before reading any: a pipe given twice
+    would otherwise be half read by the first."""
     seen: dict[tuple[int, int], str] = {}
+    for p in paths:
+        ident = _identity(p)
+        if ident is None:
+            continue
+        first = seen.get(ident)
+        if first is not None:
+            same = "given twice" if first == p else f"the same file as {first}"
+            raise CaptureError(f"{p}: {same}; give each capture once")
+        seen[ident] = p
+    files: list[CaptureFile] = []
     try:
         for p in paths:
-            f = CaptureFile(p)
-            files.append(f)
-            first = seen.get(f.identity)
-            if first is not None:
-                same = "given twice" if first == f.path else f"the same file as {first}"
-                raise CaptureError(f"{f.path}: {same}; give each capture once")
-            seen[f.identity] = f.path
+            files.append(CaptureFile(p))
     except BaseException:
         for f in files:
             f.close()

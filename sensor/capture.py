@@ -120,8 +120,6 @@ class CaptureFile:
         if stat.S_ISDIR(st.st_mode):
             raw.close()
             raise CaptureError(f"{self.path}: is a directory")
-        self.identity = (st.st_dev, st.st_ino)
-        """(device, inode): the same file given twice under two names is still one file."""
         self.size = st.st_size if stat.S_ISREG(st.st_mode) else None
         """Bytes on disk, for progress; None for pipes and other streams."""
         self._source = _Source(raw)
@@ -141,6 +139,8 @@ class CaptureFile:
         path = self.path
         packed = f" ({self.compression}-compressed)" if self.compression else ""
         if len(head) < 4:
+            if self.warnings:  # the decompressor's: the data ends before a header
+                raise CaptureError(self.warnings[0])
             raise CaptureError(f"{path}: not a capture file{packed} (empty or too short)")
         magic = head[:4]
         if magic in _PCAP_MAGIC:
