@@ -163,7 +163,11 @@ class Scope:
         if addr.is_multicast:
             scope = "multicast"
         elif addr.version == 4 and (
-            addr == ipaddress.IPv4Address("255.255.255.255") or addr in self.broadcasts
+            addr == ipaddress.IPv4Address("255.255.255.255")
+            or addr in self.broadcasts
+            # A LAN's subnet is usually a /24 inside the configured prefix: x.y.z.255 there
+            # is its broadcast address (a host so numbered is rare enough to misfile).
+            or (addr.packed[3] == 255 and any(addr in n for n in self.networks))
         ):
             scope = "broadcast"
         elif (
