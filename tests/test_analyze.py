@@ -359,3 +359,27 @@ def test_identifiers_never_on_the_command_line(capsys: pytest.CaptureFixture[str
     text = capsys.readouterr().out
     for flag in ("--imei", "--phone", "--identifier ", "--email"):
         assert flag not in text
+
+
+def test_record_flag_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[site]\nhome_country = "ID"\n[paths]\nstate_dir = "{state}"\n')
+    rc, out, err = cli(capsys, "--config", str(cfg), str(sample(tmp_path)))
+    assert rc == 0, err
+    assert list(state.iterdir()) == []
+    rc, out, err = cli(capsys, "--config", str(cfg), "--record", str(sample(tmp_path)))
+    assert rc == 0, err
+    logged = [json.loads(x) for x in (state / "events.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "alert" and r["severity"] == "critical" for r in logged)
+    assert (state / "identity.key").stat().st_size == 32
+    assert "alerts recorded (--record)" in out
+
+
+@pytest.mark.parametrize("top", ["0", "-3"])
+def test_top_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str], top: str) -> None:
+    rc, out, err = cli(capsys, "--top", top, str(sample(tmp_path)))
+    assert rc == 2 and out == "" and "--top" in err
