@@ -267,6 +267,7 @@ class CaptureFile:
         last_ts = 0.0
         while True:
             if len(buf) - pos < 12:
+                self.packets = count  # for the progress line, once per read
                 more = fh.read(_CHUNK)
                 if not more:
                     if pos < len(buf):
