@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         small = Path(tmpdir) / "small.pcap"
         with open(small, "wb") as fh:
             home_mix(fh, 100)
-        run_measured(_analyze_cmd(cfg, small))
+        run_measured([*_analyze_cmd(cfg, small), "--record"])
         # Warm the page cache so that no tool pays for the disk.
         with open(path, "rb") as fh:
             while fh.read(1 << 22):

@@ -7,11 +7,18 @@ packet read before it. A file that is not a capture at all raises `CaptureError`
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
 import heapq
+import lzma
+import os
+import stat
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, cast
 
 Packet = tuple[float, int, bytes]
 """(Unix time in seconds, link-layer type, frame bytes)."""
@@ -25,6 +32,9 @@ LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
 DLT_RAW_BSD = 12
 DLT_RAW_OPENBSD = 14
+
+STDIN_NAME = "<stdin>"
+"""How standard input (`-`) is named in warnings and in the stats record."""
 
 _CHUNK = 4 << 20
 MAX_RECORD = 1 << 18
@@ -85,25 +95,56 @@ class CaptureError(Exception):
 
 
 class CaptureFile:
-    """One pcap or pcapng file; iterate it for packets; `warnings` fills in as it is read."""
+    """One pcap or pcapng capture; iterate it for packets; `warnings` fills in as it is read.
+
+    `path` is a file name, or "-" for standard input. The file is read front to back and never
+    seeked, so pipes, /dev/stdin and process substitutions work; a gzip, xz or bzip2 capture
+    is recognised by its first bytes (not its name) and decompressed on the fly."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+        self.path = STDIN_NAME if str(path) == "-" else str(path)
         self.warnings: list[str] = []
         self.packets = 0
+        self.compression: str | None = None
+        self.linktypes: set[int] = set()
+        """Link-layer types the file declares (pcapng: one per interface)."""
         try:
-            # Unbuffered: we read big chunks ourselves, so a buffer layer would only copy.
-            self._fh: BinaryIO = open(path, "rb", buffering=0)  # noqa: SIM115 - iterator closes
+            if str(path) == "-":
+                raw: BinaryIO = open(0, "rb", buffering=0, closefd=False)  # noqa: SIM115
+            else:
+                # Unbuffered: we read big chunks ourselves, so a buffer layer would only copy.
+                raw = open(path, "rb", buffering=0)  # noqa: SIM115 - iterator closes
+            st = os.fstat(raw.fileno())
         except OSError as exc:
-            raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from None
-        head = self._fh.read(24)
+            raise CaptureError(f"{self.path}: cannot open: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raw.close()
+            raise CaptureError(f"{self.path}: is a directory")
+        self.size = st.st_size if stat.S_ISREG(st.st_mode) else None
+        """Bytes on disk, for progress; None for pipes and other streams."""
+        self._source = _Source(raw)
+        self._fh: _Reader = self._source
+        try:
+            head = _read_full(self._fh, 24)
+            self.compression = _compression(head)
+            if self.compression is not None:
+                self._fh = _Decompressed(self.compression, _Source(raw, head, self._source), self)
+                head = _read_full(self._fh, 24)
+            self._parse_head(head)
+        except BaseException:
+            self.close()
+            raise
+
+    def _parse_head(self, head: bytes) -> None:
+        path = self.path
+        packed = f" ({self.compression}-compressed)" if self.compression else ""
         if len(head) < 4:
-            self._fh.close()
-            raise CaptureError(f"{path}: not a capture file (empty or too short)")
+            if self.warnings:  # the decompressor's: the data ends before a header
+                raise CaptureError(self.warnings[0])
+            raise CaptureError(f"{path}: not a capture file{packed} (empty or too short)")
         magic = head[:4]
         if magic in _PCAP_MAGIC:
             if len(head) < 24:
-                self._fh.close()
                 raise CaptureError(f"{path}: truncated pcap file header")
             self.format = "pcap"
             self._endian, self._tsres = _PCAP_MAGIC[magic]
@@ -111,21 +152,34 @@ class CaptureFile:
                 self._endian + "HHiIII", head[4:24]
             )
             if major != 2:
-                self._fh.close()
                 raise CaptureError(f"{path}: unsupported pcap version {major}")
             # The FCS/flag bits live in the top of the link-type field; the type is the low 16.
             self.linktype = network & 0xFFFF
+            self.linktypes.add(self.linktype)
             self._start = head[24:]
         elif magic == _PCAPNG_SHB:
             if len(head) < 12 or head[8:12] not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
-                self._fh.close()
                 raise CaptureError(f"{path}: not a pcapng capture (bad section header)")
             self.format = "pcapng"
             self.linktype = -1
             self._start = head
         else:
+            hint = _other_format(head)
+            raise CaptureError(
+                f"{path}: not a pcap or pcapng capture file{packed}"
+                + (f" ({hint})" if hint else "")
+            )
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes taken from the file so far (compressed bytes for a compressed capture)."""
+        return self._source.count
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
             self._fh.close()
-            raise CaptureError(f"{path}: not a pcap or pcapng capture file")
+        with contextlib.suppress(OSError):
+            self._source.close()
 
     def __iter__(self) -> Iterator[Packet]:
         try:
@@ -134,7 +188,7 @@ class CaptureFile:
             else:
                 yield from self._read_pcapng()
         finally:
-            self._fh.close()
+            self.close()
 
     def _warn(self, text: str) -> None:
         self.warnings.append(f"{self.path}: {text}")
@@ -155,17 +209,21 @@ class CaptureFile:
             chunk.stop, chunk.count = pos, n
 
     def _pcap_chunks(self) -> Iterator[Chunk]:
-        """The file as it is, a megabyte at a time; the consumer walks the records."""
+        """The file as it is, a few megabytes at a time; the consumer walks the records.
+
+        Never seeks: the incomplete record at the end of a chunk is carried into the next."""
         fh = self._fh
         header = struct.Struct(self._endian + "IIII")
-        fh.seek(24)
-        buf = _read_full(fh, _CHUNK)
-        pos = 0
+        carry = self._start
         while True:
+            want = _CHUNK - len(carry)
+            more = _read_full(fh, want)
+            buf = carry + more if carry else more
+            eof = len(more) < want
             end = len(buf)
-            chunk = Chunk(self.linktype, buf, pos, end, self._tsres, header)
+            chunk = Chunk(self.linktype, buf, 0, end, self._tsres, header)
             yield chunk
-            if chunk.stop < pos:
+            if chunk.stop < 0:
                 walk_records(chunk)
             pos = chunk.stop
             self.packets += chunk.count
@@ -175,20 +233,17 @@ class CaptureFile:
                     f"(length {header.unpack_from(buf, pos)[2]}); stopped"
                 )
                 return
-            if end < _CHUNK:  # a short read: the end of the file
+            if eof:
                 if pos < end:
                     self._warn(
                         f"truncated: {end - pos} bytes of an incomplete record after "
                         f"packet {self.packets}; kept the {self.packets} whole packets"
                     )
                 return
-            # Re-read the incomplete record with the next chunk instead of copying buffers.
-            fh.seek(pos - end, 1)
             if pos == 0:  # one record bigger than a chunk: cannot happen below MAX_RECORD
                 self._warn(f"record larger than the read buffer after packet {self.packets}")
                 return
-            buf = _read_full(fh, _CHUNK)
-            pos = 0
+            carry = buf[pos:]
 
     def chunks(self) -> Iterator[Chunk]:
         """Packets as runs of pcap-format records (see `Chunk`), the packet loop's input."""
@@ -198,7 +253,7 @@ class CaptureFile:
             else:
                 yield from pack_chunks(self._read_pcapng())
         finally:
-            self._fh.close()
+            self.close()
 
     def _read_pcapng(self) -> Iterator[Packet]:
         """Section header, interface description, enhanced/simple packet blocks."""
@@ -212,6 +267,7 @@ class CaptureFile:
         last_ts = 0.0
         while True:
             if len(buf) - pos < 12:
+                self.packets = count  # for the progress line, once per read
                 more = fh.read(_CHUNK)
                 if not more:
                     if pos < len(buf):
@@ -260,6 +316,7 @@ class CaptureFile:
                     self._warn("short interface description block")
                     continue
                 linktype = struct.unpack_from(endian + "H", body, 0)[0]
+                self.linktypes.add(linktype)
                 ifaces.append((linktype, _if_tsresol(body[8:], endian)))
             elif btype == 6:  # Enhanced Packet Block
                 if len(body) < 20:
@@ -283,9 +340,9 @@ class CaptureFile:
             # other blocks (name resolution, statistics, custom) carry no packets
 
 
-def _read_full(fh: BinaryIO, size: int) -> bytes:
-    """Read `size` bytes, or fewer only at the end of the file."""
-    data = fh.read(size)
+def _read_full(fh: _Reader, size: int) -> bytes:
+    """Read `size` bytes, or fewer only at the end of the file (pipes return short reads)."""
+    data = fh.read(size) or b""
     if data and len(data) < size:
         parts = [data]
         got = len(data)
@@ -296,7 +353,117 @@ def _read_full(fh: BinaryIO, size: int) -> bytes:
             parts.append(more)
             got += len(more)
         data = b"".join(parts)
-    return data or b""
+    return data
+
+
+class _Reader(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _Source:
+    """The raw file: counts the bytes taken (progress) and serves `prefix` first (the bytes
+    read to recognise a compressed file, which cannot be pushed back into a pipe)."""
+
+    def __init__(self, raw: BinaryIO, prefix: bytes = b"", counter: _Source | None = None) -> None:
+        self.raw = raw
+        self.prefix = prefix
+        self.counter = counter or self
+        self.count = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.prefix:
+            data, self.prefix = (
+                (self.prefix, b"") if size < 0 else (self.prefix[:size], self.prefix[size:])
+            )
+            return data
+        data = self.raw.read(size) or b""
+        self.counter.count += len(data)
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"BZh", "bzip2"),
+)
+
+
+def _compression(head: bytes) -> str | None:
+    for magic, name in _COMPRESSED:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+_OTHER_FORMATS = (
+    (
+        b"\x28\xb5\x2f\xfd",
+        "zstd-compressed: decompress it first, e.g. zstd -dc FILE | phonehome analyze -",
+    ),
+    (
+        b"\x04\x22\x4d\x18",
+        "lz4-compressed: decompress it first, e.g. lz4 -dc FILE | phonehome analyze -",
+    ),
+    (b"PK\x03\x04", "a zip archive: unpack it first"),
+    (b"\x0aETL", "an ETL trace"),
+)
+
+
+def _other_format(head: bytes) -> str | None:
+    for magic, hint in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return hint
+    return None
+
+
+_PIECE = 1 << 16
+
+
+class _Decompressed:
+    """A gzip, xz or bzip2 stream over `_Source`; a truncated or corrupt stream ends the data
+    with a warning (the packets before it are kept), never an exception."""
+
+    def __init__(self, kind: str, source: _Source, owner: CaptureFile) -> None:
+        self.kind = kind
+        self.owner = owner
+        fileobj = cast(BinaryIO, source)
+        self.stream: gzip.GzipFile | lzma.LZMAFile | bz2.BZ2File
+        if kind == "gzip":
+            self.stream = gzip.GzipFile(fileobj=fileobj, mode="rb")
+        elif kind == "xz":
+            self.stream = lzma.LZMAFile(fileobj)  # noqa: SIM115 - closed by close()
+        else:
+            self.stream = bz2.BZ2File(fileobj)
+        self.failed = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        # In pieces: an error deep into a big read must not lose the data before it.
+        parts: list[bytes] = []
+        got = 0
+        while not self.failed and (size < 0 or got < size):
+            want = _PIECE if size < 0 else min(_PIECE, size - got)
+            try:
+                data = self.stream.read(want)
+            except (EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
+                self.failed = True
+                self.owner._warn(
+                    f"{self.kind} data ends early or is corrupt ({exc}); "
+                    "kept the packets before that point"
+                )
+                break
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def _if_tsresol(options: bytes, endian: str) -> float:

@@ -10,11 +10,31 @@ from collections.abc import Sequence
 
 from sensor import __version__
 
+DEFAULT_CONFIG = "/etc/phonehome/phonehome.toml"
+DEFAULT_TOP = 40
+
 
 def _analyze(args: argparse.Namespace) -> int:
-    from sensor.analyze import analyze
+    from sensor.analyze import Options, analyze, default_config_path
 
-    return analyze(args.captures, config_path=args.config, as_json=args.json)
+    if args.json and args.format not in (None, "json"):
+        sys.stderr.write(f"phonehome: --json and --format {args.format} disagree\n")
+        return 2
+    if args.top is not None and args.top < 1:
+        sys.stderr.write("phonehome: --top: must be at least 1\n")
+        return 2
+    options = Options(
+        config_path=args.config or default_config_path(),
+        config_is_default=args.config is None,
+        fmt=args.format or ("json" if args.json else "text"),
+        record=args.record,
+        home_country=args.home_country,
+        identifiers_file=args.identifiers_file,
+        top=None if args.all else (args.top or DEFAULT_TOP),
+        device=args.device,
+        alerts_only=args.alerts_only,
+    )
+    return analyze(args.captures, options=options)
 
 
 def _update_data(args: argparse.Namespace) -> int:
@@ -62,17 +82,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    a = sub.add_parser("analyze", help="read capture files and report per-device flows")
-    a.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap or pcapng files")
-    a.add_argument("--config", metavar="FILE", help="TOML configuration")
-    a.add_argument("--json", action="store_true", help="write JSON Lines records")
+    a = sub.add_parser(
+        "analyze",
+        help="read capture files and report per-device flows (read-only unless --record)",
+        description=(
+            "Read pcap or pcapng captures (also gzip-, xz- or bzip2-compressed, recognised "
+            "by content; '-' for standard input) and report, per device, the servers it "
+            "talked to and the alerts. Read-only unless --record: alerts appear in the "
+            "output only, and no state file is created or changed."
+        ),
+    )
+    a.add_argument(
+        "captures",
+        nargs="+",
+        metavar="CAPTURE",
+        help="pcap or pcapng file, optionally compressed; - for standard input",
+    )
+    a.add_argument(
+        "--config",
+        metavar="FILE",
+        help=(
+            "TOML configuration (default: $PHONEHOME_CONFIG or "
+            f"{DEFAULT_CONFIG}, when it exists and is readable)"
+        ),
+    )
+    a.add_argument(
+        "--home-country",
+        metavar="CC",
+        help="home country as an ISO 3166-1 two-letter code (e.g. DE), over the config's",
+    )
+    a.add_argument(
+        "--identifiers-file",
+        metavar="FILE",
+        help=(
+            "your own identifiers, TOML lists per kind (imei, imsi, iccid, phone, mac, "
+            'serial, email, android_id, ad_id), e.g. imei = ["..."]; refused when '
+            "readable by group or others (chmod 600)"
+        ),
+    )
+    a.add_argument(
+        "--format",
+        choices=("text", "json", "csv"),
+        help="text summary (default), JSON Lines records, or CSV rows of alerts and flows",
+    )
+    a.add_argument("--json", action="store_true", help="same as --format json")
+    a.add_argument(
+        "--top",
+        metavar="N",
+        type=int,
+        help=f"rows per device in the text summary (default {DEFAULT_TOP})",
+    )
+    a.add_argument("--all", action="store_true", help="every row in the text summary")
+    a.add_argument(
+        "--device",
+        metavar="MAC|NAME",
+        help="only this device (MAC address, or configured, DHCP or identified name)",
+    )
+    a.add_argument("--alerts-only", action="store_true", help="only the alerts")
+    a.add_argument(
+        "--record",
+        action="store_true",
+        help=(
+            "also deliver alerts to the event log and Alertmanager of the configuration, "
+            "and keep the identity key, learned identifiers and geo cache in its state "
+            "directory (default: nothing is written or sent)"
+        ),
+    )
     a.set_defaults(func=_analyze)
 
     r = sub.add_parser("run", help="the live sensor on a gateway (systemd service)")
     r.add_argument(
         "--config",
         metavar="FILE",
-        default="/etc/phonehome/phonehome.toml",
+        default=DEFAULT_CONFIG,
         help="TOML configuration",
     )
     r.set_defaults(func=_run)
@@ -86,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--config",
         metavar="FILE",
-        default="/etc/phonehome/phonehome.toml",
+        default=DEFAULT_CONFIG,
         help="TOML configuration",
     )
     c.set_defaults(func=_check)

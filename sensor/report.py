@@ -1,22 +1,40 @@
-"""Output of `analyze`: JSON Lines records (the stable contract) and a readable summary.
+"""Output of `analyze`: JSON Lines records (the stable contract), CSV rows, a readable summary,
+and the progress line.
 
 Nothing written here may carry an identifier in full: HTTP request paths are written without
-their query string (the usual carrier of leaked identifiers) and bodies not at all.
+their query string (the usual carrier of leaked identifiers) and bodies not at all. Names taken
+from the network (server names, host names, user agents) are written to a terminal with their
+control characters escaped, and to CSV with formula-starting cells neutralised.
 """
 
 from __future__ import annotations
 
+import csv
+import datetime
+import ipaddress
 import json
+import threading
+import time
 from collections import defaultdict
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TextIO
 
+from sensor.config import normalize_mac
 from sensor.model import Alert, Device, Flow, HttpRequest
 from sensor.names import redact_name
 from sensor.sinks import alert_fields
 
+SCHEMA_VERSION = 1
+"""Of the JSON Lines records; written in the first record. Records only ever gain fields."""
+
 MAX_SUMMARY_ALERTS = 1000
+"""Alerts kept per severity for the summary; the rest are counted."""
 MAX_SUMMARY_SERVERS = 2000
 """Server rows kept per device in the summary; the rest fold into "(other)"."""
+DEFAULT_TOP = 40
+"""Rows per device and table in the summary unless --top or --all says otherwise."""
+
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _http_summary(req: HttpRequest) -> dict[str, Any]:
@@ -77,20 +95,40 @@ def device_record(dev: Device) -> dict[str, Any]:
     return rec
 
 
-class JsonLinesSink:
-    """Writes each record as one JSON object per line, flows as they end."""
+class Report(Protocol):
+    """What `analyze` writes to: one of the sinks below."""
 
-    def __init__(self, out: TextIO) -> None:
+    def flow(self, flow: Flow) -> None: ...
+
+    def device(self, device: Device) -> None: ...
+
+    def alert(self, alert: Alert) -> None: ...
+
+    def stats(self, stats: dict[str, Any]) -> None: ...
+
+
+class JsonLinesSink:
+    """Writes each record as one JSON object per line, flows as they end; the first record
+    carries `schema_version`."""
+
+    def __init__(self, out: TextIO, alerts_only: bool = False) -> None:
         self.out = out
+        self.alerts_only = alerts_only
+        self._first = True
 
     def write(self, rec: dict[str, Any]) -> None:
+        if self._first:
+            self._first = False
+            rec = {"type": rec.get("type"), "schema_version": SCHEMA_VERSION, **rec}
         self.out.write(json.dumps(rec, separators=(",", ":"), default=str) + "\n")
 
     def flow(self, flow: Flow) -> None:
-        self.write(flow_record(flow))
+        if not self.alerts_only:
+            self.write(flow_record(flow))
 
     def device(self, device: Device) -> None:
-        self.write(device_record(device))
+        if not self.alerts_only:
+            self.write(device_record(device))
 
     def alert(self, alert: Alert) -> None:
         self.write(alert_fields(alert))
@@ -99,34 +137,340 @@ class JsonLinesSink:
         self.write({"type": "stats", **stats})
 
 
-class SummarySink:
-    """Aggregates per device, then country and vendor, then server; prints tables at the end."""
+# --- where a destination is -----------------------------------------------------------------
 
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        # device key -> (country, vendor, server) -> [bytes_up, bytes_down, flows]
-        self.usage: dict[str, dict[tuple[str, str, str], list[int]]] = defaultdict(dict)
-        self.devices: dict[str, Device] = {}
-        self.alerts: list[Alert] = []
 
-    def alert(self, alert: Alert) -> None:
-        if len(self.alerts) < MAX_SUMMARY_ALERTS:
-            self.alerts.append(alert)
+class Scope:
+    """Tells servers apart from local, broadcast and multicast destinations."""
+
+    def __init__(self, lan_networks: Iterable[str]) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in lan_networks]
+        self.broadcasts = {
+            n.broadcast_address for n in self.networks if n.version == 4 and n.prefixlen < 31
+        }
+        self._cache: dict[str, str | None] = {}
+
+    def __call__(self, ip: str) -> str | None:
+        """ "multicast", "broadcast", "local", or None for a server beyond the LAN."""
+        hit = self._cache.get(ip, "?")
+        if hit != "?":
+            return hit
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        scope: str | None = None
+        if addr.is_multicast:
+            scope = "multicast"
+        elif addr.version == 4 and (
+            addr == ipaddress.IPv4Address("255.255.255.255")
+            or addr in self.broadcasts
+            # A LAN's subnet is usually a /24 inside the configured prefix: x.y.z.255 there
+            # is its broadcast address (a host so numbered is rare enough to misfile).
+            or (addr.packed[3] == 255 and any(addr in n for n in self.networks))
+        ):
+            scope = "broadcast"
+        elif (
+            addr.is_loopback
+            or addr.is_link_local
+            or addr.is_unspecified
+            or any(addr in n for n in self.networks)
+        ):
+            scope = "local"
+        if len(self._cache) < 100_000:
+            self._cache[ip] = scope
+        return scope
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+CSV_COLUMNS = (
+    "type",
+    "time",
+    "device_mac",
+    "device_name",
+    "severity",
+    "rule",
+    "identifier",
+    "proto",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "server_name",
+    "scope",
+    "country",
+    "provider",
+    "region",
+    "city",
+    "vendor",
+    "asn_org",
+    "bytes_up",
+    "bytes_down",
+    "packets_up",
+    "packets_down",
+    "summary",
+)
+
+
+def csv_cell(value: object) -> str:
+    """A cell a spreadsheet shows as text: one starting like a formula (= + - @, or a tab or
+    carriage return some spreadsheets skip first) gets a leading apostrophe."""
+    if value is None:
+        return ""
+    text = str(value)
+    if text and text[0] in "=+-@\t\r":
+        return "'" + text
+    return text
+
+
+def iso_time(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+class CsvSink:
+    """One row per alert and per ended flow (`type` says which), columns `CSV_COLUMNS`."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        scope: Scope,
+        devices: Mapping[str, Device] | None = None,
+        alerts_only: bool = False,
+    ) -> None:
+        self.writer = csv.writer(out, lineterminator="\r\n")
+        self.scope = scope
+        self.devices: Mapping[str, Device] = devices if devices is not None else {}
+        self.alerts_only = alerts_only
+        self.writer.writerow(CSV_COLUMNS)
+
+    def _row(self, values: dict[str, object]) -> None:
+        self.writer.writerow([csv_cell(values.get(c)) for c in CSV_COLUMNS])
 
     def flow(self, flow: Flow) -> None:
+        if self.alerts_only:
+            return
+        x = flow.extra
+        dev = self.devices.get(flow.device_mac) if flow.device_mac else None
+        self._row(
+            {
+                "type": "flow",
+                "time": iso_time(flow.first_seen),
+                "device_mac": flow.device_mac,
+                "device_name": _device_name(dev),
+                "proto": flow.proto,
+                "src_ip": flow.src_ip,
+                "src_port": flow.src_port,
+                "dst_ip": flow.dst_ip,
+                "dst_port": flow.dst_port,
+                "server_name": flow.server_name,
+                "scope": self.scope(flow.dst_ip) or "server",
+                "country": x.get("country"),
+                "provider": x.get("provider"),
+                "region": x.get("region"),
+                "city": x.get("city"),
+                "vendor": x.get("vendor"),
+                "asn_org": x.get("asn_org"),
+                "bytes_up": flow.bytes_up,
+                "bytes_down": flow.bytes_down,
+                "packets_up": flow.packets_up,
+                "packets_down": flow.packets_down,
+            }
+        )
+
+    def device(self, device: Device) -> None:
+        pass
+
+    def alert(self, alert: Alert) -> None:
+        f = alert_fields(alert)
+        self._row(
+            {
+                **f,
+                "time": iso_time(alert.ts),
+                "device_name": alert.device.name,
+                "scope": self.scope(alert.dst.ip) or "server",
+                "bytes_down": None,
+                "city": alert.dst.city,
+                "asn_org": alert.dst.asn_org,
+            }
+        )
+
+    def stats(self, stats: dict[str, Any]) -> None:
+        pass
+
+
+def _device_name(dev: Device | None) -> str | None:
+    if dev is None:
+        return None
+    name = dev.extra.get("name")
+    return str(name) if name else dev.hostname
+
+
+# --- one device's records only ----------------------------------------------------------------
+
+
+class DeviceFilter:
+    """Passes on the records of the devices `wanted` names (a MAC address, or a configured,
+    DHCP or identified name, case-insensitive); `matched` says whether any record passed."""
+
+    def __init__(
+        self,
+        inner: Report,
+        wanted: str,
+        devices: Mapping[str, Device],
+        configured_names: Mapping[str, str] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.devices = devices
+        try:
+            self.mac: str | None = normalize_mac(wanted.strip())
+        except ValueError:
+            self.mac = None
+        self.name = wanted.strip().casefold()
+        self.configured = {m: n.casefold() for m, n in (configured_names or {}).items()}
+        self.matched = False
+
+    def wants(self, mac: str | None, name: str | None = None) -> bool:
+        ok = self._wants(mac, name)
+        self.matched |= ok
+        return ok
+
+    def _wants(self, mac: str | None, name: str | None) -> bool:
+        if (mac is not None and mac == self.mac) or (
+            name is not None and name.casefold() == self.name
+        ):
+            return True
+        if mac is None:
+            return False
+        if self.configured.get(mac) == self.name:
+            return True
+        dev = self.devices.get(mac)
+        if dev is None:
+            return False
+        names = (dev.hostname, dev.extra.get("name"))
+        return any(isinstance(n, str) and n.casefold() == self.name for n in names)
+
+    def flow(self, flow: Flow) -> None:
+        if self.wants(flow.device_mac):
+            self.inner.flow(flow)
+
+    def device(self, device: Device) -> None:
+        if self.wants(device.mac):
+            self.inner.device(device)
+
+    def alert(self, alert: Alert) -> None:
+        if self.wants(alert.device.mac, alert.device.name):
+            self.inner.alert(alert)
+
+    def stats(self, stats: dict[str, Any]) -> None:
+        self.inner.stats(stats)
+
+
+# --- the readable summary ---------------------------------------------------------------------
+
+
+def clean(text: str) -> str:
+    """`text` safe to print: control, format (bidi overrides) and separator characters other
+    than the space are written as escapes, so a name from the network cannot move the
+    cursor, recolour the terminal or hide itself."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+def fit(text: str, width: int) -> str:
+    """`text` cleaned and cut to `width` characters, a cut marked with an ellipsis."""
+    text = clean(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class Colors:
+    """ANSI colours, or none (not a terminal, or NO_COLOR)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.enabled else text
+
+    def severity(self, severity: str, text: str) -> str:
+        code = {"critical": "1;31", "warning": "33", "info": "36"}.get(severity)
+        return self.paint(text, code) if code else text
+
+    def bold(self, text: str) -> str:
+        return self.paint(text, "1")
+
+
+_Key = tuple[str, str, str, str]
+"""(country, where: provider region city, party, server) of a server row; for local rows
+(scope, "", app, address)."""
+
+
+class SummarySink:
+    """Aggregates per device: servers (by country, place, party, name) and, apart from them,
+    local, broadcast and multicast destinations; prints alerts first, then the devices."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        scope: Scope | None = None,
+        top: int | None = DEFAULT_TOP,
+        color: bool = False,
+        alerts_only: bool = False,
+        context: Sequence[str] = (),
+    ) -> None:
+        self.out = out
+        self.scope = scope or Scope(())
+        self.top = top
+        self.colors = Colors(color)
+        self.alerts_only = alerts_only
+        self.context = list(context)
+        # device key -> key -> [bytes_up, bytes_down, flows]
+        self.usage: dict[str, dict[_Key, list[int]]] = defaultdict(dict)
+        self.local: dict[str, dict[_Key, list[int]]] = defaultdict(dict)
+        self.devices: dict[str, Device] = {}
+        self.alerts: dict[str, list[Alert]] = defaultdict(list)
+        self.alerts_dropped = 0
+
+    def alert(self, alert: Alert) -> None:
+        kept = self.alerts[alert.severity]
+        if len(kept) < MAX_SUMMARY_ALERTS:
+            kept.append(alert)
+        else:
+            self.alerts_dropped += 1
+
+    def flow(self, flow: Flow) -> None:
+        if self.alerts_only:
+            return
         dev = flow.device_mac or f"ip {flow.src_ip}"
         x = flow.extra
-        country = str(x.get("country") or "--")
-        vendor = str(x.get("vendor") or x.get("provider") or x.get("asn_org") or "-")
-        key = (country, vendor, flow.server_name or flow.dst_ip)
-        rows = self.usage[dev]
-        row = rows.get(key)
+        scope = self.scope(flow.dst_ip)
+        name = flow.server_name or flow.dst_ip
+        if scope is None:
+            where = " ".join(
+                str(v) for v in (x.get("provider"), x.get("region"), x.get("city")) if v
+            )
+            party = str(x.get("vendor") or x.get("asn_org") or "")
+            key: _Key = (str(x.get("country") or "--"), where, party, name)
+            table = self.usage[dev]
+        else:
+            key = (scope, "", str(x.get("app") or ""), name)
+            table = self.local[dev]
+        row = table.get(key)
         if row is None:
-            if len(rows) >= MAX_SUMMARY_SERVERS:
-                key = ("--", "-", "(other)")
-                row = rows.get(key)
+            if len(table) >= MAX_SUMMARY_SERVERS:
+                key = ("--", "", "", "(other)")
+                row = table.get(key)
             if row is None:
-                row = rows[key] = [0, 0, 0]
+                row = table[key] = [0, 0, 0]
         row[0] += flow.bytes_up
         row[1] += flow.bytes_down
         row[2] += 1
@@ -134,43 +478,55 @@ class SummarySink:
     def device(self, device: Device) -> None:
         self.devices[device.mac] = device
 
+    def _rows(
+        self, rows: dict[_Key, list[int]], what: str, line: Callable[[_Key, list[int]], str]
+    ) -> None:
+        w = self.out.write
+        # Most bytes first; ties by upload, then name, so the order is stable.
+        items = sorted(rows.items(), key=lambda kv: (-(kv[1][0] + kv[1][1]), -kv[1][0], kv[0]))
+        shown = items if self.top is None else items[: self.top]
+        for key, row in shown:
+            w(line(key, row))
+        if len(items) > len(shown):
+            w(f"  … {len(items) - len(shown)} more {what} (--top N or --all to list them)\n")
+
     def stats(self, stats: dict[str, Any]) -> None:
         w = self.out.write
+        c = self.colors
+        for line in self.context:
+            w(f"{clean(line)}\n")
+        alerts = [a for sev in sorted(self.alerts, key=_severity_rank) for a in self.alerts[sev]]
+        alerts.sort(key=lambda a: (_severity_rank(a.severity), a.ts))
+        if alerts:
+            w(c.bold(f"\nALERTS ({len(alerts) + self.alerts_dropped})") + "\n")
+            for a in alerts:
+                sev = c.severity(a.severity, f"{a.severity.upper():<8}")
+                who = a.device.mac or a.device.ip
+                w(f"  {sev} {a.rule:<21} {who}  {clean(a.summary)}\n")
+            if self.alerts_dropped:
+                w(f"  … {self.alerts_dropped} more alerts not kept for this summary\n")
+        elif self.alerts_only:
+            w("\nno alerts\n")
 
         def total(d: str) -> int:
-            return sum(r[0] + r[1] for r in self.usage[d].values())
+            rows = list(self.usage[d].values()) + list(self.local[d].values())
+            return sum(r[0] + r[1] for r in rows)
 
-        for dev_key in sorted(self.usage, key=lambda d: -total(d)):
-            rows = self.usage[dev_key]
-            up = sum(r[0] for r in rows.values())
-            down = sum(r[1] for r in rows.values())
-            w(f"\n{_device_title(dev_key, self.devices.get(dev_key))}\n")
-            w(f"  {len(rows)} servers, {human_bytes(up)} up, {human_bytes(down)} down\n")
-            # countries by bytes, then vendors by bytes within them
-            by_country: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-            for (country, _v, _s), (bu, bd, _n) in rows.items():
-                by_country[country][0] += bu
-                by_country[country][1] += bd
-            w(_HEADER)
-            shown = 0
-            for country in sorted(by_country, key=lambda c: -sum(by_country[c])):
-                items = [(k, v) for k, v in rows.items() if k[0] == country]
-                items.sort(key=lambda kv: (kv[0][1], -(kv[1][0] + kv[1][1])))
-                for (c, vendor, server), (bu, bd, n) in items:
-                    if shown >= 40:
-                        break
-                    shown += 1
-                    w(
-                        f"  {c:<7} {vendor[:22]:<22} {server[:40]:<40} {n:>5} "
-                        f"{human_bytes(bu):>9} {human_bytes(bd):>9}\n"
-                    )
-            if len(rows) > shown:
-                w(f"  ... {len(rows) - shown} more\n")
-        if self.alerts:
-            w(f"\nALERTS ({len(self.alerts)})\n")
-            for a in self.alerts:
-                w(f"  {a.severity.upper():<8} {a.rule:<21} {a.device.mac or a.device.ip}  ")
-                w(f"{a.summary}\n")
+        for dev_key in sorted(set(self.usage) | set(self.local), key=lambda d: (-total(d), d)):
+            servers, local = self.usage.get(dev_key, {}), self.local.get(dev_key, {})
+            every = list(servers.values()) + list(local.values())
+            up, down = sum(r[0] for r in every), sum(r[1] for r in every)
+            w("\n" + c.bold(_device_title(dev_key, self.devices.get(dev_key))) + "\n")
+            w(
+                f"  {len(servers)} servers, {len(local)} local/broadcast/multicast, "
+                f"{human_bytes(up)} up, {human_bytes(down)} down\n"
+            )
+            if servers:
+                w(_HEADER)
+                self._rows(servers, "servers", _server_line)
+            if local:
+                w(_LOCAL_HEADER)
+                self._rows(local, "local destinations", _local_line)
         skipped = stats.get("skipped") or {}
         w(
             f"\n{stats['packets_read']} packets read, {stats['packets_decoded']} decoded, "
@@ -178,14 +534,42 @@ class SummarySink:
         )
         if skipped:
             w("skipped: " + ", ".join(f"{k}={v}" for k, v in skipped.items()) + "\n")
+        for warning in stats.get("warnings") or ():
+            w(f"warning: {clean(str(warning))}\n")
 
 
-_HEADER = f"  {'country':<7} {'vendor':<22} {'server':<40} {'flows':>5} {'up':>9} {'down':>9}\n"
+def _severity_rank(severity: str) -> int:
+    return SEVERITY_ORDER.get(severity, len(SEVERITY_ORDER))
+
+
+def _server_line(key: _Key, row: list[int]) -> str:
+    country, where, party, server = key
+    bu, bd, n = row
+    return (
+        f"  {fit(country, 7):<7} {fit(where, 30):<30} {fit(party, 18):<18} {fit(server, 34):<34} "
+        f"{n:>5} {human_bytes(bu):>9} {human_bytes(bd):>9}\n"
+    )
+
+
+def _local_line(key: _Key, row: list[int]) -> str:
+    scope, _, app, address = key
+    bu, bd, n = row
+    return (
+        f"  {scope:<9} {fit(app, 8):<8} {fit(address, 74):<74} "
+        f"{n:>5} {human_bytes(bu):>9} {human_bytes(bd):>9}\n"
+    )
+
+
+_HEADER = (
+    f"  {'country':<7} {'provider region city':<30} {'party':<18} {'server':<34} "
+    f"{'flows':>5} {'up':>9} {'down':>9}\n"
+)
+_LOCAL_HEADER = f"  {'local':<9} {'app':<8} {'address':<74} {'flows':>5} {'up':>9} {'down':>9}\n"
 
 
 def _device_title(key: str, dev: Device | None) -> str:
     if dev is None:
-        return key
+        return clean(key)
     parts = [dev.mac]
     x = dev.extra
     ident = " ".join(str(v) for v in (x.get("vendor"), x.get("model")) if v)
@@ -203,7 +587,85 @@ def _device_title(key: str, dev: Device | None) -> str:
         parts.append(", ".join(sorted(dev.ips)[:4]))
     if dev.dhcp_vendor_class:
         parts.append(f"({dev.dhcp_vendor_class})")
-    return "  ".join(parts)
+    return clean("  ".join(parts))
+
+
+# --- progress on a terminal -------------------------------------------------------------------
+
+
+class Counted(Protocol):
+    path: str
+    packets: int
+    size: int | None
+
+    @property
+    def bytes_read(self) -> int: ...
+
+
+class Progress:
+    """A progress line on a terminal (stderr): first after `delay` seconds, then at most once
+    per `interval`, erased at the end. Written by a thread, so a stalled pipe shows too."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        files: Sequence[Counted],
+        delay: float = 2.0,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.files = files
+        self.delay = delay
+        self.interval = interval
+        self.clock = clock
+        self.started = clock()
+        self.updates = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.started = self.clock()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+        self._thread.start()
+
+    def line(self) -> str:
+        done = sum(f.bytes_read for f in self.files)
+        packets = sum(f.packets for f in self.files)
+        sizes = [f.size for f in self.files]
+        elapsed = int(self.clock() - self.started)
+        text = f"phonehome: {human_bytes(done)}"
+        if all(s is not None for s in sizes):
+            total = sum(s or 0 for s in sizes)
+            pct = 100 * done / total if total else 100.0
+            text += f" of {human_bytes(total)} ({pct:.0f}%)"
+        else:
+            text += " read"
+        return text + f", {packets} packets, {elapsed // 60}:{elapsed % 60:02d}"
+
+    def _loop(self) -> None:
+        if self._stop.wait(self.delay):
+            return
+        while True:
+            try:
+                self.stream.write("\r" + self.line() + "\x1b[K")
+                self.stream.flush()
+            except (OSError, ValueError):
+                return
+            self.updates += 1
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.updates:
+            try:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
 
 
 def human_bytes(n: int) -> str:

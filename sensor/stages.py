@@ -17,7 +17,7 @@ from typing import Protocol
 
 from sensor.alerts import AlertStage
 from sensor.config import Config
-from sensor.detect.stage import Detector, load_or_create_key
+from sensor.detect.stage import Detector, load_or_create_key, read_key
 from sensor.enrich.stage import Enricher
 from sensor.model import Alert, Device, Flow, HttpRequest
 from sensor.sinks import Sink
@@ -61,6 +61,10 @@ class Stages:
         self.devices: Mapping[str, Device] = {}
         """The pipeline's device table (set once the pipeline exists)."""
         self.failures = 0
+        self.notes: list[str] = []
+        """What the reader of a report should know about how it was made (a throwaway key)."""
+        self.key_source = "install"
+        """"install" (the daemon's identity key) or "throwaway" (this run only)."""
 
     def _device(self, mac: str | None) -> Device | None:
         return self.devices.get(mac) if mac else None
@@ -117,17 +121,33 @@ class Stages:
             self.detector.alerts.close()
 
 
-def build(cfg: Config, output: Output, alert_sinks: list[Sink]) -> Stages:
-    """Load the data files and the install key, and wire enrich -> detect -> alerts."""
+def build(cfg: Config, output: Output, alert_sinks: list[Sink], *, record: bool = True) -> Stages:
+    """Load the data files and the install key, and wire enrich -> detect -> alerts.
+
+    Without `record` nothing on disk is created or changed: the install key is used when it
+    can be read (else a throwaway key, said in `notes`), learned identifiers are not saved
+    and the geo cache is not written."""
     state = Path(cfg.paths.state_dir)
-    enricher = Enricher.load(cfg)
+    enricher = Enricher.load(cfg, write_cache=record)
     key_path = Path(cfg.detect.key_file) if cfg.detect.key_file else state / "identity.key"
     persistent = state.is_dir() or cfg.detect.key_file is not None
-    if persistent:
+    notes: list[str] = []
+    if not record:
+        key, note = read_key(key_path)
+        if note is not None and persistent:
+            notes.append(note)
+        throwaway = note is not None
+        persistent = False
+    elif persistent:
         key, persistent = load_or_create_key(key_path)
+        throwaway = not persistent
     else:
         key = secrets.token_bytes(32)
+        throwaway = True
     alerts = AlertStage(cfg.alerts, alert_sinks)
     learned = state / "learned.json" if persistent else None
     detector = Detector(cfg, key, alerts, enricher, learned)
-    return Stages(enricher, output, detector)
+    stages = Stages(enricher, output, detector)
+    stages.notes = notes
+    stages.key_source = "throwaway" if throwaway else "install"
+    return stages

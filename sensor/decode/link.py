@@ -12,6 +12,50 @@ ETH_ARP = 0x0806
 _VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
 _MAX_TAGS = 4
 
+SUPPORTED_LINKTYPES = frozenset({0, 1, 12, 14, 101, 113, 228, 229, 276})
+"""The link-layer types `parse_link` decodes (others are counted as skipped)."""
+
+LINKTYPE_NAMES = {
+    0: "NULL",
+    1: "ETHERNET",
+    6: "IEEE802_5",
+    8: "SLIP",
+    9: "PPP",
+    10: "FDDI",
+    12: "RAW",
+    14: "RAW",
+    50: "PPP_HDLC",
+    51: "PPP_ETHER",
+    101: "RAW",
+    104: "C_HDLC",
+    105: "IEEE802_11",
+    108: "LOOP",
+    113: "LINUX_SLL",
+    119: "IEEE802_11_PRISM",
+    127: "IEEE802_11_RADIOTAP",
+    163: "IEEE802_11_AVS",
+    187: "BLUETOOTH_HCI_H4",
+    189: "USB_LINUX",
+    192: "PPI",
+    195: "IEEE802_15_4_WITHFCS",
+    201: "BLUETOOTH_HCI_H4_WITH_PHDR",
+    220: "USB_LINUX_MMAPPED",
+    228: "IPV4",
+    229: "IPV6",
+    239: "NFLOG",
+    249: "USBPCAP",
+    252: "WIRESHARK_UPPER_PDU",
+    276: "LINUX_SLL2",
+}
+"""tcpdump.org names of common link types, for messages."""
+
+
+def linktype_label(linktype: int) -> str:
+    """ "link type 127 (IEEE802_11_RADIOTAP)"."""
+    name = LINKTYPE_NAMES.get(linktype)
+    return f"link type {linktype}" + (f" ({name})" if name else "")
+
+
 # Linux packet types (sll_pkttype): how the frame passed the capturing interface.
 PACKET_HOST = 0
 PACKET_OUTGOING = 4

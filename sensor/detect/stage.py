@@ -66,6 +66,25 @@ def load_or_create_key(path: Path) -> tuple[bytes, bool]:
         return key, False
 
 
+def read_key(path: Path) -> tuple[bytes, str | None]:
+    """The install's key when it can be read, never creating or changing anything (`analyze`
+    without --record); else a key for this run only and a sentence saying why."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        reason = "does not exist"
+    except OSError as exc:
+        reason = f"cannot be read ({exc.strerror or exc})"
+    else:
+        if len(data) >= KEY_BYTES:
+            return data[:KEY_BYTES], None
+        reason = f"holds {len(data)} bytes, not a key"
+    return secrets.token_bytes(KEY_BYTES), (
+        f"identity key {path} {reason}: using a throwaway key, so keyed hashes in this "
+        "report do not match the daemon's"
+    )
+
+
 def _whole_key(path: Path, data: bytes) -> tuple[bytes, bool]:
     """The key `path` holds; a key for this run only when it is short (or empty), left for
     its owner to look at: keyed hashes of an IMEI under a short key would be guessable."""

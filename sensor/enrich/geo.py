@@ -411,14 +411,19 @@ class EmbeddedGeo:
 
     @classmethod
     def load(
-        cls, path: str | Path | None = None, *, cache_dir: str | Path | None = None
+        cls,
+        path: str | Path | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        write_cache: bool = True,
     ) -> EmbeddedGeo:
         """Read a geoip2fast country+ASN file (default: the one the package ships).
 
         With `cache_dir`, the flattened arrays are kept there (`CACHE_FILE`) and read back on
         the next start while the source file is unchanged: ~30 ms and ~20 MB instead of ~1.3 s
         and a transient ~130 MB for unpickling. A cache that cannot be read or written is
-        ignored (logged at debug level).
+        ignored (logged at debug level). Without `write_cache` an existing cache is only read
+        (`analyze` without --record leaves the state directory as it found it).
         """
         if path is None:
             path = embedded_data_path()
@@ -448,7 +453,7 @@ class EmbeddedGeo:
         except (TypeError, ValueError, IndexError, KeyError) as exc:
             raise GeoDataError(f"{path}: unexpected layout: {exc}") from None
         del data
-        if cache is not None:
+        if cache is not None and write_cache:
             try:
                 geo._write_cache(cache, source)
             except OSError as exc:
@@ -783,6 +788,7 @@ class GeoDB:
         overrides_path: str | Path | None = None,
         cache_dir: str | Path | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        write_cache: bool = True,
     ) -> GeoDB:
         """The databases `cfg` names, the embedded data for whatever they do not cover.
 
@@ -807,7 +813,7 @@ class GeoDB:
         embedded = None
         if country_db is None or asn_db is None:
             try:
-                embedded = EmbeddedGeo.load(cache_dir=cache_dir)
+                embedded = EmbeddedGeo.load(cache_dir=cache_dir, write_cache=write_cache)
             except GeoDataError as exc:
                 errors.append(str(exc))
         overrides = load_overrides(overrides_path) if overrides_path is not None else []

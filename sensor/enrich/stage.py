@@ -58,15 +58,24 @@ class Enricher:
         self._dest: OrderedDict[tuple[str, str | None], Destination] = OrderedDict()
 
     @classmethod
-    def load(cls, cfg: Config) -> Enricher:
-        """Open every data source the configuration names; missing optional data is no error."""
+    def load(cls, cfg: Config, *, write_cache: bool = True) -> Enricher:
+        """Open every data source the configuration names; missing optional data is no error.
+
+        Without `write_cache` the geo cache is read when present but never written."""
         state = Path(cfg.paths.state_dir)
         # The geo cache makes start-up ~10x faster; only where the state directory exists
         # (`analyze` run by a user must not create /var/lib/phonehome).
         cache_dir: Path | None = geo_cache_dir(state)
-        if not state.is_dir() or (cache_dir is not None and not _writable_dir(cache_dir)):
+        if not state.is_dir() or (
+            write_cache and cache_dir is not None and not _writable_dir(cache_dir)
+        ):
             cache_dir = None
-        geo = GeoDB.open(cfg.geo, overrides_path=cfg.geo.overrides, cache_dir=cache_dir)
+        geo = GeoDB.open(
+            cfg.geo,
+            overrides_path=cfg.geo.overrides,
+            cache_dir=cache_dir,
+            write_cache=write_cache,
+        )
         cloud = CloudRanges.load_dir(state / "data") if (state / "data").is_dir() else None
         vendors = VendorMap.load()
         devices = DeviceIdentifier(OuiRegistry(), cfg.devices)

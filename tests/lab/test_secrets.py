@@ -615,7 +615,16 @@ def _analyze(run_: Run, capture: Path, geo: Path, mac: str) -> None:
         f"phone = {json.dumps([DEMO_PHONE, *DEMO_CONTACTS])}\n"
         f'[[devices]]\nmac = "{mac}"\nname = "Redmi phone"\nkind = "phone"\n'
     )
-    argv = [sys.executable, "-m", "sensor", "analyze", str(capture), "--config", str(cfg)]
+    argv = [
+        sys.executable,
+        "-m",
+        "sensor",
+        "analyze",
+        str(capture),
+        "--config",
+        str(cfg),
+        "--record",
+    ]
     as_json = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60)
     summary = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert as_json.returncode == 0 and summary.returncode == 0, as_json.stderr + summary.stderr
