@@ -18,8 +18,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _update_data(args: argparse.Namespace) -> int:
-    from sensor.config import ConfigError, load_config
+    from sensor.config import ConfigError
     from sensor.enrich import datafiles
+    from sensor.validate import load_config
 
     try:
         cfg = load_config(args.config)

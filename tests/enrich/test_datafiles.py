@@ -37,6 +37,7 @@ from sensor.enrich.datafiles import (
     read_manifest,
     update,
 )
+from sensor.validate import validate
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
 
@@ -509,7 +510,9 @@ def config(state: Path, urls: dict[str, str], *, geo: bool = False) -> Config:
     doc: dict[str, Any] = {"paths": {"state_dir": str(state)}, "update": {"urls": urls}}
     if not geo:  # skip preparing the embedded geo data (tested once below)
         doc["geo"] = {"country_db": "/nonexistent/c.mmdb", "asn_db": "/nonexistent/a.mmdb"}
-    return parse_config(doc)
+    cfg = parse_config(doc)
+    validate(cfg)
+    return cfg
 
 
 def test_main_all_ok(server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
