@@ -155,8 +155,11 @@ def _check_privileges(cfg: Config, out: TextIO) -> int:
     write = out.write
     if os.geteuid() == 0:
         user = cfg.daemon.user
-        if cfg.daemon.allow_root or (user and privileges.user_exists(user)):
-            write(f"privileges: root; run drops to {user or 'nobody: allow_root'}\n")
+        if user and privileges.user_exists(user):
+            write(f"privileges: root; run drops to user {user}\n")
+            return 0
+        if cfg.daemon.allow_root:
+            write("privileges: root; run stays root (daemon.allow_root)\n")
             return 0
         write(
             f"privileges: user {user!r} does not exist and daemon.allow_root is off: run would "
