@@ -719,23 +719,15 @@ OLD_RELEASE = "3852920c38e79b42dd94775632bf5f303acede94"
 
 @pytest.fixture(scope="module")
 def old_deb_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 0.1.0 package, built by that release's own build-deb.sh from a git archive."""
+    """The 0.1.0 package, built by that release's own build-deb.sh."""
     _need_root(deb_test=True)
     _need_tools("dpkg-deb", "python3.11", "gcc", "strip", "git", deb_test=True)
     have = _run(["git", "-C", str(REPO), "cat-file", "-e", f"{OLD_RELEASE}^{{commit}}"])
     _need(have.returncode == 0, f"commit {OLD_RELEASE} is not in this clone", deb_test=True)
-    src = tmp_path_factory.mktemp("old-src")
-    _run(
-        [
-            "sh",
-            "-c",
-            f'git -C "$1" archive {OLD_RELEASE} | tar -x -C "$2"',
-            "sh",
-            str(REPO),
-            str(src),
-        ],
-        check=True,
-    )
+    # A clone (build-deb.sh reads the history for dates), checked out at the release.
+    src = tmp_path_factory.mktemp("old") / "src"
+    _run(["git", "clone", "-q", "--shared", str(REPO), str(src)], timeout=300, check=True)
+    _run(["git", "-C", str(src), "checkout", "-q", "--detach", OLD_RELEASE], check=True)
     out = tmp_path_factory.mktemp("old-deb")
     _run([str(src / "packaging/build-deb.sh"), str(out)], timeout=900, check=True)
     debs = list(out.glob("phonehome_0.1.0_*.deb"))
