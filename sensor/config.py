@@ -292,7 +292,7 @@ class DaemonConfig:
     host_sample_rate: int = 5000
     """nflog capture: packets a second one LAN host may have sampled, on average (its DNS and
     its connections' first packets); a flooding host's excess is counted, not decoded, so the
-    other devices' packets still get through (see README, "Reliability")."""
+    other devices' packets still get through (see docs/RELIABILITY.md)."""
     host_sample_burst: int = 20000
     """nflog capture: packets one LAN host may have sampled at once, above that rate."""
     memory_limit_mb: int = 256
