@@ -41,10 +41,14 @@ _DIGIT_SEPARATORS: Final = " -./"
 _MIN_VALUE_LEN: Final = 6
 
 
-def load_config(path: str | Path | None) -> Config:
+def load_config(path: str | Path | None, *, home_country: str | None = None) -> Config:
     """The configuration at `path` (None: the defaults), parsed and validated; ConfigError
-    (file, key, reason) otherwise. What `check`, `run` and `analyze` call."""
+    (file, key, reason) otherwise. What `check`, `run` and `analyze` call. `home_country`
+    (`analyze --home-country CC`) replaces the file's before validation, so national phone
+    numbers are read as that country's."""
     cfg = parse_config_file(path)
+    if home_country is not None:
+        cfg = with_home_country(cfg, home_country)
     validate(cfg)
     return cfg
 

@@ -144,3 +144,13 @@ def test_shipped_configs_validate() -> None:
     assert example.site.home_country is None  # the owner must say where the network is
     with pytest.raises(ConfigError, match=r"site\.home_country: not set"):
         require_home_country(example)
+
+
+def test_home_country_override_before_validation(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[identifiers]\nphone = ['0812-3456-7890']\n")
+    with pytest.raises(ConfigError, match=r"identifiers\.phone\[0\]: a phone number needs"):
+        load_config(path)
+    assert load_config(path, home_country="ID").site.home_country == "ID"
+    with pytest.raises(ConfigError, match=r"--home-country: 'UK': .*did you mean GB"):
+        load_config(path, home_country="UK")
