@@ -145,7 +145,10 @@ grep -q "^ExecStart=/usr/bin/phonehome " "$stage/lib/systemd/system/phonehome.se
 	die "phonehome.service does not start /usr/bin/phonehome"
 install -D -m 0644 "$here/phonehome-sysctl.conf" "$stage/usr/lib/sysctl.d/phonehome.conf"
 install -D -m 0644 "$here/phonehome-modules.conf" "$stage/usr/lib/modules-load.d/phonehome.conf"
-install -D -m 0644 etc/phonehome.toml "$stage/etc/phonehome/phonehome.toml"
+# Not a conffile: postinst copies the example to /etc/phonehome/phonehome.toml when there is
+# none. A conffile would be replaced on upgrade when unedited, and the example sets no home
+# country (the owner must): an upgraded sensor would stop (debian NEWS for 0.2.0).
+install -D -m 0644 etc/phonehome.toml "$stage/usr/share/phonehome/phonehome.toml.example"
 # Prometheus rules and Grafana dashboards, whatever the tree holds now; not the Python that
 # generates the dashboard JSON (the JSON itself is shipped).
 for part in prometheus grafana; do
@@ -158,6 +161,8 @@ done
 doc=$stage/usr/share/doc/phonehome
 install -D -m 0644 README.md "$doc/README.md"
 gzip -9n "$doc/README.md"
+install -D -m 0644 "$here/deb/NEWS.Debian" "$doc/NEWS.Debian"
+gzip -9n "$doc/NEWS.Debian"
 install -D -m 0644 "$here/phonehome.1" "$stage/usr/share/man/man1/phonehome.1"
 gzip -9n "$stage/usr/share/man/man1/phonehome.1"
 install -D -m 0644 "$here/deb/lintian-overrides" "$stage/usr/share/lintian/overrides/phonehome"
@@ -213,7 +218,6 @@ for script in postinst prerm postrm; do
 	sed "s|@PREFIX@|$prefix|g" "$here/deb/$script" >"$stage/DEBIAN/$script"
 	chmod 0755 "$stage/DEBIAN/$script"
 done
-echo /etc/phonehome/phonehome.toml >"$stage/DEBIAN/conffiles"
 
 # Permissions as Debian wants them whatever the umask and the wheels said: directories 0755,
 # files 0644, executables 0755; extension modules are not executables.
@@ -241,13 +245,13 @@ Description: network sensor: which LAN device phones home to which cloud
  clear or merely encoded. Alerts go to an event log, the journal and
  Alertmanager.
  .
- The service is installed disabled: configure /etc/phonehome/phonehome.toml,
- run "phonehome check", then enable phonehome.service and
- phonehome-update-data.timer.
+ The service is installed disabled: set site.home_country in
+ /etc/phonehome/phonehome.toml, run "phonehome check", then enable
+ phonehome.service and phonehome-update-data.timer.
 EOF
 (cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
 	xargs -0 md5sum) >"$stage/DEBIAN/md5sums"
-chmod 0644 "$stage/DEBIAN/control" "$stage/DEBIAN/conffiles" "$stage/DEBIAN/md5sums"
+chmod 0644 "$stage/DEBIAN/control" "$stage/DEBIAN/md5sums"
 
 find "$stage" -exec touch --no-dereference --date="@$SOURCE_DATE_EPOCH" {} +
 deb=$out/phonehome_${version}_${arch}.deb

@@ -38,8 +38,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _update_data(args: argparse.Namespace) -> int:
-    from sensor.config import ConfigError, load_config
+    from sensor.config import ConfigError
     from sensor.enrich import datafiles
+    from sensor.validate import load_config
 
     try:
         cfg = load_config(args.config)
@@ -173,12 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=_check)
 
+    from sensor.enrich import datafiles
+
     u = sub.add_parser(
         "update-data",
-        help="download (or import with --from) the cloud-range and geo data files",
+        help="download (or import with --from) the cloud providers' IP range files",
+        description=datafiles.describe_sources(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     u.add_argument("--config", metavar="FILE", help="TOML configuration")
-    from sensor.enrich import datafiles
 
     datafiles.add_arguments(u)
     u.set_defaults(func=_update_data)

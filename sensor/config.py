@@ -4,9 +4,10 @@ Every section is a dataclass; the loader walks the TOML tables against those dat
 unknown key, a wrong type or a bad value is an error naming the file, the key and the reason.
 Defaults are the dataclass defaults: a missing file section means "all defaults".
 
-`load_config` reads and validates the file alone; `check_files` then checks the files and
-folders it names (state directory, geo databases, overrides, key file, ...), for `check`,
-`run` and the SIGHUP reload. Every error is a `ConfigError`: one line, file, key, reason.
+This module parses with the standard library only (types, ranges, syntax); `sensor.validate`
+above it judges what needs a library or a maintained list (country codes, identifiers, source
+names) and the files the configuration names (`check_files`). Callers use
+`sensor.validate.load_config`. Every error is a `ConfigError`: one line, file, key, reason.
 """
 
 from __future__ import annotations
@@ -122,8 +123,7 @@ class SiteConfig:
                 ipaddress.ip_network(net, strict=False)
             except ValueError as exc:
                 raise ValueError(f"lan_networks: {exc}") from None
-        if self.home_country is not None and not re.fullmatch(r"[A-Z]{2}", self.home_country):
-            raise ValueError("home_country: must be a two-letter upper-case country code")
+        # home_country: ISO 3166-1 membership is judged by sensor.validate (a maintained list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,21 +203,16 @@ class UpdateConfig:
             raise ValueError("timeout: must be positive")
         if self.max_bytes < 1024:
             raise ValueError("max_bytes: must be at least 1024")
-        if self.urls:
-            from sensor.enrich.datafiles import DEFAULT_URLS  # only when overrides are set
-
-            for name, url in self.urls.items():
-                key = dotted("urls", name)
-                if name not in DEFAULT_URLS:
-                    known = ", ".join(sorted(DEFAULT_URLS))
-                    raise ValueError(f"{key}: unknown source (known: {known})")
-                try:
-                    parts = urllib.parse.urlsplit(url)
-                    host = parts.hostname
-                except ValueError:
-                    host = None
-                if host is None or parts.scheme.lower() not in ("http", "https"):
-                    raise ValueError(f"{key}: must be an http:// or https:// URL with a host")
+        for name, url in self.urls.items():  # the source names: sensor.validate
+            try:
+                parts = urllib.parse.urlsplit(url)
+                host = parts.hostname
+            except ValueError:
+                host = None
+            if host is None or parts.scheme.lower() not in ("http", "https"):
+                raise ValueError(
+                    f"{dotted('urls', name)}: must be an http:// or https:// URL with a host"
+                )
 
 
 IDENTIFIER_KINDS = (
@@ -297,7 +292,7 @@ class DaemonConfig:
     host_sample_rate: int = 5000
     """nflog capture: packets a second one LAN host may have sampled, on average (its DNS and
     its connections' first packets); a flooding host's excess is counted, not decoded, so the
-    other devices' packets still get through (see README, "Reliability")."""
+    other devices' packets still get through (see docs/RELIABILITY.md)."""
     host_sample_burst: int = 20000
     """nflog capture: packets one LAN host may have sampled at once, above that rate."""
     memory_limit_mb: int = 256
@@ -490,8 +485,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Read and validate a TOML file; None gives the embedded defaults. Only the file itself
-    is read: `check_files` checks the files and folders it names."""
+    """Read and parse a TOML file; None gives the embedded defaults. Only the file itself
+    is read. `sensor.validate.load_config` is this plus the checks that need libraries."""
     if path is None:
         return Config()
     source = str(path)
@@ -547,140 +542,3 @@ def _read_config(source: str) -> bytes:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(source, "", f"larger than {MAX_CONFIG_BYTES} bytes: not a configuration")
     return raw
-
-
-# --- the files a configuration names ------------------------------------------------------------
-
-
-def check_files(cfg: Config, *, metrics_files: bool = True) -> None:
-    """ConfigError (config file, key, the named file and why) unless every file and folder
-    the configuration names is usable: the state directory is a directory or can be made;
-    configured geo databases are readable MaxMind databases; the overrides file parses; the
-    install key, when present, is a whole key; the event log path and (with `metrics_files`)
-    the metrics credentials are files. What `run` creates itself (state directory, key, event
-    log) may be missing.
-
-    Downloaded range files are data, not configuration: a broken one is reported by `check`
-    and skipped by the daemon (update-data never writes one)."""
-    src = cfg.source
-    state = Path(cfg.paths.state_dir)
-    problem = _dir_problem(state)
-    if problem:
-        raise ConfigError(src, "paths.state_dir", f"{state}: {problem}")
-    for key, db in (("geo.country_db", cfg.geo.country_db), ("geo.asn_db", cfg.geo.asn_db)):
-        if db is not None:
-            _existing_file(src, key, db)
-            _maxmind(src, key, db)
-    if cfg.geo.overrides is not None:
-        from sensor.enrich.geo import GeoDataError, load_overrides
-
-        _existing_file(src, "geo.overrides", cfg.geo.overrides)
-        try:
-            load_overrides(cfg.geo.overrides)
-        except GeoDataError as exc:
-            raise ConfigError(src, "geo.overrides", str(exc)) from None
-    _check_key_file(cfg, state)
-    log_path = cfg.eventlog.path
-    if cfg.eventlog.enabled and log_path is not None:
-        _creatable_file(src, "eventlog.path", log_path)
-    if cfg.metrics.enabled and metrics_files:
-        for name in (
-            "tls_cert_file", "tls_key_file", "basic_auth_password_file", "bearer_token_file"
-        ):  # fmt: skip
-            value = getattr(cfg.metrics, name)
-            if value is not None:
-                _existing_file(src, f"metrics.{name}", value)
-
-
-def _dir_problem(path: Path) -> str | None:
-    """Why `path` cannot serve as a directory (None: it is one, or can be made)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        for parent in path.parents:  # `run` makes it: the nearest existing one must be a dir
-            try:
-                if not stat.S_ISDIR(os.stat(parent).st_mode):
-                    return f"cannot be created: {parent} is not a directory"
-                return None
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                return f"cannot be created: {parent}: {exc.strerror or exc}"
-        return None
-    except OSError as exc:  # ENOTDIR: a path through a file; EACCES; ELOOP
-        return exc.strerror or str(exc)
-    return None if stat.S_ISDIR(st.st_mode) else "not a directory"
-
-
-def _existing_file(src: str, key: str, path: str | Path) -> None:
-    """A readable, non-empty regular file, or ConfigError."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ConfigError(src, key, f"{path}: {exc.strerror or exc}") from None
-    _regular(src, key, path, st)
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
-    except OSError as exc:
-        raise ConfigError(src, key, f"{path}: {exc.strerror or exc}") from None
-    if st.st_size == 0:
-        raise ConfigError(src, key, f"{path}: empty")
-
-
-def _creatable_file(src: str, key: str, path: str | Path) -> os.stat_result | None:
-    """A regular file (its status), or nothing yet (None) where one can be made."""
-    p = Path(path)
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        problem = _dir_problem(p.parent)
-        if problem:
-            raise ConfigError(src, key, f"{p.parent}: {problem}") from None
-        return None
-    except OSError as exc:
-        raise ConfigError(src, key, f"{p}: {exc.strerror or exc}") from None
-    _regular(src, key, p, st)
-    return st
-
-
-def _regular(src: str, key: str, path: str | Path, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ConfigError(src, key, f"{path}: {what}")
-
-
-def _maxmind(src: str, key: str, path: str) -> None:
-    """Opened by the reader the enrichment uses: its metadata must parse."""
-    try:
-        from sensor.enrich.geo import GeoDataError, MaxMindDB
-
-        MaxMindDB(path).close()
-    except ImportError:
-        raise ConfigError(src, key, "needs the maxminddb package") from None
-    except GeoDataError as exc:
-        raise ConfigError(src, key, str(exc)) from None
-
-
-def _check_key_file(cfg: Config, state: Path) -> None:
-    """The install key: may be missing (it is made), but a present one must be whole (a short
-    or empty file would make every keyed hash guessable)."""
-    from sensor.detect.stage import KEY_BYTES
-
-    path = Path(cfg.detect.key_file) if cfg.detect.key_file else state / "identity.key"
-    key = "detect.key_file"
-    if cfg.detect.key_file is not None:
-        st = _creatable_file(cfg.source, key, path)
-    else:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return  # missing (made at start), or the state directory is not there yet
-        _regular(cfg.source, key, path, st)
-    # Not opened: it is the service user's (mode 0600), and one it cannot read only costs a
-    # per-run key (logged); `check` run by someone else must not call that invalid.
-    if st is not None and st.st_size < KEY_BYTES:
-        raise ConfigError(
-            cfg.source,
-            key,
-            f"{path}: {st.st_size} bytes, not a {KEY_BYTES}-byte key (remove it to make a new one)",
-        )

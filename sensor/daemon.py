@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import __version__
-from sensor.config import Config, ConfigError, check_files, load_config
+from sensor.config import Config, ConfigError
 from sensor.files import errno_name, write_atomically
 from sensor.metrics import Exporter, MetricsError
 from sensor.model import Device, Flow
@@ -46,6 +46,7 @@ from sensor.service import Notifier
 from sensor.sinks import EventLog, LogLimiter, Sink, make_sinks
 from sensor.stages import Stages
 from sensor.stages import build as build_stages
+from sensor.validate import check_files, load_config, require_home_country
 
 log = logging.getLogger(__name__)
 
@@ -499,6 +500,7 @@ class Daemon:
         sinks: list[Sink] = []
         try:
             cfg = load_config(self.config_path)
+            require_home_country(cfg)
             # Metrics credentials are read at start, as root: after the privilege drop only
             # new ones are checked (and must then be readable by the service user).
             check_files(cfg, metrics_files=cfg.metrics != self.cfg.metrics)
@@ -688,6 +690,7 @@ def main(config_path: str | None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         cfg = load_config(config_path)
+        require_home_country(cfg)
         check_files(cfg)
     except ConfigError as exc:
         log.error("config error: %s", exc)

@@ -28,11 +28,10 @@ from sensor.config import (
     PathsConfig,
     SiteConfig,
     UpdateConfig,
-    check_files,
-    load_config,
     normalize_mac,
 )
 from sensor.synth import PHONE, Capture, PcapWriter, TcpSession, client_hello
+from sensor.validate import check_files, load_config
 
 
 def write(tmp_path: Path, text: str, name: str = "phonehome.toml") -> Path:
@@ -224,11 +223,22 @@ def test_lan_networks_with_host_bits_are_accepted(tmp_path: Path) -> None:
     assert cfg.site.lan_networks == ("192.168.1.1/24", "::1/128")
 
 
-@pytest.mark.parametrize("country", ["de", "DEU", "D", "D1", "", "De"])
+@pytest.mark.parametrize("country", ["D", "D1", "", "XX", "ZZ", "EU"])
 def test_bad_home_country(tmp_path: Path, country: str) -> None:
     err = error(tmp_path, f"[site]\nhome_country = '{country}'\n")
     assert err.key == "site.home_country"
-    assert "two-letter" in err.reason
+    assert err.reason.startswith("not an ISO 3166-1 alpha-2 country code")
+    assert "did you mean" not in err.reason
+
+
+@pytest.mark.parametrize(
+    ("country", "meant"),
+    [("UK", "GB"), ("de", "DE"), ("De", "DE"), ("DEU", "DE"), ("EL", "GR"), ("Germany", "DE")],
+)
+def test_home_country_did_you_mean(tmp_path: Path, country: str, meant: str) -> None:
+    err = error(tmp_path, f"[site]\nhome_country = '{country}'\n")
+    assert err.key == "site.home_country"
+    assert err.reason.endswith(f"did you mean {meant}?")
 
 
 @pytest.mark.parametrize(
@@ -367,11 +377,11 @@ def test_cli_bad_config_exits_2_naming_file_and_key(
 def test_cli_config_error_comes_before_reading_captures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = write(tmp_path, "[site]\nhome_country = 'uk'\n", "bad.toml")
+    bad = write(tmp_path, "[flows]\nmax_flows = 1\n", "bad.toml")
     rc = main(["analyze", "--config", str(bad), str(tmp_path / "absent.pcap")])
     err = capsys.readouterr().err
     assert rc == 2
-    assert f"{bad}: site.home_country" in err and "absent.pcap" not in err
+    assert f"{bad}: flows.max_flows" in err and "absent.pcap" not in err
 
 
 def test_cli_config_reaches_the_pipeline(
@@ -746,6 +756,7 @@ def _cli_case(tmp_path: Path, case: str) -> tuple[Path, str, str]:
     state = tmp_path / "state"
     state.mkdir()
     base = f"[paths]\nstate_dir = '{state}'\n"
+    home = "[site]\nhome_country = 'DE'\n"  # checked before the files the config names
     if case == "broken-toml":
         return write(tmp_path, base + "[flows\n"), "line 3, column 7", "invalid TOML"
     if case == "wrong-type":
@@ -761,7 +772,19 @@ def _cli_case(tmp_path: Path, case: str) -> tuple[Path, str, str]:
         text = base + two + "mac = '02:00:00:00:00'\n"
         return write(tmp_path, text), "devices[1].mac", "not a MAC address"
     if case == "bad-country":
-        return write(tmp_path, base + "[site]\nhome_country = 'de'\n"), "site.home_country", "two"
+        text = base + "[site]\nhome_country = 'UK'\n"
+        return write(tmp_path, text), "site.home_country", "did you mean GB?"
+    if case == "no-home-country":
+        return write(tmp_path, base), "site.home_country", "not set: the sensor cannot tell"
+    if case == "bad-imei":
+        text = (
+            base
+            + "[site]\nhome_country = 'DE'\n"
+            + two
+            + "mac = '02:00:00:00:00:02'\n"
+            + "identifiers = { imei = ['356938035643809', '12345'] }\n"
+        )
+        return write(tmp_path, text), "devices[1].identifiers.imei[1]", "an IMEI has 15 digits"
     if case == "bad-prefix":
         text = base + "[site]\nlan_networks = ['192.168.1.0/33']\n"
         return write(tmp_path, text), "site.lan_networks", "does not appear to be"
@@ -785,23 +808,23 @@ def _cli_case(tmp_path: Path, case: str) -> tuple[Path, str, str]:
         (tmp_path / "file").write_text("")
         return tmp_path / "file" / "y.toml", "", "cannot read: Not a directory"
     if case == "missing-geo-db":
-        text = base + f"[geo]\ncountry_db = '{tmp_path}/GeoLite2-Country.mmdb'\n"
+        text = home + base + f"[geo]\ncountry_db = '{tmp_path}/GeoLite2-Country.mmdb'\n"
         return write(tmp_path, text), "geo.country_db", "No such file or directory"
     if case == "corrupt-geo-db":
         _garbage(tmp_path / "asn.mmdb")
-        text = base + f"[geo]\nasn_db = '{tmp_path}/asn.mmdb'\n"
+        text = home + base + f"[geo]\nasn_db = '{tmp_path}/asn.mmdb'\n"
         return write(tmp_path, text), "geo.asn_db", "cannot open MaxMind database"
     if case == "corrupt-overrides":
         (tmp_path / "geo.toml").write_text("[[prefix]]\nnet = 'x'\n")
-        text = base + f"[geo]\noverrides = '{tmp_path}/geo.toml'\n"
+        text = home + base + f"[geo]\noverrides = '{tmp_path}/geo.toml'\n"
         return write(tmp_path, text), "geo.overrides", "prefix[0].net"
     if case == "state-dir-is-a-file":
         (tmp_path / "f").write_text("")
-        text = f"[paths]\nstate_dir = '{tmp_path}/f'\n"
+        text = home + f"[paths]\nstate_dir = '{tmp_path}/f'\n"
         return write(tmp_path, text), "paths.state_dir", "not a directory"
     if case == "empty-key-file":
         (state / "identity.key").write_bytes(b"")
-        return write(tmp_path, base), "detect.key_file", "0 bytes, not a 32-byte key"
+        return write(tmp_path, home + base), "detect.key_file", "0 bytes, not a 32-byte key"
     raise AssertionError(case)
 
 
@@ -809,7 +832,7 @@ CLI_CASES = [
     "broken-toml", "wrong-type", "list-for-table", "unknown-nested-key", "bad-mac", "bad-country",
     "bad-prefix", "nan", "not-utf8", "missing-file", "directory", "fifo", "dev-zero",
     "through-a-file", "missing-geo-db", "corrupt-geo-db", "corrupt-overrides",
-    "state-dir-is-a-file", "empty-key-file",
+    "state-dir-is-a-file", "empty-key-file", "no-home-country", "bad-imei",
 ]  # fmt: skip
 
 
@@ -855,7 +878,11 @@ def test_unreadable_files_without_dac_override(tmp_path: Path, mmdb: Path) -> No
     assert proc.returncode == 2
     assert proc.stdout == f"config: INVALID: {secret}: cannot read: Permission denied\n"
     mmdb.chmod(0)
-    cfg = write(tmp_path, f"[paths]\nstate_dir = '{state}'\n[geo]\ncountry_db = '{mmdb}'\n")
+    cfg = write(
+        tmp_path,
+        f"[site]\nhome_country = 'DE'\n[paths]\nstate_dir = '{state}'\n"
+        f"[geo]\ncountry_db = '{mmdb}'\n",
+    )
     proc = sensor_cmd(["check", "--config", str(cfg)], prefix=no_dac)
     assert proc.returncode == 2
     assert proc.stdout == f"config: INVALID: {cfg}: geo.country_db: {mmdb}: Permission denied\n"
@@ -870,7 +897,7 @@ def test_check_reports_broken_data_files_without_a_traceback(tmp_path: Path) -> 
     data.mkdir(parents=True)
     (data / "manifest.json").write_text('{"sources": ["aws"]}')
     (data / "ip-ranges.json").write_text('{"prefixes": [')
-    cfg = write(tmp_path, f"[paths]\nstate_dir = '{tmp_path}/state'\n")
+    cfg = write(tmp_path, f"[site]\nhome_country = 'DE'\n[paths]\nstate_dir = '{tmp_path}/state'\n")
     proc = sensor_cmd(["check", "--config", str(cfg)], prefix=["unshare", "--net"])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr

@@ -12,6 +12,7 @@ skips into failures (CI). PHONEHOME_DEBIAN_MIRROR overrides the mirror.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -265,8 +266,9 @@ def test_deb_contents(deb_file: Path) -> None:
         *(f"/lib/systemd/system/{u}" for u in UNITS),
         "/usr/lib/sysctl.d/phonehome.conf",
         "/usr/lib/modules-load.d/phonehome.conf",
-        "/etc/phonehome/phonehome.toml",
+        "/usr/share/phonehome/phonehome.toml.example",
         "/usr/share/doc/phonehome/README.md.gz",
+        "/usr/share/doc/phonehome/NEWS.Debian.gz",
         "/usr/share/doc/phonehome/copyright",
         "/usr/share/doc/phonehome/changelog.gz",
         "/usr/share/man/man1/phonehome.1.gz",
@@ -291,8 +293,10 @@ def test_deb_contents(deb_file: Path) -> None:
     info = _run(["dpkg-deb", "-f", str(deb_file), "Depends"], check=True).stdout
     for dep in ("python3.11", "nftables", "adduser", "libsystemd0"):
         assert dep in info, info
-    conffiles = _run(["dpkg-deb", "-I", str(deb_file), "conffiles"], check=True).stdout
-    assert conffiles.split() == [CONFIG]
+    # The configuration is the owner's file, made by postinst when missing: not a conffile,
+    # which an upgrade would replace (and the example sets no home country).
+    assert CONFIG not in entries
+    assert _run(["dpkg-deb", "-I", str(deb_file), "conffiles"]).returncode != 0
     assert deb_file.stat().st_size < 30 << 20, "the package grew past 30 MB"
 
 
@@ -385,6 +389,13 @@ def _in_root(
     )
 
 
+def _with_home(example: str, country: str) -> str:
+    """The example configuration as an owner edits it: the home country set."""
+    commented = '# home_country = "DE"\n'
+    assert commented in example
+    return example.replace(commented, f'home_country = "{country}"\n')
+
+
 @deb
 def test_fresh_install(installed_root: Path) -> None:
     """postinst made the user, the state directory and the bytecode, and left the service off;
@@ -402,6 +413,15 @@ def test_fresh_install(installed_root: Path) -> None:
     assert conf.st_mode & 0o777 == 0o640 and conf.st_uid == 0
     assert list((root / PREFIX.lstrip("/")).rglob("sensor/__pycache__/cli.*.pyc"))
     assert not (root / "etc/systemd/system/multi-user.target.wants/phonehome.service").exists()
+
+    # The example sets no home country: check refuses, saying how.
+    example = (root / "usr/share/phonehome/phonehome.toml.example").read_text()
+    assert (root / CONFIG.lstrip("/")).read_text() == example
+    proc = _in_root(root, f'chroot "$R" phonehome check --config {CONFIG}')
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"config: INVALID: {CONFIG}: site.home_country: not set")
+    assert f"under [site] in {CONFIG}" in proc.stdout
+    (root / CONFIG.lstrip("/")).write_text(_with_home(example, "ID"))
 
     proc = _in_root(root, f'chroot "$R" phonehome check --config {CONFIG}')
     out = proc.stdout
@@ -421,7 +441,7 @@ def test_fresh_install(installed_root: Path) -> None:
     ):
         assert line in out.splitlines(), f"{line!r} not in:\n{out}"
     assert "  geo: embedded" in out
-    assert "error" not in out.lower() and "privileges:" not in out, out
+    assert "error" not in out.lower(), out
     assert not proc.stderr.strip(), proc.stderr
 
 
@@ -587,7 +607,7 @@ def _prepare_boot(root: Path, deb_path: Path, acct: int, capture: str) -> None:
     # The admin's configuration: the example, with the capture mode fixed for the packet test
     # (postinst turns accounting on during the reinstall, and auto would then pick nflog).
     conf = root / CONFIG.lstrip("/")
-    example = (REPO / "etc/phonehome.toml").read_text()
+    example = _with_home((REPO / "etc/phonehome.toml").read_text(), "ID")
     if capture == "packet":
         example += '\n[daemon]\naccounting = "capture"\ncapture = "packet"\n'
     conf.write_text(example)
@@ -691,6 +711,94 @@ def test_service_under_systemd(
     assert got["timer_next"] not in ("", "0", "n/a"), context
     assert got["stop_result"] == "success", context
     assert got["table_stopped"] == "0", context
+
+
+OLD_RELEASE = "3852920c38e79b42dd94775632bf5f303acede94"
+"""The commit 0.1.0 was packaged from (its etc/phonehome.toml set home_country = "ID")."""
+
+
+@pytest.fixture(scope="module")
+def old_deb_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 0.1.0 package, built by that release's own build-deb.sh."""
+    _need_root(deb_test=True)
+    _need_tools("dpkg-deb", "python3.11", "gcc", "strip", "git", deb_test=True)
+    have = _run(["git", "-C", str(REPO), "cat-file", "-e", f"{OLD_RELEASE}^{{commit}}"])
+    _need(have.returncode == 0, f"commit {OLD_RELEASE} is not in this clone", deb_test=True)
+    # A clone (build-deb.sh reads the history for dates), checked out at the release.
+    src = tmp_path_factory.mktemp("old") / "src"
+    _run(["git", "clone", "-q", "--shared", str(REPO), str(src)], timeout=300, check=True)
+    _run(["git", "-C", str(src), "checkout", "-q", "--detach", OLD_RELEASE], check=True)
+    out = tmp_path_factory.mktemp("old-deb")
+    _run([str(src / "packaging/build-deb.sh"), str(out)], timeout=900, check=True)
+    debs = list(out.glob("phonehome_0.1.0_*.deb"))
+    assert len(debs) == 1, debs
+    return debs[0]
+
+
+@deb
+def test_upgrade_from_0_1_0(old_deb_file: Path, deb_file: Path) -> None:
+    """0.1.0 installed, then this version: the unedited 0.1.0 configuration (home_country =
+    "ID") is kept and keeps passing `check`, and the upgrade says what changed; a configuration
+    without a home country is kept too, the upgrade warns that the sensor stays stopped, and
+    `check` refuses saying how. NEWS.Debian is installed; purge still removes everything."""
+    _need_tools("mmdebstrap", "unshare", "ip", deb_test=True)
+    base = REPO / "build" / "deb-test"
+    base.mkdir(parents=True, exist_ok=True)
+    root = base / f"upgrade-{os.getpid()}"
+    other = base / f"upgrade-nohome-{os.getpid()}"
+    try:
+        _run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount",
+                f"--include=systemd,iproute2,{old_deb_file}",
+                "bookworm",
+                str(root),
+                MIRROR,
+            ],
+            timeout=600,
+            check=True,
+        )
+        conf = CONFIG.lstrip("/")
+        old_conf = (root / conf).read_text()
+        assert '\nhome_country = "ID"\n' in old_conf  # what 0.1.0 shipped, active
+        _run(["cp", "-a", str(root), str(other)], timeout=300, check=True)
+        for r in (root, other):
+            shutil.copy(deb_file, r / "root/phonehome.deb")
+
+        # An unedited 0.1.0 install: kept, valid, and told what changed.
+        proc = _in_root(root, 'chroot "$R" dpkg -i /root/phonehome.deb')
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 0, said
+        assert f'0.2.0 requires site.home_country; {CONFIG} sets it ("ID")' in said, said
+        assert (root / conf).read_text() == old_conf
+        news = gzip.decompress((root / "usr/share/doc/phonehome/NEWS.Debian.gz").read_bytes())
+        assert b"site.home_country is now required" in news
+        proc = _in_root(root, f'chroot "$R" phonehome check --config {CONFIG}')
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "home country: ID" in proc.stdout.splitlines()
+
+        # An owner who had removed the home country: kept as it is, loudly.
+        edited = old_conf.replace('\nhome_country = "ID"\n', "\n")
+        (other / conf).write_text(edited)
+        proc = _in_root(other, 'chroot "$R" dpkg -i /root/phonehome.deb')
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 0, said
+        assert "phonehome: WARNING: 0.2.0 refuses to start without site.home_country" in said
+        assert "The sensor stays stopped" in said
+        assert (other / conf).read_text() == edited
+        proc = _in_root(other, f'chroot "$R" phonehome check --config {CONFIG}')
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"{CONFIG}: site.home_country: not set" in proc.stdout
+        proc = _in_root(other, 'chroot "$R" dpkg --purge phonehome')
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert not (other / "etc/phonehome").exists()
+    finally:
+        for r in (root, other):
+            left = _mounts_under(r)
+            assert not left, f"still mounted, {r} kept: {left}"
+            shutil.rmtree(r, ignore_errors=True)
 
 
 @deb

@@ -17,6 +17,7 @@ Regions map to a country and city through `sensor/data/cloud_regions.toml`; RFC 
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import logging
 import tomllib
@@ -583,3 +584,108 @@ def _merge_adjacent(
         else:
             out.append((first, last, info))
     return out
+
+
+# --- recognising a file by its content ------------------------------------------------------------
+
+_GEOFEED_ANCHORS: Final[Mapping[str, tuple[str, ...]]] = {
+    # RFC 8805 geofeeds all look alike: whose one is, is told by the address blocks it lists
+    # (each provider's own, from its AS; a file is theirs when most anchored prefixes are).
+    "digitalocean": (
+        "5.101.96.0/21", "64.225.0.0/16", "104.131.0.0/16", "134.209.0.0/16", "138.68.0.0/16",
+        "143.198.0.0/16", "146.190.0.0/16", "157.245.0.0/16", "159.89.0.0/16", "164.90.0.0/16",
+        "165.227.0.0/16", "167.99.0.0/16", "178.128.0.0/16", "188.166.0.0/16", "206.189.0.0/16",
+        "2604:a880::/32", "2a03:b0c0::/32",
+    ),
+    "linode": (
+        "23.239.0.0/19", "45.33.0.0/17", "45.56.64.0/18", "45.79.0.0/16", "50.116.0.0/18",
+        "66.228.32.0/19", "69.164.192.0/19", "74.207.224.0/19", "96.126.96.0/19",
+        "139.162.0.0/16", "172.104.0.0/15", "173.255.192.0/18", "192.155.80.0/20",
+        "198.58.96.0/19", "2600:3c00::/24", "2a01:7e00::/24",
+    ),
+    "huawei": (
+        "1.92.0.0/16", "1.178.32.0/19", "94.74.64.0/18", "101.44.0.0/16", "110.238.64.0/18",
+        "114.119.160.0/19", "119.8.0.0/16", "119.13.64.0/18", "159.138.0.0/16",
+        "2407:c080::/29",
+    ),
+}  # fmt: skip
+
+
+def identify(data: bytes) -> str | None:
+    """The source (`CloudSource.name`) whose published file `data` is, judged by content
+    alone, whatever the file is called (mirrors and aggregators rename them); None when it
+    is none of them. Only recognises: `CloudSource.parse` still validates."""
+    head = data.lstrip()[:1]
+    if head in (b"{", b"["):
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
+            return None
+        return _identify_json(doc) if isinstance(doc, dict) else None
+    try:
+        lines = _text_lines(data)
+    except CloudDataError:
+        return None
+    rows = [ln.split(",")[0].strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+    if not rows:
+        return None
+    for row in rows[:5000]:  # every row starts with a prefix, or it is none of these files
+        try:
+            parse_prefix(row)
+        except ValueError:
+            return None
+    if all("," not in ln for ln in lines if ln.strip() and not ln.startswith("#")):
+        versions = {":" in row for row in rows}
+        if versions == {False}:
+            return "cloudflare-v4"
+        if versions == {True}:
+            return "cloudflare-v6"
+        return None
+    return _geofeed_owner(rows[:5000])
+
+
+def _identify_json(doc: Mapping[str, Any]) -> str | None:
+    def first(key: str) -> Any:
+        value = doc.get(key)
+        return value[0] if isinstance(value, list) and value else None
+
+    prefix = first("prefixes")
+    if isinstance(prefix, dict):
+        if "ip_prefix" in prefix:
+            return "aws"
+        if "ipv4Prefix" in prefix or "ipv6Prefix" in prefix:
+            return "google"
+    if isinstance(first("ipv6_prefixes"), dict) and "ipv6_prefix" in first("ipv6_prefixes"):
+        return "aws"
+    value = first("values")
+    if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+        return "azure"
+    region = first("regions")
+    if isinstance(region, dict) and "cidrs" in region:
+        return "oracle"
+    if isinstance(doc.get("addresses"), list) or isinstance(doc.get("ipv6_addresses"), list):
+        return "fastly"
+    subnet = first("subnets")
+    if isinstance(subnet, dict) and "ip_prefix" in subnet:
+        return "vultr"
+    return None
+
+
+def _geofeed_owner(rows: Sequence[str]) -> str | None:
+    anchors = {
+        name: [ipaddress.ip_network(n) for n in nets] for name, nets in _GEOFEED_ANCHORS.items()
+    }
+    hits = dict.fromkeys(anchors, 0)
+    for row in rows:
+        try:
+            net = ipaddress.ip_network(row, strict=False)
+        except ValueError:
+            continue
+        for name, blocks in anchors.items():
+            if any(b.version == net.version and net.subnet_of(b) for b in blocks):  # type: ignore[arg-type]
+                hits[name] += 1
+                break
+    best = max(hits, key=lambda n: hits[n])
+    if hits[best] == 0 or hits[best] * 2 <= sum(hits.values()):
+        return None
+    return best

@@ -44,7 +44,13 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urljoin, urlsplit
 
 from sensor.config import one_line
-from sensor.enrich.cloud import CLOUD_SOURCES, SOURCES_BY_NAME, CloudDataError, CloudSource
+from sensor.enrich.cloud import (
+    CLOUD_SOURCES,
+    SOURCES_BY_NAME,
+    CloudDataError,
+    CloudSource,
+    identify,
+)
 from sensor.enrich.geo import EmbeddedGeo, GeoDataError, geo_cache_dir
 from sensor.files import write_atomically
 
@@ -345,14 +351,43 @@ def _fetch_source(
     return data, url
 
 
-def _import_source(src: CloudSource, from_dir: Path, max_bytes: int) -> tuple[bytes, str] | None:
+def recognise_dir(from_dir: Path, max_bytes: int) -> dict[str, list[Path]]:
+    """Source name -> the files in `from_dir` (not below) whose content is that source's
+    published file (`cloud.identify`), newest first: mirrors and aggregators rename them."""
+    found: dict[str, list[tuple[float, str, Path]]] = {}
+    try:
+        entries = sorted(from_dir.iterdir())
+    except OSError as exc:
+        raise UpdateError(f"--from {from_dir}: {exc.strerror or exc}") from None
+    for path in entries:
+        try:
+            st = path.stat()
+            if not path.is_file() or st.st_size > max_bytes or path.name.startswith("."):
+                continue
+            data = path.read_bytes()
+        except OSError:
+            continue  # unreadable: its source is reported skipped, or found by name and failed
+        name = identify(data)
+        if name is not None:
+            found.setdefault(name, []).append((st.st_mtime, path.name, path))
+    return {k: [p for *_, p in sorted(v, reverse=True)] for k, v in found.items()}
+
+
+def _import_source(
+    src: CloudSource, from_dir: Path, max_bytes: int, by_content: Mapping[str, list[Path]]
+) -> tuple[bytes, str] | None:
+    """The provider's own file name first (the newest of dated Azure files), else a file
+    recognised by its content."""
     matches = sorted(
         {p for pattern in src.import_names for p in from_dir.glob(pattern) if p.is_file()},
         key=lambda p: p.name,
     )
-    if not matches:
+    if matches:
+        path = matches[-1]
+    elif by_content.get(src.name):
+        path = by_content[src.name][0]
+    else:
         return None
-    path = matches[-1]
     try:
         with open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)
@@ -451,11 +486,13 @@ def update(
     try:
         with _locked(data_dir):
             manifest = read_manifest(data_dir)
+            by_content = recognise_dir(import_dir, max_bytes) if import_dir is not None else {}
             results = [
                 _update_one(
                     src,
                     urls[src.name],
                     import_dir,
+                    by_content,
                     data_dir,
                     manifest,
                     timeout=timeout,
@@ -475,6 +512,7 @@ def _update_one(
     src: CloudSource,
     url: str,
     import_dir: Path | None,
+    by_content: Mapping[str, list[Path]],
     data_dir: Path,
     manifest: dict[str, Any],
     *,
@@ -489,9 +527,9 @@ def _update_one(
     origin = str(import_dir) if import_dir is not None else url
     try:
         if import_dir is not None:
-            got = _import_source(src, import_dir, max_bytes)
+            got = _import_source(src, import_dir, max_bytes, by_content)
             if got is None:
-                missing = f"no {src.import_names[0]} in {import_dir}"
+                missing = f"no {src.import_names[0]} (nor a file with its content) in {import_dir}"
                 return SourceResult(src.name, "skipped", error=missing)
         else:
             got = _fetch_source(src, url, timeout=timeout, max_bytes=max_bytes, progress=progress)
@@ -578,6 +616,34 @@ def _error_text(text: str) -> str:
 # --- command line -------------------------------------------------------------------------------
 
 
+def describe_sources() -> str:
+    """What update-data fetches, for its --help: one line per source with its URL."""
+    lines = [
+        "Downloads each cloud provider's published IP range file (cloud, region and city of",
+        "the servers devices talk to) into <state_dir>/data/, validates it, and replaces the",
+        "current copy only with a good one; a failed source keeps its last copy. Sources:",
+        "",
+    ]
+    width = max(len(s.name) for s in CLOUD_SOURCES)
+    lines += [f"  {s.name:<{width}}  {DEFAULT_URLS[s.name]}" for s in CLOUD_SOURCES]
+    lines += [
+        "",
+        "URLs can be changed per source in [update.urls]. Geo data (country and AS of every",
+        "address) is not downloaded: the embedded GeoLite2 data ships with the package, or",
+        "geo.country_db / geo.asn_db name MaxMind-format databases; `phonehome check` shows",
+        "the embedded data's date and warns when it is over a year old.",
+        "",
+        "--from DIR imports instead of downloading (no network): each file is recognised by",
+        "its content, whatever it is called (ip-ranges.json, cloud.json, ServiceTags_Public_*",
+        ".json, ips-v4... or a mirror's aws-ip-ranges.json); RFC 8805 geofeeds (digitalocean,",
+        "linode, huawei) by the provider's address blocks they list.",
+        "",
+        "Exit status: 0 no source failed (with --from, absent ones are skipped), 1 a source",
+        "failed or --from found nothing, 2 bad configuration or usage.",
+    ]
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `phonehome update-data` (the CLI adds --config)."""
     parser.add_argument(
@@ -585,9 +651,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="from_dir",
         metavar="DIR",
         type=Path,
-        help="import the files from DIR (named as the providers publish them: ip-ranges.json, "
-        "cloud.json, ServiceTags_Public_*.json, public_ip_ranges.json, ips-v4, ips-v6, "
-        "google.csv, ...) instead of downloading",
+        help="import the range files found in DIR instead of downloading; each is recognised "
+        "by its content, whatever its name",
     )
     parser.add_argument(
         "--only",

@@ -37,6 +37,7 @@ from sensor.enrich.datafiles import (
     read_manifest,
     update,
 )
+from sensor.validate import validate
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
 
@@ -452,6 +453,44 @@ def test_azure_direct_json_and_page_without_link(server: _Server, tmp_path: Path
 # --- --from DIR ---------------------------------------------------------------------------------
 
 
+def test_import_from_dir_by_content_whatever_the_names(tmp_path: Path) -> None:
+    """Files as mirrors and aggregators name them (the shared folder's own names, and worse):
+    every source is recognised by its content; a stray file is ignored."""
+    src = tmp_path / "mirror"
+    src.mkdir()
+    for name, (shared_name, _) in SHARED_FILES.items():
+        path = SHARED / shared_name
+        if not path.is_file():
+            pytest.skip(f"shared data file {path} not present")
+        shutil.copyfile(path, src / f"{name}-download.dat")
+    (src / "vultr.json").write_bytes(VULTR)
+    (src / "feed (1).csv").write_bytes(HUAWEI)
+    (src / "notes.txt").write_text("not a range file\n")
+    (src / "other-geofeed.csv").write_text("192.0.2.0/24,NL,,,\n")  # nobody's blocks
+    results = by_name(update(tmp_path / "state", from_dir=src))
+    for name in (*SHARED_FILES, "vultr", "huawei"):
+        assert results[name].status == "updated", results[name]
+    assert results["linode"].origin == str((src / "linode-download.dat").resolve())
+    assert results["huawei"].origin == str((src / "feed (1).csv").resolve())
+    assert results["azure"].records is not None and results["azure"].records > 50_000
+
+
+def test_identify_by_content() -> None:
+    from sensor.enrich.cloud import identify
+
+    for name, (shared_name, _) in SHARED_FILES.items():
+        path = SHARED / shared_name
+        if not path.is_file():
+            pytest.skip(f"shared data file {path} not present")
+        assert identify(path.read_bytes()) == name, shared_name
+    assert identify(VULTR) == "vultr"
+    assert identify(HUAWEI) == "huawei"
+    assert identify(SMALL_AWS) == "aws" and identify(SMALL_GOOGLE) == "google"
+    for junk in (b"", b"\0\1\2", b"{}", b"[1]", b"hello\n", b"192.0.2.0/24,NL\n", b"{nope"):
+        assert identify(junk) is None, junk
+    assert identify(b"192.0.2.0/24\n2001:db8::/32\n") is None  # mixed: neither list
+
+
 def test_import_from_dir(tmp_path: Path) -> None:
     src = tmp_path / "usb"
     src.mkdir()
@@ -509,7 +548,9 @@ def config(state: Path, urls: dict[str, str], *, geo: bool = False) -> Config:
     doc: dict[str, Any] = {"paths": {"state_dir": str(state)}, "update": {"urls": urls}}
     if not geo:  # skip preparing the embedded geo data (tested once below)
         doc["geo"] = {"country_db": "/nonexistent/c.mmdb", "asn_db": "/nonexistent/a.mmdb"}
-    return parse_config(doc)
+    cfg = parse_config(doc)
+    validate(cfg)
+    return cfg
 
 
 def test_main_all_ok(server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

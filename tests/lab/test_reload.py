@@ -67,6 +67,18 @@ def _missing_overrides(text: str, state: Path) -> str:
     return text.replace(f"{state}/lab-geo.toml", f"{state}/moved-away.toml")
 
 
+def _no_home_country(text: str, state: Path) -> str:
+    return text.replace(CN_HOME + "\n", "")
+
+
+def _not_iso_country(text: str, state: Path) -> str:
+    return text.replace(CN_HOME, 'home_country = "UK"')
+
+
+def _bad_identifier(text: str, state: Path) -> str:
+    return text + '[identifiers]\nimei = ["356938035643809", "356938035643808"]\n'
+
+
 BAD: dict[str, tuple[Callable[[str, Path], str], str, str]] = {
     # case: (edit of the good text, key, a part of the reason)
     "broken-toml": (_broken_toml, "line ", "invalid TOML: Expected ']'"),
@@ -74,6 +86,9 @@ BAD: dict[str, tuple[Callable[[str, Path], str], str, str]] = {
     "unknown-key": (_unknown_key, "daemon.allow_roots", "unknown key"),
     "missing-geo-db": (_missing_geo_db, "geo.country_db", "No such file or directory"),
     "missing-overrides": (_missing_overrides, "geo.overrides", "No such file or directory"),
+    "no-home-country": (_no_home_country, "site.home_country", "not set"),
+    "not-iso-country": (_not_iso_country, "site.home_country", "did you mean GB?"),
+    "bad-identifier": (_bad_identifier, "identifiers.imei[1]", "check digit (Luhn) is wrong"),
 }
 
 
