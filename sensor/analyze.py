@@ -26,9 +26,9 @@ from sensor.config import (
     Config,
     ConfigError,
     IdentifiersConfig,
-    load_config,
     parse_config,
 )
+from sensor.config import load_config as parse_config_file
 from sensor.decode.link import SUPPORTED_LINKTYPES, linktype_label
 from sensor.pipeline import Pipeline
 from sensor.report import (
@@ -44,6 +44,7 @@ from sensor.report import (
 from sensor.sinks import EventLogConfig, JournalConfig, Sink, make_sinks
 from sensor.stages import ReportAlerts
 from sensor.stages import build as build_stages
+from sensor.validate import check_identifiers, country_problem, validate
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -82,10 +83,12 @@ def default_config_path() -> str:
 
 
 def check_country(code: str) -> str:
-    """`code` as an upper-case two-letter country code; ValueError saying why not."""
+    """`code` (any case) as an ISO 3166-1 alpha-2 code; ValueError saying why not, with a
+    suggestion where one fits ("did you mean GB?" for UK). The one validator decides."""
     cc = code.strip().upper()
-    if not re.fullmatch(r"[A-Z]{2}", cc):
-        raise ValueError(f"{code!r} is not a two-letter country code (ISO 3166-1, e.g. DE)")
+    problem = country_problem(cc)
+    if problem:
+        raise ValueError(f"{code!r}: {problem}")
     return cc
 
 
@@ -151,13 +154,15 @@ def _config(opts: Options, notes: list[str]) -> Config:
         )
         cfg = Config()
     else:
-        cfg = load_config(path)
+        cfg = parse_config_file(path)
     if opts.home_country is not None:
         cc = check_country(opts.home_country)
         cfg = dataclasses.replace(cfg, site=dataclasses.replace(cfg.site, home_country=cc))
     if opts.identifiers_file is not None:
         ids = load_identifiers_file(opts.identifiers_file)
+        check_identifiers(opts.identifiers_file, "", ids.as_mapping(), cfg.site.home_country)
         cfg = dataclasses.replace(cfg, identifiers=_merge_identifiers(cfg.identifiers, ids))
+    validate(cfg)  # what check and run judge, judged the same way (after --home-country)
     return cfg
 
 

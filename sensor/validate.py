@@ -126,13 +126,14 @@ def check_identifiers(
     """ConfigError naming ``prefix.kind[index]`` for the first value that is not an
     identifier of its kind (for `[identifiers]`, `[[devices]]` and identifier files)."""
     for kind, values in table.items():
+        key = f"{prefix}.{kind}" if prefix else kind  # an identifiers file has no prefix
         if kind not in IDENTIFIER_KINDS:
             known = ", ".join(IDENTIFIER_KINDS)
-            raise ConfigError(source, f"{prefix}.{kind}", f"unknown identifier kind ({known})")
+            raise ConfigError(source, key, f"unknown identifier kind ({known})")
         for i, value in enumerate(values):
             problem = identifier_problem(kind, value, home_country)
             if problem:
-                raise ConfigError(source, f"{prefix}.{kind}[{i}]", problem)
+                raise ConfigError(source, f"{key}[{i}]", problem)
 
 
 def identifier_problem(kind: str, value: str, home_country: str | None = None) -> str | None:

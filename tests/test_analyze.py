@@ -283,15 +283,31 @@ def test_home_country_flag_makes_the_leak_critical(
     assert stats_of(out)["home_country"] == "ID"
 
 
-@pytest.mark.parametrize("bad", ["X", "XYZ", "1A", ""])
-def test_home_country_must_be_two_letters(
+@pytest.mark.parametrize("bad", ["X", "XYZ", "1A", "", "XX", "UK"])
+def test_home_country_must_be_an_iso_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str
 ) -> None:
     rc, out, err = cli(capsys, "--home-country", bad, str(sample(tmp_path)))
     assert rc == 2 and out == ""
-    assert "--home-country" in err and "two-letter country code" in err
+    assert "--home-country" in err and "ISO 3166-1 alpha-2" in err
+    if bad == "UK":
+        assert "did you mean GB?" in err
     with pytest.raises(ValueError):
         check_country(bad)
+
+
+def test_analyze_and_check_agree_on_a_bad_identifier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[site]\nhome_country = "DE"\n[identifiers]\nimei = ["12345"]\n')
+    rc, out, err = cli(capsys, "--config", str(cfg), str(sample(tmp_path)))
+    assert rc == 2 and out == ""
+    assert "identifiers.imei[0]" in err, err
+    ids = _ids_file(tmp_path, 'imei = ["490154203237518", "490154203237519"]\n')
+    rc, out, err = cli(capsys, "--identifiers-file", str(ids), str(sample(tmp_path)))
+    assert rc == 2 and out == ""
+    assert f"{ids}: imei[1]" in err, err
 
 
 def _ids_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
