@@ -596,9 +596,13 @@ class Pipeline:
 
         A ClientHello still being reassembled is not charged per packet: its assembler bounds
         itself (bytes and segments), and a hello with post-quantum key shares easily spans more
-        segments than the budget."""
+        segments than the budget. Nor is a QUIC datagram while the client's Initials are being
+        reassembled: Chrome's first flight spans several datagrams, a Retry or a version
+        negotiation starts it again, and 0-RTT packets come in between; the tracker bounds
+        itself (CRYPTO bytes, flows)."""
         h.ibytes += size
-        if h.entry.tls is None:
+        entry = h.entry
+        if entry.tls is None and not (entry.app == "quic" and self.quic.in_progress(entry.key_up)):
             h.inspect -= 1
         if h.ibytes >= self.cfg.flows.inspect_bytes:
             h.inspect = 0
