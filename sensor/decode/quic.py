@@ -32,6 +32,7 @@ import hmac
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
@@ -101,6 +102,8 @@ _UNKNOWN_FRAME = Weird("quic.unknown_frame")
 _CRYPTO_OVERFLOW = Weird("quic.crypto_overflow")
 _NOT_CLIENT_HELLO = Weird("quic.not_client_hello")
 _BAD_CHLO = Weird("quic.bad_chlo")
+_FORCING_UNREAD = Weird("quic.forcing_negotiation")
+"""Not counted: a version-forcing Initial we cannot read is normal (the real attempt follows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +181,18 @@ def _version_table() -> dict[int, _VersionParams]:
 
 
 _VERSIONS: dict[int, _VersionParams] = _version_table()
-_PUBLIC_HEADER_VERSIONS = frozenset(int.from_bytes(b"Q0%02d" % n, "big") for n in range(39, 44))
-"""gQUIC versions with the legacy public header (no long-header bit): Q039-Q043."""
+_FORCING_LAYOUT = _VersionParams(_SALT_D29)
+"""The packet layout read for a version-forcing Initial (v1's)."""
+_PUBLIC_HEADER_VERSIONS = frozenset(int.from_bytes(b"Q0%02d" % n, "big") for n in range(24, 44))
+"""gQUIC versions with the legacy public header (no long-header bit): Q024-Q043."""
+_LITTLE_ENDIAN_BELOW = int.from_bytes(b"Q039", "big")
+"""gQUIC before Q039 wrote frame fields little-endian."""
+_PRIVATE_FLAGS_BELOW = int.from_bytes(b"Q034", "big")
+"""gQUIC before Q034 had a private-flags byte after the message hash."""
+_FORCING_SALTS = (_SALT_D29, _SALT_V1)
+"""Keys tried on a version-forcing Initial (0x?a?a?a?a): test clients (the QUIC interop
+runner's) protect it as draft-29 or v1, and tshark reads it as draft-29. Only a verified AEAD
+tag counts, so a wrong guess is a failed decryption, never a wrong name."""
 
 
 def version_name(version: int) -> str:
@@ -275,15 +288,19 @@ class InitialKeys:
         return self._hp.update(sample)
 
 
-def initial_keys(dcid: bytes, version: int) -> InitialKeys | None:
+def initial_keys(dcid: bytes, version: int, salt: bytes | None = None) -> InitialKeys | None:
     """Derive the client Initial keys from the client's first Destination Connection ID.
 
-    None for a version we do not know.
+    None for a version we do not know (``salt`` overrides the version's, "quic " labels).
     """
     params = _VERSIONS.get(version)
-    if params is None or not params.salt:
-        return None
-    initial_secret = hmac.digest(params.salt, dcid, "sha256")
+    if salt is None:
+        if params is None or not params.salt:
+            return None
+        salt = params.salt
+    elif params is None:
+        params = _FORCING_LAYOUT
+    initial_secret = hmac.digest(salt, dcid, "sha256")
     client_secret = _hkdf_expand_label(initial_secret, b"client in", 32)
     prefix = params.label_prefix
     return InitialKeys(
@@ -321,7 +338,9 @@ def parse_long_header(datagram: bytes, pos: int = 0) -> LongHeader | Weird:
     version = int.from_bytes(datagram[pos + 1 : pos + 5], "big")
     params = _VERSIONS.get(version)
     if params is None:
-        return _UNSUPPORTED_VERSION
+        if not is_forcing_negotiation(version):
+            return _UNSUPPORTED_VERSION
+        params = _FORCING_LAYOUT
     wire_type = (first >> 4) & 3
     packet_type = (wire_type - 1) & 3 if params.v2_types else wire_type
 
@@ -392,8 +411,8 @@ def parse_public_header(datagram: bytes) -> LongHeader | Weird:
         return _UNSUPPORTED_VERSION
     dcid = datagram[1:9]
     pos = 13
-    if flags & 0x04:  # diversification nonce: only servers send it
-        pos += 32
+    # 0x04 announces a diversification nonce only from servers (older versions used 0x0c for
+    # the 8-byte CID); clients send none.
     if pos > len(datagram):
         return _TRUNCATED
     return LongHeader(0, flags, version, PACKET_INITIAL, dcid, b"", b"", pos, len(datagram))
@@ -405,12 +424,14 @@ _GQUIC_HASH = 12
 
 
 def cleartext_payload(datagram: bytes, header: LongHeader) -> tuple[int, bytes] | Weird:
-    """(packet number, frames) of a cleartext gQUIC packet (Q039-Q043 public header, Q046)."""
+    """(packet number, frames) of a cleartext gQUIC packet (Q024-Q043 public header, Q046)."""
     if header.version in _PUBLIC_HEADER_VERSIONS:
         pn_len = _GQUIC_PN_LENGTHS[(header.first >> 4) & 3]
     else:
         pn_len = (header.first & 3) + 1
     start = header.pn_offset + pn_len + _GQUIC_HASH
+    if header.version < _PRIVATE_FLAGS_BELOW:
+        start += 1
     if start > header.end:
         return _TRUNCATED
     pn = int.from_bytes(datagram[header.pn_offset : header.pn_offset + pn_len], "big")
@@ -503,7 +524,9 @@ def parse_initial_frames(plaintext: bytes) -> InitialPayload | Weird:
     return InitialPayload(tuple(crypto), closed)
 
 
-def parse_gquic_frames(plaintext: bytes) -> InitialPayload | Weird:
+def parse_gquic_frames(
+    plaintext: bytes, byteorder: Literal["big", "little"] = "big"
+) -> InitialPayload | Weird:
     """Walk the frames of a gQUIC client packet: PADDING, PING, STREAM (stream 1, the
     handshake stream of Q039-Q046), CRYPTO (0x08: Q050, T050, T051), CONNECTION_CLOSE.
 
@@ -535,16 +558,18 @@ def parse_gquic_frames(plaintext: bytes) -> InitialPayload | Weird:
                 return _BAD_FRAME
             crypto.append((offset[0], plaintext[length[1] : end]))
             pos = end
-        elif ftype & 0x80:  # STREAM: 1 F D OOO SS, big-endian fields
+        elif ftype & 0x80:  # STREAM: 1 F D OOO SS (little-endian fields before Q039)
             id_len = (ftype & 3) + 1
             off_len = (ftype >> 2) & 7
             off_len = off_len + 1 if off_len else 0
             head = pos + id_len + off_len + (2 if ftype & 0x20 else 0)
             if head > n:
                 return _BAD_FRAME
-            stream_id = int.from_bytes(plaintext[pos : pos + id_len], "big")
-            offset_value = int.from_bytes(plaintext[pos + id_len : pos + id_len + off_len], "big")
-            end = head + int.from_bytes(plaintext[head - 2 : head], "big") if ftype & 32 else n
+            stream_id = int.from_bytes(plaintext[pos : pos + id_len], byteorder)
+            offset_value = int.from_bytes(
+                plaintext[pos + id_len : pos + id_len + off_len], byteorder
+            )
+            end = head + int.from_bytes(plaintext[head - 2 : head], byteorder) if ftype & 32 else n
             if end > n:
                 return _BAD_FRAME
             if stream_id == 1:
@@ -770,7 +795,7 @@ class QuicInitialTracker:
         self._max_crypto_bytes = max_crypto_bytes
         self._max_total_bytes = max_total_bytes
         self._conns: OrderedDict[Hashable, _Conn] = OrderedDict()
-        self._keys: OrderedDict[tuple[int, bytes], InitialKeys] = OrderedDict()
+        self._keys: OrderedDict[tuple[int, bytes, bytes], InitialKeys] = OrderedDict()
         self._bytes = 0
         """CRYPTO bytes buffered over all flows."""
         self._evictions = 0
@@ -817,10 +842,7 @@ class QuicInitialTracker:
         pos = 0
         while pos < len(datagram) and datagram[pos] & 0x80:
             if pos + 5 <= len(datagram):
-                version = int.from_bytes(datagram[pos + 1 : pos + 5], "big")
-                self.last_version = version
-                if is_forcing_negotiation(version):
-                    return weird  # the real attempt follows the server's answer
+                self.last_version = int.from_bytes(datagram[pos + 1 : pos + 5], "big")
             header = parse_long_header(datagram, pos)
             if isinstance(header, Weird):
                 return weird or header
@@ -830,7 +852,7 @@ class QuicInitialTracker:
             result = self._initial(datagram, header, key)
             if isinstance(result, ClientHello):
                 return result
-            if result is not None:
+            if result is not None and result is not _FORCING_UNREAD:
                 weird = weird or result
             conn = self._conns.get(key)
             if conn is not None and conn.done:
@@ -852,13 +874,12 @@ class QuicInitialTracker:
             if _is_cleartext(header.version):
                 decrypted = cleartext_payload(datagram, header)
             else:
-                found = self._keys_for(header.version, header.dcid)
+                found = self._try_keys(datagram, header)
                 if isinstance(found, Weird):
-                    return found
-                keys = found
-                decrypted = decrypt_initial(datagram, header, keys)
+                    return found  # no state for flows that never decrypt
+                keys, decrypted = found
             if isinstance(decrypted, Weird):
-                return decrypted  # no state for flows that never decrypt
+                return decrypted
             conn = _Conn(header.version, header.dcid, keys)
             self._add_conn(key, conn)
         else:
@@ -869,13 +890,25 @@ class QuicInitialTracker:
         pn, plaintext = decrypted
         conn.largest_pn = max(conn.largest_pn, pn)
         params = _VERSIONS.get(conn.version)
-        if params is None or params.gquic_frames:
-            payload = parse_gquic_frames(plaintext)
+        if conn.version in _PUBLIC_HEADER_VERSIONS or (params is not None and params.gquic_frames):
+            order: Literal["big", "little"] = (
+                "little" if conn.version < _LITTLE_ENDIAN_BELOW else "big"
+            )
+            payload = parse_gquic_frames(plaintext, order)
         else:
             payload = parse_initial_frames(plaintext)
         if isinstance(payload, Weird):
             self._retire(conn)
             return payload
+        if _is_chlo(conn.version) and not conn.buf:
+            # A capture that starts after the first CHLO (lost, or before the capture) still
+            # holds whole later CHLOs at a later stream offset: read those as they are.
+            for offset, data in payload.crypto:
+                if offset and data[:4] == b"CHLO":
+                    length = chlo_length(data)
+                    if length is not None and length <= len(data):
+                        self._retire(conn)
+                        return parse_chlo(data[:length])
         before = conn.size()
         for offset, data in payload.crypto:
             if not conn.add(offset, data, self._max_crypto_bytes):
@@ -909,22 +942,40 @@ class QuicInitialTracker:
             if not isinstance(decrypted, Weird) or header.dcid == conn.dcid:
                 return decrypted
         # After a Retry or version negotiation the client starts over under new keys.
-        keys = self._keys_for(header.version, header.dcid)
-        if isinstance(keys, Weird):
-            return keys
-        decrypted = decrypt_initial(datagram, header, keys)
-        if not isinstance(decrypted, Weird):
-            self._bytes -= conn.size()
-            conn.restart(header.version, header.dcid, keys)
+        found = self._try_keys(datagram, header)
+        if isinstance(found, Weird):
+            return found
+        keys, decrypted = found
+        self._bytes -= conn.size()
+        conn.restart(header.version, header.dcid, keys)
         return decrypted
 
-    def _keys_for(self, version: int, dcid: bytes) -> InitialKeys | Weird:
-        cache_key = (version, dcid)
+    def _try_keys(
+        self, datagram: bytes, header: LongHeader
+    ) -> tuple[InitialKeys, tuple[int, bytes]] | Weird:
+        """Derive (or find) the keys for a first packet and decrypt it with them."""
+        if not is_forcing_negotiation(header.version):
+            keys = self._keys_for(header.version, header.dcid)
+            if isinstance(keys, Weird):
+                return keys
+            decrypted = decrypt_initial(datagram, header, keys)
+            return decrypted if isinstance(decrypted, Weird) else (keys, decrypted)
+        for salt in _FORCING_SALTS:
+            keys = self._keys_for(header.version, header.dcid, salt)
+            if isinstance(keys, Weird):
+                return keys
+            decrypted = decrypt_initial(datagram, header, keys)
+            if not isinstance(decrypted, Weird):
+                return keys, decrypted
+        return _FORCING_UNREAD
+
+    def _keys_for(self, version: int, dcid: bytes, salt: bytes = b"") -> InitialKeys | Weird:
+        cache_key = (version, dcid, salt)
         keys = self._keys.get(cache_key)
         if keys is not None:
             self._keys.move_to_end(cache_key)
             return keys
-        derived = initial_keys(dcid, version)
+        derived = initial_keys(dcid, version, salt or None)
         if derived is None:
             return _UNSUPPORTED_VERSION  # parse_long_header already refuses these
         self._keys[cache_key] = derived

@@ -77,11 +77,11 @@ def only_result(results: list[ClientHello | Weird | None]) -> ClientHello | Weir
 def count_derivations(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Record every key derivation the tracker does (by DCID)."""
     calls: list[bytes] = []
-    real: Callable[[bytes, int], quic.InitialKeys | None] = quic.initial_keys
+    real: Callable[[bytes, int, bytes | None], quic.InitialKeys | None] = quic.initial_keys
 
-    def spy(dcid: bytes, version: int) -> quic.InitialKeys | None:
+    def spy(dcid: bytes, version: int, salt: bytes | None = None) -> quic.InitialKeys | None:
         calls.append(dcid)
-        return real(dcid, version)
+        return real(dcid, version, salt)
 
     monkeypatch.setattr(quic, "initial_keys", spy)
     return calls

@@ -200,6 +200,17 @@ def test_version_negotiation_then_other_version() -> None:
     assert tracker.last_version == 0xFF00001D
 
 
+def test_readable_version_forcing_initial_is_named() -> None:
+    """Interop-runner clients protect their version-forcing Initial like draft-29 (tshark reads
+    it so too): when the AEAD tag verifies, its hello names the flow."""
+    hello = client_hello_message("forcing.example.com")
+    datagrams = encrypted_flight(hello, 0x5A6A7A8A, dcid=b"\x0a" * 8)
+    tracker = QuicInitialTracker()
+    result = decide(datagrams, tracker)
+    assert isinstance(result, ClientHello) and result.sni == "forcing.example.com"
+    assert tracker.last_version == 0x5A6A7A8A
+
+
 def test_zero_rtt_and_coalesced_packets_do_not_confuse() -> None:
     """Initial + 0-RTT coalesced, then 0-RTT-only datagrams between the two Initials."""
     hello = client_hello_message("zrtt.example.com", alpn=big_alpn(1500))
