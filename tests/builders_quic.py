@@ -229,15 +229,20 @@ def chlo_message(sni: str | None, *, pad_to: int = 0, extra: int = 0) -> bytes:
     return out + b"".join(v for _, v in ordered)
 
 
-def stream_frames(chlo: bytes, per_packet: int = 1300) -> list[bytes]:
-    """STREAM frames on stream 1 (type 1 0 1 OOO 00: data length, 2-byte offset from the second),
-    one per packet."""
+def stream_frames(
+    chlo: bytes, per_packet: int = 1300, byteorder: str = "big", start: int = 0
+) -> list[bytes]:
+    """STREAM frames on stream 1 (type 1 0 1 OOO 00: data length, 2-byte offset when not 0),
+    one per packet; fields little-endian before Q039. ``start``: the stream offset of the
+    CHLO (a later CHLO follows an earlier one on the stream)."""
+    order = "little" if byteorder == "little" else "big"
     out = []
     offset = 0
     while offset < len(chlo):
         data = chlo[offset : offset + per_packet]
-        head = bytes([160, 1]) if offset == 0 else bytes([164, 1]) + offset.to_bytes(2, "big")
-        out.append(head + len(data).to_bytes(2, "big") + data)
+        at = start + offset
+        head = bytes([160, 1]) if at == 0 else bytes([164, 1]) + at.to_bytes(2, order)
+        out.append(head + len(data).to_bytes(2, order) + data)
         offset += len(data)
     return out
 
@@ -249,19 +254,24 @@ def gquic_cleartext_flight(
     cid: bytes = bytes.fromhex("c0ffee0123456789"),
     extra: int = 0,
     first_pn: int = 1,
+    flags: int = 0x09,
+    start: int = 0,
 ) -> list[bytes]:
-    """Q043 (public header) or Q046 (long header) client packets carrying a CHLO."""
+    """Client packets carrying a CHLO: Q046 (long header) or Q024-Q043 (public header with
+    ``flags``; frame fields little-endian before Q039, a private-flags byte before Q034)."""
     chlo = chlo_message(sni, pad_to=0 if extra else 1000, extra=extra)
+    tag = version.to_bytes(4, "big")
+    order = "little" if tag < b"Q039" else "big"
     out = []
-    for i, frames in enumerate(stream_frames(chlo)):
+    for i, frames in enumerate(stream_frames(chlo, byteorder=order, start=start)):
         pn = first_pn + i
         if version == Q046:
-            head = bytes([0xC3]) + version.to_bytes(4, "big") + b"\x50" + cid
-            head += pn.to_bytes(4, "big")
+            head = bytes([0xC3]) + tag + b"\x50" + cid + pn.to_bytes(4, "big")
         else:
-            head = b"\x09" + cid + version.to_bytes(4, "big") + pn.to_bytes(1, "big")
-        body = frames + bytes(max(0, 1350 - len(head) - 12 - len(frames)))
-        out.append(head + bytes(12) + body)
+            head = bytes([flags]) + cid + tag + pn.to_bytes(1, "big")
+        private = b"\x00" if tag < b"Q034" else b""
+        body = frames + bytes(max(0, 1350 - len(head) - 12 - len(private) - len(frames)))
+        out.append(head + bytes(12) + private + body)
     return out
 
 

@@ -7,9 +7,12 @@ decrypts the payload (AES-128-GCM), walks the frames and reassembles the CRYPTO 
 TLS ClientHello, which `sensor.decode.tls.parse_client_hello` then decodes.
 
 Versions: v1, v2, IETF drafts 22-34, every mvfst version (Meta's apps), and Google's gQUIC:
-Q039-Q043 (legacy public header) and Q046 send the CHLO handshake message in cleartext STREAM
+Q024-Q043 (legacy public header) and Q046 send the CHLO handshake message in cleartext STREAM
 frames; Q050 encrypts it like an IETF Initial (its own salt, gQUIC frames); T050 and T051 carry
-a TLS ClientHello the same way. The CHLO's SNI tag becomes a `ClientHello` too.
+a TLS ClientHello the same way. The CHLO's SNI tag becomes a `ClientHello` too. An Initial with
+a version forcing negotiation (0x?a?a?a?a) is read when draft-29 or v1 keys open it (the QUIC
+interop runner's clients protect it so, and tshark reads it so); otherwise it is skipped
+quietly, as the real attempt follows.
 
 The helpers are pure functions; `QuicInitialTracker` holds the per-flow reassembly state. Nothing
 raises on bad input; it comes back as a `Weird` with a stable dotted reason:

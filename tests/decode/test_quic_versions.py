@@ -123,6 +123,24 @@ def test_chlo_over_two_packets_either_order(version: int) -> None:
         assert result == ClientHello(sni="long.example.com", legacy_version=0)
 
 
+@pytest.mark.parametrize("tag", [b"Q024", b"Q030", b"Q035", b"Q039"])
+def test_older_public_header_versions(tag: bytes) -> None:
+    """Before Q039 frame fields are little-endian; before Q034 a private-flags byte follows the
+    message hash. Flags 0x0d (the nonce bit, meaningless from a client) as Chrome sent them."""
+    version = int.from_bytes(tag, "big")
+    datagrams = gquic_cleartext_flight("old.example.com", version, extra=1800, flags=0x0D)
+    assert looks_like_quic(datagrams[0])
+    tracker = QuicInitialTracker()
+    assert decide(datagrams[::-1], tracker) == ClientHello(sni="old.example.com", legacy_version=0)
+    assert tracker.last_version == version
+
+
+def test_later_chlo_when_the_first_was_missed() -> None:
+    """A capture starting after the inchoate CHLO: the full one sits at stream offset 1024."""
+    datagrams = gquic_cleartext_flight("late.example.com", GQUIC_Q046, start=1024)
+    assert decide(datagrams) == ClientHello(sni="late.example.com", legacy_version=0)
+
+
 def test_chlo_without_sni() -> None:
     result = decide(gquic_cleartext_flight(None, GQUIC_Q043))
     assert result == ClientHello(sni=None, legacy_version=0)
