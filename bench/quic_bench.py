@@ -10,7 +10,9 @@ Chrome's shape (a hello larger than one datagram, its CRYPTO data cut into shuff
 with PING and PADDING, over two or more datagrams).
 
 Then the flood: ``--flood`` single Initials, each with a fresh random DCID (an attacker, or a
-scanner), through a tracker with the pipeline's bounds. It prints the cost per Initial (every
+scanner), through a tracker with the pipeline's bounds: undecryptable ones, valid first halves
+of a two-datagram hello (each leaves state until evicted), and version-forcing ones (two key
+derivations each). It prints the cost per Initial (every
 one needs a key derivation and an AEAD attempt), the tracker's size, its key cache and its
 buffered bytes at the end: the bounds, not the flood, decide memory.
 
@@ -98,7 +100,16 @@ def run_flood(count: int) -> None:
         d[6:14] = os.urandom(8)  # a fresh DCID: new keys, and the AEAD tag will not verify
         datagrams.append(bytes(d))
     real = [encrypted_flight(hello, 0x00000001, dcid=os.urandom(8))[0] for _ in range(count)]
-    for label, batch in (("random CIDs, undecryptable", datagrams), ("random CIDs, valid", real)):
+    forcing = []
+    for d in datagrams:
+        f = bytearray(d)
+        f[1:5] = (0x1A2A3A4A).to_bytes(4, "big")  # a version forcing negotiation: two key tries
+        forcing.append(bytes(f))
+    for label, batch in (
+        ("random CIDs, undecryptable", datagrams),
+        ("random CIDs, valid", real),
+        ("random CIDs, forcing version", forcing),
+    ):
         tracker = QuicInitialTracker()
 
         def feed(tracker: QuicInitialTracker = tracker, batch: list[bytes] = batch) -> None:
@@ -107,7 +118,7 @@ def run_flood(count: int) -> None:
 
         seconds = _best(feed, repeat=1)
         print(
-            f"  flood, {label:<27} {count / seconds:>9,.0f} Initials/s  "
+            f"  flood, {label:<29} {count / seconds:>9,.0f} Initials/s  "
             f"{seconds / count * 1e6:>6.1f} us each; after it: {len(tracker)} flows tracked, "
             f"{len(tracker._keys)} keys cached, {tracker.buffered_bytes:,} bytes buffered, "
             f"{tracker.evictions:,} evictions"
