@@ -834,8 +834,8 @@ class QuicInitialTracker:
                 self.last_version = conn.version
                 return None
         if datagram and not datagram[0] & 0x80:
-            if len(datagram) < 13 or datagram[0] & 0x09 != 0x09:
-                return None  # a short header (or a gQUIC packet without its version)
+            if len(datagram) < 13 or datagram[0] & 0xC9 != 0x09 or datagram[9] != 0x51:
+                return None  # a short header (fixed bit 0x40), or gQUIC without its version
             header = parse_public_header(datagram)
             if isinstance(header, Weird):
                 return header

@@ -266,3 +266,14 @@ def test_random_cid_flood_is_bounded() -> None:
     assert len(tracker) <= 64
     assert len(tracker._keys) <= 64
     assert tracker.evictions >= 300 - 64
+
+
+def test_short_headers_are_not_gquic() -> None:
+    """IETF 1-RTT packets (fixed bit 0x40) whose low bits look like gQUIC's flags are nothing to
+    decode, not Weirds: a flow whose Initials were missed must not be blamed on them."""
+    tracker = QuicInitialTracker()
+    for first in (0x49, 0x4D, 0x59, 0x7F):
+        assert tracker.feed(bytes([first]) + bytes(range(60)), "k") is None
+    # gQUIC-like flags but no "Q" version tag: nothing either.
+    assert tracker.feed(b"\x09" + bytes(8) + b"X043" + bytes(40), "k") is None
+    assert len(tracker) == 0
