@@ -47,6 +47,7 @@ class FlowEntry:
         "isn",
         "key_down",
         "key_up",
+        "quic_state",
         "tls",
         "up",
     )
@@ -65,6 +66,9 @@ class FlowEntry:
         self.isn: int | None = None
         """The client's first payload sequence number, when its SYN was seen."""
         self.dns_buf = b""
+        self.quic_state: str | None = None
+        """QUIC flows: where naming got to ("named", "incomplete", "no_sni", a Weird reason);
+        None until a client Initial was read."""
 
     @property
     def last_seen(self) -> float:

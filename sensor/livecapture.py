@@ -159,6 +159,11 @@ DEFAULT_HOSTS = 65536
 host's last sampled packet."""
 OVER_BUDGET_COUNTER = "over_budget"
 NFT_TABLE = "phonehome"
+QUIC_FIRST_PACKETS_FACTOR = 4
+"""Client QUIC long-header packets (Initial, 0-RTT, Handshake) are sampled in the first
+4 x first_packets packets of a UDP connection, not only the first first_packets: a Retry or a
+version negotiation restarts the Initials after 0-RTT packets, and Chrome's first flight alone
+can take several datagrams. Long headers end with the handshake, so this adds little."""
 CONNTRACK_ACCT = "/proc/sys/net/netfilter/nf_conntrack_acct"
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
 
@@ -186,6 +191,11 @@ def nft_rules(
       DHCP server on the gateway (dnsmasq) does not hide the names it serves. (A DHCP server
       that talks through a raw socket, like ISC dhcpd, passes no hook: capture those with
       `PacketSocketSource`.)
+
+    QUIC: client packets with a long header (the first payload bit set: Initial, 0-RTT,
+    Handshake) in the first 4 x N packets of a UDP connection are logged too, so a first flight
+    restarted by a Retry or a version negotiation after a burst of 0-RTT still reaches the
+    decoder; short-header (1-RTT) bulk is not.
 
     Why N = 10 by default: a connection's names and identifiers are in its first packets. On
     the client side: SYN, ACK, then a ClientHello that post-quantum key shares spread over two
@@ -255,6 +265,7 @@ def nft_rules(
     lan = "{ " + ", ".join(f'"{name}"' for name in lan_ifaces) + " }"
     log = f"log group {group} snaplen {snaplen} accept"
     n = first_packets
+    quic_n = min(1000, QUIC_FIRST_PACKETS_FACTOR * n)
     limit = f"limit rate over {host_rate}/second burst {host_burst} packets"
     over = f"counter name {OVER_BUDGET_COUNTER} return"
 
@@ -264,6 +275,8 @@ def nft_rules(
         meta l4proto {{ tcp, udp }} th sport 53 goto {budget}
         meta l4proto {{ tcp, udp }} ct direction original ct original packets 1-{n} goto {budget}
         meta l4proto {{ tcp, udp }} ct direction reply ct reply packets 1-{n} goto {budget}
+        meta l4proto udp ct direction original @th,64,1 1 ct original packets 1-{quic_n} \
+goto {budget}
         tcp flags & (fin | rst) != 0 goto {budget}"""
 
     def strangers(side: str) -> str:
@@ -974,7 +987,13 @@ def _select_section(a: BpfAssembler, p: str, l3: int, mdns: bool) -> None:
     a.ja(rej)
     a.label(p + "quic")  # a long header (Initial, Handshake, 0-RTT) has the top bit set
     a.op(BPF_LD | BPF_B | BPF_IND, l3 + 8)  # fails (reject) on an empty datagram
-    a.op(BPF_JMP | BPF_JSET | BPF_K, 0x80, jt=acc, jf=rej)
+    a.op(BPF_JMP | BPF_JSET | BPF_K, 0x80, jt=acc)
+    # gQUIC's legacy public header (Q039-Q043): flags 0x09 (version, 8-byte CID), top bit
+    # clear, then the CID and the version tag starting "Q".
+    a.op(BPF_ALU | BPF_AND | BPF_K, 0x89)
+    a.op(BPF_JMP | BPF_JEQ | BPF_K, 0x09, jf=rej)
+    a.op(BPF_LD | BPF_B | BPF_IND, l3 + 8 + 9)
+    a.op(BPF_JMP | BPF_JEQ | BPF_K, ord("Q"), jt=acc, jf=rej)
     # TCP, X = transport offset, M[0] = IP length (header included).
     a.label(p + "tcp")
     a.op(BPF_LD | BPF_B | BPF_IND, l3 + 13)
@@ -1023,7 +1042,8 @@ def build_filter(
     Accepts (IPv4, and IPv6 without extension headers): DNS over UDP and TCP, DHCP and
     DHCPv6, mDNS if `mdns`, TCP SYN/FIN/RST, a TCP payload starting a TLS handshake record
     (16 03) or an HTTP/1.x request method, every upstream payload to TCP port 80, QUIC
-    long-header packets on UDP 443, and IPv4/IPv6 fragments (no ports to judge, may be DNS).
+    long-header packets and gQUIC public headers with a version on UDP 443, and IPv4/IPv6
+    fragments (no ports to judge, may be DNS).
     Rejects the rest: ACKs, TLS application data, QUIC short headers, other protocols.
     `wide` accepts everything. `l3_offset` is where the network header starts (14 for
     Ethernet, 0 for raw-IP devices); `ifindexes` (ifindex → offset) restricts the program to

@@ -935,6 +935,11 @@ class Exporter:
                 "Payloads a decoder could not make sense of (packet still counted), by reason",
                 dict(p.weird),
             ),
+            (
+                "phonehome_quic_flows_unnamed",
+                "QUIC flows that ended without a name from their Initials, by why",
+                dict(p.quic_unnamed),
+            ),
         ):
             fam = CounterMetricFamily(name, doc, labels=["reason"])
             for reason, n in sorted(_fold_keys(counts).items()):

@@ -115,6 +115,9 @@ class Flow:
     http: list[HttpRequest] = field(default_factory=list)
     """HTTP requests seen on the flow (bounded by the caller)."""
     alpn: tuple[str, ...] = ()
+    quic_version: str | None = None
+    """QUIC flows: the version of the client's Initial, gQUIC as its tag ("Q046"), others as
+    0x%08x ("0xff00001d")."""
     extra: dict[str, object] = field(default_factory=dict)
     """Fields that enrichers add (vendor, country, ...), serialised as-is."""
 

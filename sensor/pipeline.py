@@ -112,6 +112,10 @@ class Pipeline:
         self.ip_mac: OrderedDict[str, str] = OrderedDict()
         self.skipped: Counter[str] = Counter()
         self.weird: Counter[str] = Counter()
+        self.quic_unnamed: Counter[str] = Counter()
+        """QUIC flows that ended without a name from their Initials, by why: "no_sni",
+        "incomplete" (the CRYPTO stream never completed), "no_client_initial" (none seen, e.g.
+        a capture that starts mid-connection), or the Weird reason that stopped decoding."""
         self.packets_read = 0
         self.packets_decoded = 0
         self.packets_fast = 0
@@ -565,6 +569,8 @@ class Pipeline:
             if isinstance(res, HttpRequest):
                 self._http_request(entry, res, entry.up.last)
         flow = entry.sync()
+        if entry.app == "quic" and entry.quic_state != "named":
+            self.quic_unnamed[entry.quic_state or "no_client_initial"] += 1
         if flow.server_name is None and entry.app not in ("dns", "mdns", "dhcp"):
             name = self.dns.lookup(flow.src_ip, flow.dst_ip, flow.first_seen, flow.last_seen)
             if name is not None:
@@ -590,9 +596,13 @@ class Pipeline:
 
         A ClientHello still being reassembled is not charged per packet: its assembler bounds
         itself (bytes and segments), and a hello with post-quantum key shares easily spans more
-        segments than the budget."""
+        segments than the budget. Nor is a QUIC datagram while the client's Initials are being
+        reassembled: Chrome's first flight spans several datagrams, a Retry or a version
+        negotiation starts it again, and 0-RTT packets come in between; the tracker bounds
+        itself (CRYPTO bytes, flows)."""
         h.ibytes += size
-        if h.entry.tls is None:
+        entry = h.entry
+        if entry.tls is None and not (entry.app == "quic" and self.quic.in_progress(entry.key_up)):
             h.inspect -= 1
         if h.ibytes >= self.cfg.flows.inspect_bytes:
             h.inspect = 0
@@ -700,18 +710,25 @@ class Pipeline:
         elif h.up and app == "other":
             self._observe(self.observer.payload, entry.flow, payload, ts)
         elif h.up and app in (None, "quic"):
-            if app is None and not quic_dec.is_quic_long_header(payload):
+            if app is None and not quic_dec.looks_like_quic(payload):
                 entry.app = "other"
                 self._observe(self.observer.payload, entry.flow, payload, ts)
                 return
             entry.app = "quic"
-            res = self.quic.feed(payload, entry.key_up)
+            tracker = self.quic
+            res = tracker.feed(payload, entry.key_up)
+            if tracker.last_version is not None and entry.quic_state != "named":
+                entry.flow.quic_version = quic_dec.version_name(tracker.last_version)
             if res is None:
+                if tracker.in_progress(entry.key_up):
+                    entry.quic_state = "incomplete"
                 return
             if isinstance(res, Weird):
                 self._weird(res.reason)
+                entry.quic_state = res.reason
             else:
                 self._client_hello(entry, res, "quic")
+                entry.quic_state = "named" if res.sni else "no_sni"
             self._done(h)
 
     # --- DNS and DHCP ----------------------------------------------------------------------------
@@ -891,6 +908,7 @@ class Pipeline:
             "packets_skipped": sum(self.skipped.values()),
             "skipped": dict(sorted(self.skipped.items())),
             "weird": dict(sorted(self.weird.items())),
+            "quic_unnamed": dict(sorted(self.quic_unnamed.items())),
             "flows": self.flows.created,
             "flows_evicted": {"idle": self.flows.evicted_idle, "cap": self.flows.evicted_cap},
             "devices": len(self.devices),

@@ -71,6 +71,8 @@ def flow_record(flow: Flow) -> dict[str, Any]:
     }
     if flow.alpn:
         rec["alpn"] = list(flow.alpn)
+    if flow.quic_version is not None:
+        rec["quic_version"] = flow.quic_version
     if flow.http:
         rec["http"] = [_http_summary(r) for r in flow.http]
     for k, v in flow.extra.items():

@@ -113,7 +113,16 @@ def tls_stream_seeds() -> tuple[bytes, ...]:
 
 @functools.cache
 def quic_seeds() -> tuple[bytes, ...]:
-    return (*builders.quic_initial_datagrams("www.example.com")[:2], HUGE_QUIC_LENGTH)
+    """v1 from aioquic, and one first datagram per other version family (draft-29, mvfst,
+    gQUIC Q043, Q046, Q050, T051)."""
+    from tests import builders_quic as bq
+
+    families = (0xFF00001D, 0xFACEB002, bq.Q043, bq.Q046, bq.Q050, bq.T051)
+    return (
+        *builders.quic_initial_datagrams("www.example.com")[:2],
+        *(bq.flight(v, "www.example.com")[0] for v in families),
+        HUGE_QUIC_LENGTH,
+    )
 
 
 @functools.cache

@@ -140,6 +140,11 @@ FILTER_CASES: list[tuple[str, bytes, bool]] = [
     ("pure ack to port 80", v4tcp(40000, 80, ACK, pad=True), False),
     ("two payload bytes", v4tcp(40000, 443, ACK, b"\x16\x03"), False),
     ("quic short header", v4udp(40000, 443, b"\x43" + bytes(40)), False),
+    ("gquic q043 chlo", v4udp(40000, 443, b"\x09" + bytes(8) + b"Q043" + bytes(40)), True),
+    ("gquic without version", v4udp(40000, 443, b"\x08" + bytes(8) + b"Q043" + bytes(40)), False),
+    ("gquic reset flag", v4udp(40000, 443, b"\x0b" + bytes(8) + b"Q043" + bytes(40)), True),
+    ("gquic-like other tag", v4udp(40000, 443, b"\x09" + bytes(8) + b"X043" + bytes(40)), False),
+    ("gquic truncated", v4udp(40000, 443, b"\x09" + bytes(5)), False),
     ("quic empty datagram", v4udp(40000, 443, b""), False),
     ("mdns", v4udp(5353, 5353), False),
     ("ntp", v4udp(40000, 123), False),
@@ -400,6 +405,8 @@ def test_nft_rules_sample_first_packets_and_every_name_packet() -> None:
     assert 'oifname { "br-lan", "wlan0" } jump sample_to_lan' in text
     assert "ct direction original ct original packets 1-8 goto budget_saddr" in text
     assert "ct direction reply ct reply packets 1-8 goto budget_daddr" in text
+    # QUIC long headers (first payload bit) from the client, for 4 x N packets.
+    assert "udp ct direction original @th,64,1 1 ct original packets 1-32" in text
     assert "th dport 53 goto budget_saddr" in text and "udp dport { 53, 67, 547 }" in text
     # Every packet chosen is charged to its LAN host's budget before it is logged.
     assert text.count("log group 5 snaplen 2048 accept") == 3  # hosts, both ways; strangers

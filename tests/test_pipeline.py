@@ -178,6 +178,33 @@ def test_quic_initial_sni(tmp_path: Path, version: int, big: bool, reverse: bool
     assert stats["weird"] == {}
 
 
+def test_quic_versions_and_unnamed_reasons(tmp_path: Path) -> None:
+    """Flow records carry quic_version; QUIC flows that end unnamed are counted by why."""
+    from tests.builders import big_alpn, client_hello_message
+    from tests.builders_quic import Q046, encrypted_flight, flight
+
+    big = client_hello_message("cut.example.com", alpn=big_alpn(1500))
+    handshake_only = b"\xe0" + (1).to_bytes(4, "big") + b"\x08" + bytes(8) + b"\x00\x40\x20"
+
+    def scenario(cap: Capture) -> None:
+        for d in flight(Q046, "gquic.example.com", dcid=b"\x01" * 8):
+            cap.udp(PHONE, "203.0.113.61", 50201, 443, d, up=True)
+        for d in flight(0xFF00001D, None, dcid=b"\x02" * 8):
+            cap.udp(PHONE, "203.0.113.62", 50202, 443, d, up=True)
+        cap.udp(  # the first of two datagrams only
+            PHONE, "203.0.113.63", 50203, 443, encrypted_flight(big, 0xFACEB002)[0], up=True
+        )
+        cap.udp(PHONE, "203.0.113.64", 50204, 443, handshake_only + bytes(32), up=True)
+
+    flows, _, stats, _ = run_analyze(build(tmp_path / "q.pcap", scenario))
+    named = flow_to(flows, "203.0.113.61", 443)
+    assert (named["server_name"], named["quic_version"]) == ("gquic.example.com", "Q046")
+    assert flow_to(flows, "203.0.113.62", 443)["quic_version"] == "0xff00001d"
+    assert flow_to(flows, "203.0.113.63", 443)["quic_version"] == "0xfaceb002"
+    assert stats["quic_unnamed"] == {"no_sni": 1, "incomplete": 1, "no_client_initial": 1}
+    assert stats["weird"] == {}
+
+
 def test_dns_over_tcp_names_later_flow_and_cname_chain(tmp_path: Path) -> None:
     def scenario(cap: Capture) -> None:
         cap.dns_lookup(

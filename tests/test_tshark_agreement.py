@@ -3,7 +3,9 @@
 One capture of a home network (pcap, untagged Ethernet) and one of a VLAN trunk (pcapng, QinQ)
 are built with sensor.synth and tests.builders: TLS ClientHellos in order, cut into small
 segments delivered out of order and with duplicates, TLS 1.2, IPv6; QUIC v1 and v2 Initials
-(aioquic), including two-datagram ClientHellos, one of them with its datagrams reversed; HTTP
+(aioquic), including two-datagram ClientHellos, one of them with its datagrams reversed; QUIC
+drafts 27-34, mvfst, gQUIC Q043/Q046 (cleartext CHLO) and Q050/T050/T051 (encrypted Initials)
+built from their specifications (tests.builders_quic), some with shuffled CRYPTO fragments; HTTP
 requests (one split over segments, one with a port in Host); DNS over UDP and over TCP, v4 and
 v6, and several queries on one flow.
 `phonehome analyze --json` reads both files at once (so they are merged by time); tshark reads
@@ -12,7 +14,9 @@ endpoints, which is what a bidirectional flow is, whichever side tshark's frame 
 
 What tshark 4.0 needs, found by trying it (Debian's 4.0.17):
 - QUIC: nothing. It derives Initial keys from the DCID for v1 and v2 (0x6b3343cf) by default and
-  reassembles a ClientHello whose CRYPTO frames span two datagrams, in either order.
+  reassembles a ClientHello whose CRYPTO frames span two datagrams, in either order. It finds
+  connections by connection ID across 5-tuples, so every flow here has its own DCID. gQUIC
+  server names come in `gquic.tag.sni`.
 - TCP out of order: `tcp.reassemble_out_of_order` is off by default in 4.0, and then a
   ClientHello whose segments arrive out of order gets no server name. The preference is turned
   on here; with it tshark names every case above, so no case is exempt from the comparison.
@@ -51,7 +55,8 @@ from sensor.synth import (
     client_hello,
     http_request,
 )
-from tests.builders import quic_initial_datagrams
+from tests.builders import big_alpn, client_hello_message, quic_initial_datagrams
+from tests.builders_quic import Q043, Q046, Q050, T050, T051, flight
 
 TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
@@ -138,6 +143,31 @@ class Builder:
         self.cap.udp(lan, remote, lport, 443, b"\xc0" + bytes(60), up=False)  # opaque reply
         self._named("quic", "udp", lan, remote, sni)
 
+    def quic_version(
+        self,
+        lan: Host,
+        lport: int,
+        remote: str,
+        sni: str,
+        version: int,
+        *,
+        big: bool = False,
+        pieces: int = 1,
+    ) -> None:
+        """A first flight in any version, built from its specification (tests.builders_quic).
+
+        Each flow has its own DCID: tshark follows QUIC connections by connection ID across
+        5-tuples, so two flows sharing one would be one connection to it."""
+        hello = None
+        if version not in (Q043, Q046, Q050):
+            hello = client_hello_message(sni, alpn=big_alpn(1500) if big else ("h3",))
+        dcid = lport.to_bytes(2, "big") + bytes(6)
+        datagrams = flight(version, sni, hello=hello, pieces=pieces, seed=lport, dcid=dcid)
+        for d in datagrams:
+            self.cap.udp(lan, remote, lport, 443, d, up=True)
+        self.cap.udp(lan, remote, lport, 443, b"\xc0" + bytes(60), up=False)  # opaque reply
+        self._named("quic", "udp", lan, remote, sni)
+
     def http(
         self, lan: Host, lport: int, remote: str, host: str, *, rport: int = 80, segment: int = 1448
     ) -> None:
@@ -214,10 +244,53 @@ def home(b: Builder) -> None:
     b.quic(
         PHONE, 50104, "203.0.113.44", "quic-reversed.example.com", QUIC_V1, big=True, reverse=True
     )
+    versions(b)
     b.http(PHONE, 40200, "192.0.2.80", "http.example.com")
     b.http(PHONE6, 40201, "2001:db8::80", "http6.example.com")
     b.http(LAPTOP, 40202, "192.0.2.81", "Alt.Example.com:8080", rport=8080)
     b.http(LAPTOP, 40203, "192.0.2.82", "http-split.example.com", segment=30)
+
+
+# Three flows or more per version family; tshark 4.0 decrypts drafts 27-34, mvfst 0xfaceb001 and
+# 0xfaceb002, Q050, T050 and T051 and parses Q043/Q046 CHLOs. (It cannot decrypt the later mvfst
+# versions; tests/decode/test_quic.py covers those from mvfst's source. Nor does it reassemble
+# T05x CRYPTO data cut into several frames, so those flights are one frame each here.)
+VERSION_FLOWS: tuple[tuple[int, bool, int], ...] = (
+    # (version, big hello over two datagrams, CRYPTO fragments shuffled)
+    (0xFF00001B, False, 1),
+    (0xFF00001B, True, 5),
+    (0xFF00001C, False, 3),
+    (0xFF00001D, False, 1),
+    (0xFF00001E, True, 4),
+    (0xFF00001F, False, 2),
+    (0xFF000020, False, 1),
+    (0xFF000021, False, 1),
+    (0xFF000021, True, 6),
+    (0xFF000022, False, 3),
+    (0xFACEB001, False, 1),
+    (0xFACEB002, False, 1),
+    (0xFACEB002, True, 5),
+    (0xFACEB00E, False, 2),
+    (Q043, False, 1),
+    (Q043, False, 1),
+    (Q046, False, 1),
+    (Q046, False, 1),
+    (Q050, False, 1),
+    (Q050, False, 1),
+    (T050, False, 1),
+    (T051, False, 1),
+    (T051, True, 1),
+)
+
+
+def versions(b: Builder) -> None:
+    for i, (version, big, pieces) in enumerate(VERSION_FLOWS):
+        lan = (PHONE, LAPTOP, PHONE6)[i % 3]
+        remote = f"2001:db8::1:{i:x}" if lan.v6 else f"203.0.113.{100 + i}"
+        family = {0xFF: "draft", 0xFA: "mvfst", 0x51: "gquic", 0x54: "tquic"}[version >> 24]
+        b.quic_version(
+            lan, 51000 + i, remote, f"{family}-{i}.example.com", version, big=big, pieces=pieces
+        )
 
 
 def trunk(b: Builder) -> None:
@@ -242,6 +315,7 @@ def normalize_host(name: str) -> str:
 
 
 TSHARK_FIELDS = [
+    "gquic.tag.sni",
     "ip.src",
     "ip.dst",
     "ipv6.src",
@@ -291,7 +365,11 @@ def run_tshark(path: Path, view: TsharkView, config_dir: Path) -> None:
         key = flow_key(proto, (src, sport), (dst, dport))
         view.packets[key, (src, sport)] += 1
         view.nbytes[key, (src, sport)] += size
-        for kind, fname in (("tls", "tls.handshake.extensions_server_name"), ("http", "http.host")):
+        for kind, fname in (
+            ("tls", "tls.handshake.extensions_server_name"),
+            ("tls", "gquic.tag.sni"),
+            ("http", "http.host"),
+        ):
             for value in filter(None, row[fname].split("|")):
                 view.names[key].add((kind, normalize_host(value)))
         for value in filter(None, row["dns.qry.name"].split("|")):
@@ -426,3 +504,36 @@ def test_nothing_was_weird_or_skipped(results: Results) -> None:
     assert stats["weird"] == {} and stats["skipped"] == {}
     assert stats["warnings"] == []
     assert stats["packets_read"] == stats["packets_decoded"] == sum(results.tshark.packets.values())
+
+
+def test_quic_versions_recorded(results: Results) -> None:
+    """Every version flow carries its version as the flow record shows it, and the families
+    tshark names are at least three flows each."""
+    seen = {}
+    for flow in results.ours.values():
+        port = flow["src_port"] - 51000
+        if flow["proto"] == "udp" and 0 <= port < len(VERSION_FLOWS):
+            seen[port] = flow
+    assert len(seen) == len(VERSION_FLOWS)
+    expected_names = {Q043: "Q043", Q046: "Q046", Q050: "Q050", T050: "T050", T051: "T051"}
+    for i, (version, _, _) in enumerate(VERSION_FLOWS):
+        assert seen[i]["quic_version"] == expected_names.get(version, f"0x{version:08x}")
+        assert seen[i]["name_source"] == "quic"
+    families = Counter(
+        "draft27-28"
+        if v in (0xFF00001B, 0xFF00001C)
+        else "draft29-32"
+        if 0xFF00001D <= v <= 0xFF000020
+        else "draft33-34"
+        if v in (0xFF000021, 0xFF000022)
+        else "mvfst"
+        if v >> 24 == 0xFA
+        else "gquic-cleartext"
+        if v in (Q043, Q046)
+        else "gquic-encrypted"
+        for v, _, _ in VERSION_FLOWS
+    )
+    assert min(families.values()) >= 3, families
+    for flow in results.ours.values():
+        if flow["proto"] == "tcp" or flow.get("dns_queries"):
+            assert "quic_version" not in flow

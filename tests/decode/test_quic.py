@@ -77,11 +77,11 @@ def only_result(results: list[ClientHello | Weird | None]) -> ClientHello | Weir
 def count_derivations(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Record every key derivation the tracker does (by DCID)."""
     calls: list[bytes] = []
-    real: Callable[[bytes, int], quic.InitialKeys | None] = quic.initial_keys
+    real: Callable[[bytes, int, bytes | None], quic.InitialKeys | None] = quic.initial_keys
 
-    def spy(dcid: bytes, version: int) -> quic.InitialKeys | None:
+    def spy(dcid: bytes, version: int, salt: bytes | None = None) -> quic.InitialKeys | None:
         calls.append(dcid)
-        return real(dcid, version)
+        return real(dcid, version, salt)
 
     monkeypatch.setattr(quic, "initial_keys", spy)
     return calls
@@ -107,7 +107,8 @@ def test_rfc9369_initial_keys() -> None:
 
 
 def test_unknown_version_has_no_keys() -> None:
-    assert initial_keys(RFC_DCID, 0xFF00001D) is None
+    assert initial_keys(RFC_DCID, 0xFF000015) is None  # draft-21: not decoded
+    assert initial_keys(RFC_DCID, 0x51303436) is None  # Q046: cleartext, no keys
 
 
 def test_rfc9001_client_initial() -> None:
@@ -498,7 +499,7 @@ def test_v1_packet_labelled_v2_fails() -> None:
 
 def test_header_errors() -> None:
     datagram = quic_initial_datagrams("hdr.example")[0]
-    unknown = datagram[:1] + (0xFF00001D).to_bytes(4, "big") + datagram[5:]
+    unknown = datagram[:1] + (0xFF000015).to_bytes(4, "big") + datagram[5:]  # draft-21
     assert QuicInitialTracker().feed(unknown, "k") == Weird("quic.unsupported_version")
     long_cid = datagram[:5] + b"\x15" + datagram[6:]
     assert QuicInitialTracker().feed(long_cid, "k") == Weird("quic.bad_header")
@@ -515,7 +516,7 @@ def test_nothing_to_decode() -> None:
 def test_is_quic_long_header() -> None:
     assert is_quic_long_header(quic_initial_datagrams("x.example", VERSION_2)[0])
     assert not is_quic_long_header(b"\x40" + bytes(30))
-    assert not is_quic_long_header(b"\xc0\xff\x00\x00\x1d" + bytes(30))
+    assert not is_quic_long_header(b"\xc0\xff\x00\x00\x15" + bytes(30))
     assert not is_quic_long_header(b"\xc0\x00\x00\x00\x01")
 
 

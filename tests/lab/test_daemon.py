@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sensor.lab import Lab, post_leak, sensor_config
+from sensor.lab import SERVERS, Lab, post_leak, sensor_config
 from sensor.synth import DEMO_IMEI, LEAK_BODY
 
 
@@ -309,3 +309,33 @@ def test_refuses_root_without_user(lab_usable: None, tmp_path: Path) -> None:
         )
         assert proc.returncode == 1
         assert "refusing to run as root" in proc.stderr
+
+
+def test_scrambled_quic_first_flight_is_named(daemon: Daemon, lab: Lab) -> None:
+    """A v1 ClientHello (aioquic's, 3 KB: many ALPNs and a big transport parameter) cut by a shim
+    into shuffled CRYPTO fragments mixed with PING and PADDING over four datagrams, as Chrome
+    does; the live daemon, through NFLOG's first-packets sampling, names the flow."""
+    pytest.importorskip("aioquic")
+    shim = Path(__file__).with_name("quicshim.py")
+    sg = SERVERS[1].ipv4
+    proc = lab.exec(
+        "xiaomi",
+        [lab.python, str(shim), "tracking.intl.miui.com", sg, "--seed", "7"],
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    sent = json.loads(proc.stdout)
+    assert sent["datagrams"] >= 3 and sent["hello_bytes"] > 1200
+    # The real HTTP/3 server reassembled the scrambled stream too: it answered.
+    assert sent["answered"], sent
+    port = sent["local_port"]
+    f = daemon.wait_for(
+        "the scrambled QUIC flow named",
+        lambda: (lambda x: x if x and x["server_name"] else None)(
+            _flow(daemon.snapshot(), lab.devices["xiaomi"].ipv4, port)
+        ),
+        timeout=15,
+    )
+    assert (f["server_name"], f["name_source"]) == ("tracking.intl.miui.com", "quic")
+    assert f["quic_version"] == "0x00000001"
+    assert (f["dst_ip"], f["dst_port"]) == (sg, 443)
