@@ -788,6 +788,21 @@ class Exporter:
         home = getattr(getattr(cfg, "site", None), "home_country", None) or ""
         site.add_metric([], {"home_country": home})
         yield site
+        # The upload thresholds the sensor alerts on, so the shipped Prometheus rules follow
+        # the owner's settings: ForeignUploadHigh is off while foreign_upload is.
+        acfg = getattr(cfg, "alerts", None)
+        thresholds = GaugeMetricFamily(
+            "phonehome_alert_threshold_bytes",
+            "Upload alert thresholds in force (rule absent: off)",
+            labels=["rule"],
+        )
+        if acfg is not None:
+            off = set(acfg.disabled_rules)
+            if acfg.foreign_upload_bytes is not None and "foreign_upload" not in off:
+                thresholds.add_metric(["foreign_upload"], float(acfg.foreign_upload_bytes))
+            if "new_party_upload" not in off:
+                thresholds.add_metric(["new_party_upload"], float(acfg.new_party_bytes))
+        yield thresholds
 
     def _collect_devices(self) -> Families:
         pipeline = getattr(self.sensor, "pipeline", None)

@@ -538,3 +538,66 @@ def test_format_bytes() -> None:
     assert format_bytes(999) == "999 B"
     assert format_bytes(1_500) == "1.5 kB"
     assert format_bytes(2e9) == "2.0 GB"
+
+
+# --- new_party_upload and the fixed threshold -------------------------------------------------
+
+
+def test_foreign_upload_is_off_by_default_and_on_when_configured() -> None:
+    st, rec = stage(new_party_learning=0.0)
+    st.account_upload(T0, TV, ABROAD, 50_000_000)
+    assert [a.rule for a in rec.alerts] == ["new_party_upload"]
+    cfg = _build(AlertsConfig, {"foreign_upload_bytes": 5_000_000}, "f.toml", "alerts")
+    st = AlertStage(cfg, [rec := Recorder()])
+    st.account_upload(T0, TV, ABROAD, 6_000_000)
+    assert "foreign_upload" in {a.rule for a in rec.alerts}
+
+
+def test_new_party_upload_fires_on_what_changed() -> None:
+    day = 86400.0
+    st, rec = stage(disabled_rules=("foreign_upload_anomaly",))
+    st.account_upload(T0, TV, ABROAD, 100)  # first seen: the learning day starts
+    # Learning: a big upload to a new party on day one is learned, not alerted.
+    cloud = dataclasses.replace(ABROAD, vendor="PhotoCloud")
+    st.account_upload(T0 + 3600, TV, cloud, 5_000_000)
+    assert rec.alerts == [] and st.stats()["learned_parties"] == 1
+    # The daily backup to the same party is not news, however large.
+    for d in range(1, 7):
+        st.account_upload(T0 + d * day, TV, cloud, 200_000_000)
+        st.tick(T0 + d * day + 1)
+    assert rec.alerts == []
+    # A new party abroad: 999 kB stays quiet, the byte that makes 1 MB alerts.
+    new = dataclasses.replace(ABROAD, vendor="Exfil Ltd", country="RU", region=None)
+    t = T0 + 6 * day + 100
+    assert st.account_upload(t, TV, new, 999_999) is None
+    alert = st.account_upload(t + 60, TV, new, 1)
+    assert alert is not None and alert.rule == "new_party_upload"
+    assert "Exfil Ltd in RU" in alert.summary and "first upload there in 7 days" in alert.summary
+    # Same party in another country: new again.
+    other = dataclasses.replace(new, country="BY")
+    got = st.account_upload(t + 120, TV, other, 2_000_000)
+    assert got is not None and got.dst.country == "BY"
+    # An upload that began over an hour ago is no longer new: a slow trickle that grows
+    # is the anomaly rule's business.
+    slow = dataclasses.replace(ABROAD, vendor="Slow Inc")
+    st.account_upload(t, TV, slow, 10)
+    assert st.account_upload(t + 3700, TV, slow, 2_000_000) is None
+
+
+def test_new_party_upload_unseen_for_a_week_is_new_again() -> None:
+    st, rec = stage(new_party_learning=0.0, disabled_rules=("foreign_upload_anomaly",))
+    st.account_upload(T0, TV, ABROAD, 2_000_000)
+    assert len(rec.alerts) == 1
+    st.tick(T0 + 6 * 86400)
+    assert st.account_upload(T0 + 6 * 86400, TV, ABROAD, 2_000_000) is None  # seen 6 days ago
+    st.tick(T0 + 14 * 86400)
+    assert st.stats()["state"]["upload_parties"] == 0  # forgotten after a week without bytes
+    assert st.account_upload(T0 + 14 * 86400, TV, ABROAD, 2_000_000) is not None
+
+
+def test_new_party_upload_state_is_bounded() -> None:
+    st, _ = stage(max_upload_parties=16, new_party_learning=0.0)
+    for i in range(40):
+        st.account_upload(T0 + i, TV, dataclasses.replace(ABROAD, vendor=f"V{i}"), 10)
+    s = st.stats()
+    assert s["state"]["upload_parties"] == 16 and s["evicted"]["upload_parties"] == 24
