@@ -20,7 +20,13 @@ from pathlib import Path
 from sensor.alerts import AlertStage
 from sensor.config import Config
 from sensor.detect import extract
-from sensor.detect.identifiers import Finding, KnownIdentifiers, Location, Scanner
+from sensor.detect.identifiers import (
+    UNKNOWN_REGION,
+    Finding,
+    KnownIdentifiers,
+    Location,
+    Scanner,
+)
 from sensor.enrich.stage import Enricher
 from sensor.files import errno_name, write_atomically
 from sensor.model import Destination, Device, DeviceRef, Flow, HttpRequest, Observation
@@ -87,7 +93,7 @@ class Detector:
         self.cfg = cfg
         self.alerts = alerts
         self.enricher = enricher
-        region = cfg.site.home_country or "ID"
+        region = cfg.site.home_country or UNKNOWN_REGION
         per_device = {d.mac: d.identifiers for d in cfg.devices if d.identifiers}
         known = KnownIdentifiers.from_mapping(
             cfg.identifiers.as_mapping(), key=key, home_region=region, devices=per_device
