@@ -565,6 +565,7 @@ class Exporter:
             "traffic": self._collect_traffic,
             "exposures": self._collect_exposures,
             "alerts": self._collect_alerts,
+            "placeholders": self._collect_placeholders,
             "devices": self._collect_devices,  # after the tables it lists the devices of
             "pipeline": self._collect_pipeline,
             "capture": self._collect_capture,
@@ -1139,6 +1140,22 @@ class Exporter:
         if own:
             for (name, reason), n in sorted(_copy_items(own))[:MAX_REASONS]:
                 fam.add_metric([safe_label(name), safe_label(reason)], float(n))
+        yield fam
+
+    def _collect_placeholders(self) -> Families:
+        fam = CounterMetricFamily(
+            "phonehome_placeholders",
+            "Identifier findings that were placeholders (sensor/data/placeholders.toml), "
+            "dropped without an alert, by reason",
+            labels=["reason"],
+        )
+        detector = getattr(getattr(self.sensor, "stages", None), "detector", None)
+        table = getattr(detector, "placeholders", None)
+        if detector is not None and table is not None:
+            seen = dict(_copy_items(getattr(detector, "placeholders_seen", None) or {}))
+            carry = self._carry_for("placeholders", detector)
+            for reason in table.reasons:  # the file's reasons: a bounded label
+                fam.add_metric([reason], carry.value(("placeholders", reason), seen.get(reason, 0)))
         yield fam
 
     def _collect_endpoint(self) -> Families:
