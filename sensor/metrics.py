@@ -111,6 +111,7 @@ from prometheus_client.registry import Collector
 
 from sensor import __version__
 from sensor.alerts import RULES
+from sensor.detect import placeholders
 from sensor.detect.identifiers import ENCODINGS, KINDS
 from sensor.model import Alert, Flow, Observation
 from sensor.sinks import LogLimiter
@@ -1145,17 +1146,25 @@ class Exporter:
     def _collect_placeholders(self) -> Families:
         fam = CounterMetricFamily(
             "phonehome_placeholders",
-            "Identifier findings that were placeholders (sensor/data/placeholders.toml), "
-            "dropped without an alert, by reason",
-            labels=["reason"],
+            "Placeholder values (sensor/data/placeholders.toml) dropped by reason: as an "
+            "identifier finding (no alert) or as a device MAC (no device)",
+            labels=["reason", "as"],
         )
-        detector = getattr(getattr(self.sensor, "stages", None), "detector", None)
-        table = getattr(detector, "placeholders", None)
-        if detector is not None and table is not None:
-            seen = dict(_copy_items(getattr(detector, "placeholders_seen", None) or {}))
-            carry = self._carry_for("placeholders", detector)
-            for reason in table.reasons:  # the file's reasons: a bounded label
-                fam.add_metric([reason], carry.value(("placeholders", reason), seen.get(reason, 0)))
+        stages = getattr(self.sensor, "stages", None)
+        detector = getattr(stages, "detector", None)
+        pipeline = getattr(self.sensor, "pipeline", None)
+        reasons = placeholders.default().reasons  # the file's reasons: a bounded label
+        for what, owner, attr in (
+            ("identifier", detector, "placeholders_seen"),
+            ("device", pipeline, "not_devices"),
+        ):
+            if owner is None:
+                continue
+            seen = dict(_copy_items(getattr(owner, attr, None) or {}))
+            carry = self._carry_for(f"placeholders_{what}", owner)
+            for reason in reasons:
+                n = float(seen.get(reason, 0))
+                fam.add_metric([reason, what], carry.value((what, reason), n))
         yield fam
 
     def _collect_endpoint(self) -> Families:
