@@ -38,7 +38,12 @@ Rules
     (weight ``anomaly_alpha`` per period; idle periods count as zero; the device's first,
     partial period is left out) of its past periods' totals. It fires as soon as the current
     period's total exceeds all of ``m + anomaly_k * s``, ``anomaly_min_ratio * m`` and
-    ``anomaly_floor_bytes``, once the device has ``anomaly_min_periods`` periods of history.
+    ``anomaly_floor_bytes`` and ``anomaly_peak_ratio * p``, once the device has
+    ``anomaly_min_periods`` periods of history. *p* is the device's peak: the largest past
+    period total, decaying with a half-life of ``anomaly_peak_halflife`` (default 7 days).
+    Households upload in bursts (the evening photo backup, the daily video call), and a mean
+    over hours cannot tell tomorrow's burst from a leak; the peak can: it alerts on an hour
+    far above anything the device did lately.
     The ratio keeps a very regular device (s near 0) from alerting on small rises; the floor
     keeps near-silent devices from alerting on a few hundred kilobytes. It is a rule of its
     own (not a form of ``foreign_upload``) so it can be switched off and filtered alone.
@@ -163,6 +168,11 @@ class AlertsConfig:
     """foreign_upload_anomaly: the period's total must also be this many times the mean."""
     anomaly_floor_bytes: int = 1_000_000
     """foreign_upload_anomaly: and above this many bytes."""
+    anomaly_peak_ratio: float = 3.0
+    """foreign_upload_anomaly: and above this many times the device's decaying peak period
+    (0: no peak condition)."""
+    anomaly_peak_halflife: float = 7 * 86400.0
+    """Half-life of the peak period total (seconds)."""
     anomaly_min_periods: int = 24
     """Completed periods of a device's history before foreign_upload_anomaly may fire."""
     new_country_learning: float = 3600.0
@@ -205,6 +215,10 @@ class AlertsConfig:
             raise ValueError("anomaly_alpha: must be in (0, 1]")
         if not self.anomaly_min_ratio >= 0:
             raise ValueError("anomaly_min_ratio: must not be negative")
+        if not self.anomaly_peak_ratio >= 0:
+            raise ValueError("anomaly_peak_ratio: must not be negative")
+        if not self.upload_window <= self.anomaly_peak_halflife <= 365 * 86400:
+            raise ValueError("anomaly_peak_halflife: must be between upload_window and 365 days")
         if self.anomaly_floor_bytes < 0:
             raise ValueError("anomaly_floor_bytes: must not be negative")
         if self.anomaly_min_periods < 1:
@@ -272,8 +286,11 @@ class _Device:
     var: float = 0.0
     periods: int = 0
     """Completed periods folded into mean/var."""
+    peak: float = 0.0
+    """The largest completed period total, decayed by `decay` per period since."""
 
-    def fold(self, x: float, alpha: float) -> None:
+    def fold(self, x: float, alpha: float, decay: float = 1.0) -> None:
+        self.peak = max(x, self.peak * decay)
         if self.periods == 0:
             self.mean, self.var = x, 0.0
         else:
@@ -417,6 +434,7 @@ class AlertStage:
         self._disabled = frozenset(self.cfg.disabled_rules)
         self._bucket = TokenBucket(self.cfg.rate_per_second, self.cfg.rate_burst)
         self._slice = self.cfg.upload_window / UPLOAD_BUCKETS
+        self._peak_decay = 0.5 ** (self.cfg.upload_window / self.cfg.anomaly_peak_halflife)
         self._windows: OrderedDict[tuple[str, str, str, str, str | None], _Window] = OrderedDict()
         self._devices: OrderedDict[str, _Device] = OrderedDict()
         self._contacts: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -677,9 +695,11 @@ class AlertStage:
         period = int(ts // cfg.upload_window)
         if period > dev.period:
             if not dev.partial:
-                dev.fold(dev.current, cfg.anomaly_alpha)
+                dev.fold(dev.current, cfg.anomaly_alpha, self._peak_decay)
+            else:  # too short for the mean, but a burst in it is the device's habit too
+                dev.peak = max(dev.peak, float(dev.current))
             for _ in range(min(period - dev.period - 1, MAX_IDLE_FOLD)):
-                dev.fold(0.0, cfg.anomaly_alpha)
+                dev.fold(0.0, cfg.anomaly_alpha, self._peak_decay)
             dev.period, dev.partial, dev.current = period, False, 0
         dev.current += nbytes  # an out-of-order timestamp counts in the current period
         if dev.periods < cfg.anomaly_min_periods:
@@ -689,6 +709,7 @@ class AlertStage:
             dev.mean + cfg.anomaly_k * sigma,
             cfg.anomaly_min_ratio * dev.mean,
             float(cfg.anomaly_floor_bytes),
+            cfg.anomaly_peak_ratio * dev.peak,
         )
         if dev.current <= limit or not self._may_fire(
             device_key(device), "foreign_upload_anomaly", "*", "", ts

@@ -428,7 +428,10 @@ def test_upload_anomaly_needs_history() -> None:
 def test_upload_anomaly_idle_hours_count_as_zero() -> None:
     start = (T0 // 3600) * 3600
     st, _ = stage(
-        disabled_rules=("new_party_upload",), anomaly_min_periods=5, anomaly_floor_bytes=1_000_000
+        anomaly_peak_ratio=0.0,
+        disabled_rules=("new_party_upload",),
+        anomaly_min_periods=5,
+        anomaly_floor_bytes=1_000_000,
     )
     _hourly(st, 3, [3_000_000], start)  # busy for a while, then quiet for a week
     alert = st.account_upload(start + 200 * 3600, TV, ABROAD, 1_500_000)
@@ -442,6 +445,7 @@ def test_upload_anomaly_regular_device_needs_ratio() -> None:
         anomaly_min_periods=5,
         anomaly_floor_bytes=0,
         foreign_upload_bytes=10**12,
+        anomaly_peak_ratio=0.0,
     )
     _hourly(st, 30, [2_000_000], start)  # perfectly regular: sigma is 0
     now = start + 30 * 3600 + 100
@@ -601,3 +605,18 @@ def test_new_party_upload_state_is_bounded() -> None:
         st.account_upload(T0 + i, TV, dataclasses.replace(ABROAD, vendor=f"V{i}"), 10)
     s = st.stats()
     assert s["state"]["upload_parties"] == 16 and s["evicted"]["upload_parties"] == 24
+
+
+def test_upload_anomaly_needs_to_beat_the_devices_recent_peak() -> None:
+    """A daily 500 MB video call is the laptop's habit, not an anomaly; three times its
+    largest hour of late is."""
+    start = (T0 // 3600) * 3600
+    st, rec = stage(disabled_rules=("new_party_upload",), anomaly_min_periods=24)
+    for h in range(24 * 5):
+        n = 500_000_000 if h % 24 == 10 else 100_000
+        st.account_upload(start + h * 3600 + 60, TV, ABROAD, n)
+    assert rec.alerts == []
+    t = start + 24 * 5 * 3600 + 60
+    assert st.account_upload(t, TV, ABROAD, 1_400_000_000) is None  # 2.8 x the peak
+    alert = st.account_upload(t + 1, TV, ABROAD, 200_000_000)
+    assert alert is not None and alert.rule == "foreign_upload_anomaly"
