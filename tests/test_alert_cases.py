@@ -127,6 +127,7 @@ _KEY_FOR = {
     "imsi": "imsi",
     "iccid": "iccid",
     "phone": "msisdn",
+    "email": "email",
 }
 _GROUP_BIT_EXAMPLES = ("01:00:5e:00:00:fb", "33:33:00:00:00:01", "01:80:c2:00:00:0e")
 
@@ -137,6 +138,8 @@ def _placeholder_values() -> list[tuple[str, str, str]]:
     for e in placeholders().entries:
         if e.value is not None:
             out.append((e.kind, e.value, e.reason))
+        elif e.match == "domain":
+            out.append((e.kind, f"chacha20-poly1305@{e.domain}", e.reason))
         else:
             out += [(e.kind, mac, e.reason) for mac in _GROUP_BIT_EXAMPLES]
     return out
@@ -179,7 +182,32 @@ def test_placeholders_never_alert_and_are_counted(tmp_path: Path) -> None:
     # What the scanner matches at all was counted (all-zero and broadcast MACs and the zero
     # advertising ID it already refuses by shape; the file lists them all the same).
     assert set(counted) >= {"android_mac", "multicast_mac", "android_id_bug", "emulator"}
+    assert counted["protocol_name"] == 2
     assert set(counted) <= set(placeholders().reasons)
+
+
+KEXINIT_NAMES = (
+    b"curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,"
+    b"ext-info-c,kex-strict-c-v00@openssh.com\x00\x00\x00\x33"
+    b"chacha20-poly1305@openssh.com,aes128-ctr,aes128-gcm@openssh.com"
+)
+
+
+def _ssh_handshake(cap: Capture) -> None:
+    s = TcpSession(cap, PHONE, AWS_SG_IP, 46001, 22)
+    s.open()
+    s.send(b"SSH-2.0-OpenSSH_9.6\r\n")
+    s.send(b"\x00\x00\x04\x5c\x06\x14" + bytes(16) + b"\x00\x00\x00\x90" + KEXINIT_NAMES)
+    s.close()
+
+
+def test_ssh_algorithm_names_are_no_email_addresses(tmp_path: Path) -> None:
+    """Found by the false-alert check over public captures: every SSH client's KEXINIT
+    names algorithms as name@domain."""
+    recs = _analyze(build(tmp_path / "ssh.pcap", _ssh_handshake), _config(tmp_path))
+    assert [r for r in recs if r["type"] == "alert" and r.get("identifier")] == []
+    (stats,) = [r for r in recs if r["type"] == "stats"]
+    assert stats["detect"]["placeholders"].get("protocol_name", 0) >= 1
 
 
 # --- devices only from LAN-side senders ----------------------------------------------------------

@@ -22,10 +22,10 @@ DEFAULT_PATH: Final = Path(__file__).resolve().parent.parent / "data" / "placeho
 _KINDS: Final = frozenset(
     ("imei", "imsi", "iccid", "phone", "mac", "email", "serial", "android_id", "ad_id")
 )
-_MATCHES: Final = {"group_bit": "mac"}
+_MATCHES: Final = {"group_bit": "mac", "domain": "email"}
 """Rules instead of values, and the kind each applies to."""
 _REASON_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_KEYS: Final = frozenset(("kind", "value", "match", "reason", "source", "note"))
+_KEYS: Final = frozenset(("kind", "value", "match", "domain", "reason", "source", "note"))
 
 
 class PlaceholderError(ValueError):
@@ -38,6 +38,8 @@ class Placeholder:
     value: str | None
     """Canonical value (None for a rule)."""
     match: str | None
+    domain: str | None
+    """For ``match = "domain"``: every address at this domain."""
     reason: str
     source: str
 
@@ -49,11 +51,14 @@ class Placeholders:
         self.entries: Final = tuple(entries)
         self._values: dict[tuple[str, str], str] = {}
         self._group_bit: str | None = None
+        self._domains: dict[str, str] = {}
         for e in self.entries:
             if e.value is not None:
                 self._values.setdefault((e.kind, e.value), e.reason)
             elif e.match == "group_bit":
                 self._group_bit = e.reason
+            elif e.match == "domain" and e.domain is not None:
+                self._domains.setdefault(e.domain, e.reason)
         self.reasons: Final = tuple(sorted({e.reason for e in self.entries}))
         """Every reason there is: the bounded vocabulary of the metric label."""
 
@@ -74,7 +79,13 @@ class Placeholders:
             return hit
         if kind == "mac" and self._group_bit is not None and _group_bit(canonical):
             return self._group_bit
+        if kind == "email":
+            return self.email_domain_reason(canonical.rpartition("@")[2])
         return None
+
+    def email_domain_reason(self, domain: str) -> str | None:
+        """`reason` for an e-mail address at `domain` (all its addresses are names)."""
+        return self._domains.get(domain.lower())
 
     def mac_reason(self, mac: str) -> str | None:
         """`reason` for a MAC in any common spelling (None if it is not a MAC at all)."""
@@ -129,7 +140,14 @@ def _parse(data: Mapping[str, Any], source: str) -> list[Placeholder]:
                 raise PlaceholderError(f"{where}.value: not a valid {kind}")
         elif _MATCHES.get(str(match)) != kind:
             raise PlaceholderError(f"{where}.match: unknown rule {match!r} for {kind}")
-        out.append(Placeholder(kind, canonical, match, reason, row["source"]))
+        domain = row.get("domain")
+        if (match == "domain") != isinstance(domain, str) or domain == "":
+            raise PlaceholderError(f"{where}.domain: a domain with match = 'domain' (only)")
+        out.append(
+            Placeholder(
+                kind, canonical, match, domain.lower() if domain else None, reason, row["source"]
+            )
+        )
     return out
 
 

@@ -180,11 +180,13 @@ class Detector:
     def _placeholder(self, f: Finding, data: bytes) -> str | None:
         """Why the finding is a placeholder (sensor/data/placeholders.toml), else None. Listed
         values are recognised by keyed hash in any encoding; the MAC group-bit rule on the
-        matched text."""
+        matched text; e-mail domain rules on the redacted value's domain."""
         hit = self._placeholder_hashes.get((f.kind, f.keyed_hash))
         if hit is None and f.kind == "mac" and f.encoding == "plain":
             raw = data[f.offset : f.offset + f.length].decode("latin-1")
             hit = self.placeholders.mac_reason(raw)
+        elif hit is None and f.kind == "email":
+            hit = self.placeholders.email_domain_reason(f.redacted.rpartition("@")[2])
         return hit
 
     def _learn(self, f: Finding, data: bytes, device: Device | None) -> None:
