@@ -341,10 +341,11 @@ def main(argv: list[str] | None = None) -> int:
                     found += 1
                 else:
                     missed.append(f"seed {seed} {leak.what} {leak.device.name} {leak.ip}")
-        print(
-            f"injected leaks: {total} over {args.recall_seeds} weeks, detected {found}, "
-            f"recall {found / total:.3f} (goal 1.0)"
-        )
+        if total:
+            print(
+                f"injected leaks: {total} over {args.recall_seeds} weeks, detected {found}, "
+                f"recall {found / total:.3f} (goal 1.0)"
+            )
         for m in missed:
             print(f"  missed: {m}")
         if args.recall_seeds:
