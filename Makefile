@@ -47,6 +47,7 @@ bench: sysdeps-bench venv
 	$(PY) -m bench.analyze_bench
 	$(PY) -m bench.lookup_bench
 	$(PY) -m bench.scanner_bench
+	$(PY) -m bench.household
 	$(PY) -m bench.live_bench
 	$(PY) -m bench.quic_bench
 

@@ -15,21 +15,35 @@ Rules
     The same, to a server at home or of unknown country; the summary says which. In both
     rules an identifier in a DNS query name names only the domain it went to
     (`dns_name_text`): the name's other labels are the leaked data itself.
-``foreign_upload`` (warning)
-    More than ``foreign_upload_bytes`` (default 5 MB) went from one device to one party abroad
-    within a sliding ``upload_window`` (default one hour, kept in ``UPLOAD_BUCKETS`` slices,
-    so the window is exact to a twelfth). The party is the destination's vendor, else its
-    cloud provider, else its AS organisation, else its server name, else its address; a
-    counter is kept per (device, party, country). Fed by `AlertStage.account_upload` (the
-    pipeline calls it with the bytes each flow abroad sent since the last call) and by
-    "upload" observations, whose ``bytes_up`` is taken the same way: as new bytes.
+``new_party_upload`` (warning)
+    A device uploaded at least ``new_party_bytes`` (default 1 MB) within one sliding
+    ``upload_window`` (default one hour) to a party abroad, in a jurisdiction, that it had not
+    sent a single byte to for ``new_party_unseen`` (default 7 days), and the upload began
+    less than one ``upload_window`` ago. What changed is what alerts: the daily photo backup
+    to the same cloud is not news, the first upload to a new company or country is. For
+    ``new_party_learning`` (default one day) after the stage first sees a device, its parties
+    are learned silently. The party is the destination's vendor, else its cloud provider,
+    else its AS organisation, else its server name, else its address; upload state is kept
+    per (device, party, jurisdiction). Fed by `AlertStage.account_upload` (the pipeline calls
+    it with the bytes each flow abroad sent since the last call) and by "upload"
+    observations, whose ``bytes_up`` is taken the same way: as new bytes.
+``foreign_upload`` (warning, off unless ``foreign_upload_bytes`` is set)
+    More than ``foreign_upload_bytes`` went from one device to one party abroad within a
+    sliding ``upload_window`` (kept in ``UPLOAD_BUCKETS`` slices, so the window is exact to a
+    twelfth). A fixed threshold fires every day for a household whose phones back up photos
+    abroad, so it is off by default; setting the key turns it on.
 ``foreign_upload_anomaly`` (warning)
     The same counters summed per device over fixed periods of one ``upload_window``, against
     the device's own habit: an exponentially weighted mean *m* and standard deviation *s*
     (weight ``anomaly_alpha`` per period; idle periods count as zero; the device's first,
     partial period is left out) of its past periods' totals. It fires as soon as the current
     period's total exceeds all of ``m + anomaly_k * s``, ``anomaly_min_ratio * m`` and
-    ``anomaly_floor_bytes``, once the device has ``anomaly_min_periods`` periods of history.
+    ``anomaly_floor_bytes`` and ``anomaly_peak_ratio * p``, once the device has
+    ``anomaly_min_periods`` periods of history. *p* is the device's peak: the largest past
+    period total, decaying with a half-life of ``anomaly_peak_halflife`` (default 7 days).
+    Households upload in bursts (the evening photo backup, the daily video call), and a mean
+    over hours cannot tell tomorrow's burst from a leak; the peak can: it alerts on an hour
+    far above anything the device did lately.
     The ratio keeps a very regular device (s near 0) from alerting on small rises; the floor
     keeps near-silent devices from alerting on a few hundred kilobytes. It is a rule of its
     own (not a form of ``foreign_upload``) so it can be switched off and filtered alone.
@@ -44,11 +58,16 @@ Rules
 
 Suppression and rate
 --------------------
-An alert is keyed by (device, rule, destination, identifier kind), where the destination is
-the vendor, else the server name, else the address (for the upload rules the party, resp.
-the whole device; for ``new_country`` the country). The first alert of a key is delivered and
-opens a ``suppress_window`` (default one hour); repeats inside it are only counted. When the
-window closes (`tick`), sinks that have ``resolve`` are told, with the number of repeats.
+An alert is keyed by (device, rule, destination, jurisdiction, identifier kind), where the
+destination is the vendor, else the server name, else the address (for the upload rules the
+party, resp. the whole device; for ``new_country`` the country), and the jurisdiction is the
+destination's country and, for a cloud provider's server, its region (`jurisdiction`): the
+same identifier to the same vendor in a second country or region is a new alert, since where
+the data went is what the owner needs to know. The first alert of a key is delivered and
+opens a ``suppress_window`` (default one hour); repeats inside it are only counted, with the
+encodings and servers they used (up to ``MAX_COVERED`` of each). When the window closes
+(`tick`), sinks that have ``resolve`` are told, with the number of repeats and that
+`Coverage`.
 After suppression, a token bucket (``rate_per_second``, ``rate_burst``) bounds what reaches
 the sinks, so an alert storm cannot flood the disk or the journal; what it drops is counted
 per rule and does not open a window, so a later repeat can still get through.
@@ -70,7 +89,7 @@ from typing import Any, Final, Literal
 
 from sensor.model import Alert, Destination, DeviceRef, Observation
 from sensor.names import dns_name_text
-from sensor.sinks import LogLimiter, ResolvingSink, Sink
+from sensor.sinks import Coverage, LogLimiter, ResolvingSink, Sink
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +112,11 @@ RULES: Final[dict[str, Rule]] = {
             "warning",
             "identifier sent in cleartext to a server at home or of unknown country",
         ),
+        Rule(
+            "new_party_upload",
+            "warning",
+            "new_party_bytes within upload_window to a party abroad unseen for new_party_unseen",
+        ),
         Rule("foreign_upload", "warning", "more than foreign_upload_bytes to one party abroad"),
         Rule(
             "foreign_upload_anomaly",
@@ -105,6 +129,8 @@ RULES: Final[dict[str, Rule]] = {
 
 UPLOAD_BUCKETS: Final = 12
 """Slices of the sliding upload window (5 minutes of a 1-hour window)."""
+MAX_COVERED: Final = 16
+"""Encodings, resp. servers, a suppression window remembers for its resolve record."""
 MAX_IDLE_FOLD: Final = 1000
 """Idle periods folded into a baseline at most in one go (zeros; the mean has long decayed)."""
 
@@ -121,9 +147,16 @@ class AlertsConfig:
     """Alerts per second reaching the sinks, on average (token bucket refill)."""
     rate_burst: int = 100
     """Alerts that may reach the sinks at once (token bucket size)."""
-    foreign_upload_bytes: int = 5_000_000
+    foreign_upload_bytes: int | None = None
     """foreign_upload fires when more than this many bytes go to one party abroad within one
-    upload_window."""
+    upload_window; unset (the default), the rule is off."""
+    new_party_bytes: int = 1_000_000
+    """new_party_upload: bytes within one upload_window to a party not uploaded to before."""
+    new_party_unseen: float = 7 * 86400.0
+    """new_party_upload: a party the device sent nothing to for this long is new again."""
+    new_party_learning: float = 86400.0
+    """Seconds after a device is first seen during which its upload parties are learned
+    without new_party_upload alerts."""
     upload_window: float = 3600.0
     """Length of the sliding upload window and of the anomaly baseline's periods (seconds)."""
     anomaly_k: float = 4.0
@@ -135,6 +168,11 @@ class AlertsConfig:
     """foreign_upload_anomaly: the period's total must also be this many times the mean."""
     anomaly_floor_bytes: int = 1_000_000
     """foreign_upload_anomaly: and above this many bytes."""
+    anomaly_peak_ratio: float = 3.0
+    """foreign_upload_anomaly: and above this many times the device's decaying peak period
+    (0: no peak condition)."""
+    anomaly_peak_halflife: float = 7 * 86400.0
+    """Half-life of the peak period total (seconds)."""
     anomaly_min_periods: int = 24
     """Completed periods of a device's history before foreign_upload_anomaly may fire."""
     new_country_learning: float = 3600.0
@@ -149,7 +187,10 @@ class AlertsConfig:
     max_suppressions: int = 65536
     """Open suppression windows; the oldest close early beyond it."""
     max_upload_counters: int = 16384
-    """(device, party, country) upload counters; the least recently used go first."""
+    """(device, party, jurisdiction) upload counters; the least recently used go first."""
+    max_upload_parties: int = 65536
+    """Remembered (device, party, jurisdiction) uploads for new_party_upload; the least
+    recently used go first (one pushed out may alert again)."""
 
     def validate(self) -> None:
         if not 1.0 <= self.suppress_window <= 7 * 86400:
@@ -158,8 +199,14 @@ class AlertsConfig:
             raise ValueError("rate_per_second: must be positive")
         if self.rate_burst < 1:
             raise ValueError("rate_burst: must be at least 1")
-        if self.foreign_upload_bytes < 1:
+        if self.foreign_upload_bytes is not None and self.foreign_upload_bytes < 1:
             raise ValueError("foreign_upload_bytes: must be positive")
+        if self.new_party_bytes < 1:
+            raise ValueError("new_party_bytes: must be positive")
+        if not 3600.0 <= self.new_party_unseen <= 365 * 86400:
+            raise ValueError("new_party_unseen: must be between 1 hour and 365 days")
+        if self.new_party_learning < 0:
+            raise ValueError("new_party_learning: must not be negative")
         if not 60.0 <= self.upload_window <= 7 * 86400:
             raise ValueError("upload_window: must be between 60 seconds and 7 days")
         if not self.anomaly_k >= 0:
@@ -168,6 +215,10 @@ class AlertsConfig:
             raise ValueError("anomaly_alpha: must be in (0, 1]")
         if not self.anomaly_min_ratio >= 0:
             raise ValueError("anomaly_min_ratio: must not be negative")
+        if not self.anomaly_peak_ratio >= 0:
+            raise ValueError("anomaly_peak_ratio: must not be negative")
+        if not self.upload_window <= self.anomaly_peak_halflife <= 365 * 86400:
+            raise ValueError("anomaly_peak_halflife: must be between upload_window and 365 days")
         if self.anomaly_floor_bytes < 0:
             raise ValueError("anomaly_floor_bytes: must not be negative")
         if self.anomaly_min_periods < 1:
@@ -177,7 +228,13 @@ class AlertsConfig:
         for name in self.disabled_rules:
             if name not in RULES:
                 raise ValueError(f"disabled_rules: unknown rule {name!r}")
-        for key in ("max_devices", "max_contacts", "max_suppressions", "max_upload_counters"):
+        for key in (
+            "max_devices",
+            "max_contacts",
+            "max_suppressions",
+            "max_upload_counters",
+            "max_upload_parties",
+        ):
             if getattr(self, key) < 16:
                 raise ValueError(f"{key}: must be at least 16")
 
@@ -192,6 +249,28 @@ class _Window:
     alert: Alert
     until: float
     repeats: int = 0
+    encodings: dict[str, None] = field(default_factory=dict)
+    servers: dict[str, None] = field(default_factory=dict)
+    left_out: int = 0
+    """Encodings and servers of repeats not remembered (beyond MAX_COVERED)."""
+
+    def __post_init__(self) -> None:
+        self.cover(self.alert)
+
+    def cover(self, alert: Alert) -> None:
+        for seen, item in (
+            (self.encodings, alert.encoding),
+            (self.servers, alert.dst.server_name or alert.dst.ip),
+        ):
+            if item is None or item in seen:
+                continue
+            if len(seen) < MAX_COVERED:
+                seen[item] = None
+            else:
+                self.left_out += 1
+
+    def coverage(self) -> Coverage:
+        return Coverage(tuple(self.encodings), tuple(self.servers), self.left_out)
 
 
 @dataclass(slots=True)
@@ -207,8 +286,11 @@ class _Device:
     var: float = 0.0
     periods: int = 0
     """Completed periods folded into mean/var."""
+    peak: float = 0.0
+    """The largest completed period total, decayed by `decay` per period since."""
 
-    def fold(self, x: float, alpha: float) -> None:
+    def fold(self, x: float, alpha: float, decay: float = 1.0) -> None:
+        self.peak = max(x, self.peak * decay)
         if self.periods == 0:
             self.mean, self.var = x, 0.0
         else:
@@ -268,6 +350,15 @@ def device_key(dev: DeviceRef) -> str:
     return dev.mac or dev.ip
 
 
+def jurisdiction(dst: Destination) -> str:
+    """Whose law the destination is under, as far as known: its country, and for a cloud
+    provider's server also the region ("SG/ap-southeast-1"); "" when the country is unknown.
+    Part of every alert's suppression key."""
+    if not dst.country:
+        return ""
+    return f"{dst.country}/{dst.region}" if dst.provider and dst.region else dst.country
+
+
 def party(dst: Destination) -> str:
     """Whom upload counters are kept for: vendor, provider, AS organisation, name, address."""
     if dst.vendor or dst.provider or dst.asn_org or dst.server_name:
@@ -311,6 +402,15 @@ def _span(seconds: float) -> str:
     return f"{seconds:g} seconds"
 
 
+def _days(seconds: float) -> str:
+    """604800 -> '7 days', 86400 -> 'a day', 7200 -> '2 hours'."""
+    if seconds == 86400:
+        return "a day"
+    if seconds % 86400 == 0:
+        return f"{int(seconds // 86400)} days"
+    return _span(seconds)
+
+
 def _period(seconds: float) -> str:
     """3600 -> 'hour', 7200 -> '2-hour period'."""
     if seconds == 3600:
@@ -334,10 +434,13 @@ class AlertStage:
         self._disabled = frozenset(self.cfg.disabled_rules)
         self._bucket = TokenBucket(self.cfg.rate_per_second, self.cfg.rate_burst)
         self._slice = self.cfg.upload_window / UPLOAD_BUCKETS
-        self._windows: OrderedDict[tuple[str, str, str, str | None], _Window] = OrderedDict()
+        self._peak_decay = 0.5 ** (self.cfg.upload_window / self.cfg.anomaly_peak_halflife)
+        self._windows: OrderedDict[tuple[str, str, str, str, str | None], _Window] = OrderedDict()
         self._devices: OrderedDict[str, _Device] = OrderedDict()
         self._contacts: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._counters: OrderedDict[tuple[str, str, str], _Counter] = OrderedDict()
+        self._parties: OrderedDict[tuple[str, str, str], list[float]] = OrderedDict()
+        """(device, party, jurisdiction) -> [start of the current run of uploads, last upload]"""
         self._limiter = LogLimiter(log)
         self.observations: Counter[str] = Counter()
         self.alerts: Counter[str] = Counter()
@@ -347,6 +450,7 @@ class AlertStage:
         self.sink_errors: Counter[str] = Counter()
         self.evicted: Counter[str] = Counter()
         self.learned = 0
+        self.learned_parties = 0
         self.values_redacted = 0
         self.resolved = 0
 
@@ -379,7 +483,8 @@ class AlertStage:
         dkey = device_key(device)
         dev = self._device(dkey, ts)
         who = party(dst)
-        ckey = (dkey, who, dst.country or "")
+        jur = jurisdiction(dst)
+        ckey = (dkey, who, jur)
         counter = self._counters.get(ckey)
         if counter is None:
             counter = self._counters[ckey] = _Counter()
@@ -389,21 +494,58 @@ class AlertStage:
         else:
             self._counters.move_to_end(ckey)
         total = counter.add(int(ts // self._slice), nbytes)
+        run_start = self._upload_run(ckey, ts)
 
+        cfg = self.cfg
         first: Alert | None = None
-        if total > self.cfg.foreign_upload_bytes and self._may_fire(
-            dkey, "foreign_upload", who, ts
+        if (
+            total >= cfg.new_party_bytes
+            and ts - run_start < cfg.upload_window
+            and self._may_fire(dkey, "new_party_upload", who, jur, ts)
+        ):
+            if ts - dev.first_seen < cfg.new_party_learning:
+                self.learned_parties += 1
+                self._parties[ckey][0] = ts - cfg.upload_window  # known now: no longer new
+            else:
+                summary = (
+                    f"{_device_text(device)} sent {format_bytes(total)} to {who} in "
+                    f"{_where(dst)} within {_span(cfg.upload_window)}, its first upload there "
+                    f"in {_days(cfg.new_party_unseen)}"
+                )
+                first = self._emit(
+                    self._alert("new_party_upload", ts, device, dst, summary, total, flow_uid),
+                    who,
+                    None,
+                )
+        limit = cfg.foreign_upload_bytes
+        if (
+            limit is not None
+            and total > limit
+            and self._may_fire(dkey, "foreign_upload", who, jur, ts)
         ):
             summary = (
                 f"{_device_text(device)} sent {format_bytes(total)} to {who} in {_where(dst)} "
-                f"within {_span(self.cfg.upload_window)} (threshold "
-                f"{format_bytes(self.cfg.foreign_upload_bytes)})"
+                f"within {_span(cfg.upload_window)} (threshold {format_bytes(limit)})"
             )
-            first = self._emit(
+            fixed = self._emit(
                 self._alert("foreign_upload", ts, device, dst, summary, total, flow_uid), who, None
             )
+            first = first or fixed
         anomaly = self._anomaly(dev, ts, nbytes, device, dst, flow_uid)
         return first or anomaly
+
+    def _upload_run(self, key: tuple[str, str, str], ts: float) -> float:
+        """When the current run of uploads to `key` began; a run ends after new_party_unseen
+        without a byte."""
+        rec = self._parties.get(key)
+        if rec is None or ts - rec[1] >= self.cfg.new_party_unseen:
+            rec = self._parties[key] = [ts, ts]
+            if len(self._parties) > self.cfg.max_upload_parties:
+                self._parties.popitem(last=False)
+                self.evicted["upload_parties"] += 1
+        rec[1] = max(rec[1], ts)
+        self._parties.move_to_end(key)
+        return rec[0]
 
     def account_contact(
         self, ts: float, device: DeviceRef, dst: Destination, flow_uid: str | None = None
@@ -448,6 +590,11 @@ class AlertStage:
             if counter.slices:
                 break  # least recently used first: the rest were used later
             del self._counters[ckey]
+        while self._parties:
+            pkey, rec = next(iter(self._parties.items()))
+            if now - rec[1] < self.cfg.new_party_unseen:
+                break  # least recently used first
+            del self._parties[pkey]
 
     def close(self) -> None:
         """Close every sink (each failure logged, none propagated)."""
@@ -477,6 +624,7 @@ class AlertStage:
             "sink_errors": dict(self.sink_errors),
             "evicted": dict(self.evicted),
             "learned_contacts": self.learned,
+            "learned_parties": self.learned_parties,
             "values_redacted": self.values_redacted,
             "resolved": self.resolved,
             "state": {
@@ -484,6 +632,7 @@ class AlertStage:
                 "devices": len(self._devices),
                 "contacts": len(self._contacts),
                 "upload_counters": len(self._counters),
+                "upload_parties": len(self._parties),
             },
             "sinks": sink_stats,
         }
@@ -546,9 +695,11 @@ class AlertStage:
         period = int(ts // cfg.upload_window)
         if period > dev.period:
             if not dev.partial:
-                dev.fold(dev.current, cfg.anomaly_alpha)
+                dev.fold(dev.current, cfg.anomaly_alpha, self._peak_decay)
+            else:  # too short for the mean, but a burst in it is the device's habit too
+                dev.peak = max(dev.peak, float(dev.current))
             for _ in range(min(period - dev.period - 1, MAX_IDLE_FOLD)):
-                dev.fold(0.0, cfg.anomaly_alpha)
+                dev.fold(0.0, cfg.anomaly_alpha, self._peak_decay)
             dev.period, dev.partial, dev.current = period, False, 0
         dev.current += nbytes  # an out-of-order timestamp counts in the current period
         if dev.periods < cfg.anomaly_min_periods:
@@ -558,9 +709,10 @@ class AlertStage:
             dev.mean + cfg.anomaly_k * sigma,
             cfg.anomaly_min_ratio * dev.mean,
             float(cfg.anomaly_floor_bytes),
+            cfg.anomaly_peak_ratio * dev.peak,
         )
         if dev.current <= limit or not self._may_fire(
-            device_key(device), "foreign_upload_anomaly", "*", ts
+            device_key(device), "foreign_upload_anomaly", "*", "", ts
         ):
             return None
         summary = (
@@ -571,7 +723,7 @@ class AlertStage:
         alert = self._alert(
             "foreign_upload_anomaly", ts, device, dst, summary, dev.current, flow_uid
         )
-        return self._emit(alert, "*", None)
+        return self._emit(alert, "*", None, "")
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -618,29 +770,36 @@ class AlertStage:
             self._devices.move_to_end(key)
         return dev
 
-    def _may_fire(self, dkey: str, rule: str, dest: str, ts: float) -> bool:
+    def _may_fire(self, dkey: str, rule: str, dest: str, jur: str, ts: float) -> bool:
         """Cheap check before an alert is built on a hot path (uploads are accounted per
         packet batch): False, and counted, if the rule is off or the key is suppressed."""
         if rule in self._disabled:
             self.disabled[rule] += 1
             return False
-        win = self._windows.get((dkey, rule, dest, None))
+        win = self._windows.get((dkey, rule, dest, jur, None))
         if win is not None and ts < win.until:
             win.repeats += 1
             self.suppressed[rule] += 1
             return False
         return True
 
-    def _emit(self, alert: Alert, dest: str, ident: str | None) -> Alert | None:
+    def _emit(
+        self, alert: Alert, dest: str, ident: str | None, jur: str | None = None
+    ) -> Alert | None:
+        """Deliver `alert` unless suppressed or rate-bounded; `jur` defaults to the
+        destination's `jurisdiction`."""
         rule = alert.rule
         if rule in self._disabled:
             self.disabled[rule] += 1
             return None
-        key = (device_key(alert.device), rule, dest, ident)
+        if jur is None:
+            jur = jurisdiction(alert.dst)
+        key = (device_key(alert.device), rule, dest, jur, ident)
         win = self._windows.get(key)
         if win is not None:
             if alert.ts < win.until:
                 win.repeats += 1
+                win.cover(alert)
                 self.suppressed[rule] += 1
                 return None
             del self._windows[key]  # over, but tick() has not come round yet
@@ -670,7 +829,7 @@ class AlertStage:
             if not isinstance(sink, ResolvingSink):
                 continue
             try:
-                sink.resolve(win.alert, ts, win.repeats)
+                sink.resolve(win.alert, ts, win.repeats, win.coverage())
             except Exception as exc:
                 name = _sink_name(sink)
                 self.sink_errors[name] += 1

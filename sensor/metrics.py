@@ -111,6 +111,7 @@ from prometheus_client.registry import Collector
 
 from sensor import __version__
 from sensor.alerts import RULES
+from sensor.detect import placeholders
 from sensor.detect.identifiers import ENCODINGS, KINDS
 from sensor.model import Alert, Flow, Observation
 from sensor.sinks import LogLimiter
@@ -565,6 +566,7 @@ class Exporter:
             "traffic": self._collect_traffic,
             "exposures": self._collect_exposures,
             "alerts": self._collect_alerts,
+            "placeholders": self._collect_placeholders,
             "devices": self._collect_devices,  # after the tables it lists the devices of
             "pipeline": self._collect_pipeline,
             "capture": self._collect_capture,
@@ -788,6 +790,21 @@ class Exporter:
         home = getattr(getattr(cfg, "site", None), "home_country", None) or ""
         site.add_metric([], {"home_country": home})
         yield site
+        # The upload thresholds the sensor alerts on, so the shipped Prometheus rules follow
+        # the owner's settings: ForeignUploadHigh is off while foreign_upload is.
+        acfg = getattr(cfg, "alerts", None)
+        thresholds = GaugeMetricFamily(
+            "phonehome_alert_threshold_bytes",
+            "Upload alert thresholds in force (rule absent: off)",
+            labels=["rule"],
+        )
+        if acfg is not None:
+            off = set(acfg.disabled_rules)
+            if acfg.foreign_upload_bytes is not None and "foreign_upload" not in off:
+                thresholds.add_metric(["foreign_upload"], float(acfg.foreign_upload_bytes))
+            if "new_party_upload" not in off:
+                thresholds.add_metric(["new_party_upload"], float(acfg.new_party_bytes))
+        yield thresholds
 
     def _collect_devices(self) -> Families:
         pipeline = getattr(self.sensor, "pipeline", None)
@@ -1129,6 +1146,30 @@ class Exporter:
         if own:
             for (name, reason), n in sorted(_copy_items(own))[:MAX_REASONS]:
                 fam.add_metric([safe_label(name), safe_label(reason)], float(n))
+        yield fam
+
+    def _collect_placeholders(self) -> Families:
+        fam = CounterMetricFamily(
+            "phonehome_placeholders",
+            "Placeholder values (sensor/data/placeholders.toml) dropped by reason: as an "
+            "identifier finding (no alert) or as a device MAC (no device)",
+            labels=["reason", "as"],
+        )
+        stages = getattr(self.sensor, "stages", None)
+        detector = getattr(stages, "detector", None)
+        pipeline = getattr(self.sensor, "pipeline", None)
+        reasons = placeholders.default().reasons  # the file's reasons: a bounded label
+        for what, owner, attr in (
+            ("identifier", detector, "placeholders_seen"),
+            ("device", pipeline, "not_devices"),
+        ):
+            if owner is None:
+                continue
+            seen = dict(_copy_items(getattr(owner, attr, None) or {}))
+            carry = self._carry_for(f"placeholders_{what}", owner)
+            for reason in reasons:
+                n = float(seen.get(reason, 0))
+                fam.add_metric([reason, what], carry.value((what, reason), n))
         yield fam
 
     def _collect_endpoint(self) -> Families:

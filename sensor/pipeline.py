@@ -28,6 +28,7 @@ from sensor.decode import quic as quic_dec
 from sensor.decode import tls as tls_dec
 from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
 from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
+from sensor.detect import placeholders
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.names import DnsCache, redact_name
@@ -120,6 +121,9 @@ class Pipeline:
         self.packets_decoded = 0
         self.packets_fast = 0
         self.devices_dropped = 0
+        self.not_devices: Counter[str] = Counter()
+        """MACs refused as devices because they are placeholders (all-zero, multicast,
+        Android's 02:00:00:00:00:00...), by the placeholders file's reason."""
         self._fragments: OrderedDict[tuple[bytes, bytes, int, int], Half] = OrderedDict()
         self._asked: OrderedDict[tuple[str, str], str] = OrderedDict()
         """(flow uid, query name) already handed to the observer -> the name redacted: each
@@ -523,9 +527,13 @@ class Pipeline:
         mac = None
         lk = link
         if not up:
+            # A server's answer names the client only as its destination: that attributes
+            # the flow to a device already known, but never makes one (a destination MAC may
+            # be all zeros in a cooked capture, or the router's own on a routed segment).
             dst_mac = getattr(lk, "dst_mac", None)
             if dst_mac is not None and not dst_mac[0] & 1:
-                mac = mac_str(dst_mac)
+                known = mac_str(dst_mac)
+                mac = known if known in self.devices else None
         else:
             mac = _lan_mac(getattr(lk, "src_mac", None), getattr(lk, "pkttype", None))
         if mac is None:
@@ -677,7 +685,8 @@ class Pipeline:
             host = _host_only(req.host)
             if host:
                 flow.server_name, flow.name_source = redact_name(host), "http"
-        self._observe(self.observer.http_request, flow, req, ts)
+        # The device learns the request's User-Agent before detection sees the request: an
+        # alert on it names the device as this request shows it (kind, vendor).
         if req.user_agent and flow.device_mac:
             dev = self.devices.get(flow.device_mac)
             if (
@@ -686,6 +695,7 @@ class Pipeline:
                 and len(dev.user_agents) < MAX_USER_AGENTS
             ):
                 dev.user_agents.append(req.user_agent)
+        self._observe(self.observer.http_request, flow, req, ts)
 
     def _client_hello(self, entry: FlowEntry, ch: ClientHello, source: str) -> None:
         flow = entry.flow
@@ -796,6 +806,10 @@ class Pipeline:
     def _device(self, mac: str, ts: float) -> Device | None:
         dev = self.devices.get(mac)
         if dev is None:
+            reason = _placeholder_mac(mac)
+            if reason is not None:
+                self.not_devices[reason] += 1
+                return None
             if len(self.devices) >= MAX_DEVICES:
                 self.devices_dropped += 1
                 return None
@@ -807,6 +821,8 @@ class Pipeline:
         if ip in _NOT_HOST_ADDRESSES:
             return
         dev = self._device(mac, ts)
+        if dev is None and mac not in self.devices and _placeholder_mac(mac) is not None:
+            return  # no device, and no address of a device either
         if dev is not None and ip not in dev.ips and len(dev.ips) < MAX_DEVICE_IPS:
             dev.ips.add(ip)
         self.learn_neighbour(ip, mac)
@@ -913,6 +929,7 @@ class Pipeline:
             "flows_evicted": {"idle": self.flows.evicted_idle, "cap": self.flows.evicted_cap},
             "devices": len(self.devices),
             "devices_dropped": self.devices_dropped,
+            "not_devices": dict(sorted(self.not_devices.items())),
             "dns_cache": len(self.dns),
         }
 
@@ -952,6 +969,12 @@ _V6_HEADER = struct.Struct(">4xHB")
 
 _NOT_HOST_ADDRESSES = frozenset(("0.0.0.0", "::", "255.255.255.255"))
 _SERVER_PORTS = frozenset((53, 67, 80, 123, 443, 547, 853, 1883, 5222, 5228, 8080, 8443, 8883))
+
+
+@functools.lru_cache(maxsize=4096)
+def _placeholder_mac(mac: str) -> str | None:
+    """Why `mac` can be no device (sensor/data/placeholders.toml), else None."""
+    return placeholders.default().mac_reason(mac)
 
 
 def _lan_mac(src_mac: bytes | None, pkttype: int | None) -> str | None:

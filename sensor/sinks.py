@@ -59,12 +59,25 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """What an alert and its suppressed repeats covered, for the resolve record: the
+    encodings and the servers (name, else address), each in first-seen order and bounded;
+    `left_out` counts those beyond the bound."""
+
+    encodings: tuple[str, ...] = ()
+    servers: tuple[str, ...] = ()
+    left_out: int = 0
+
+
 @runtime_checkable
 class ResolvingSink(Protocol):
     """Optional extra a sink may have: told when an alert's suppression window closed, with
-    the number of repeats that were suppressed during it."""
+    the number of repeats that were suppressed during it and what they covered."""
 
-    def resolve(self, alert: Alert, ts: float, repeats: int) -> None: ...
+    def resolve(
+        self, alert: Alert, ts: float, repeats: int, coverage: Coverage | None = None
+    ) -> None: ...
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -239,6 +252,7 @@ _RESOLVED_FIELDS: Final = (
     "vendor",
     "provider",
     "country",
+    "region",
 )
 _AM_DESCRIPTION_FIELDS: Final = (
     "device_ip",
@@ -319,9 +333,12 @@ class EventLog:
         if self._write(alert_fields(alert)):
             self.written += 1
 
-    def resolve(self, alert: Alert, ts: float, repeats: int) -> None:
+    def resolve(
+        self, alert: Alert, ts: float, repeats: int, coverage: Coverage | None = None
+    ) -> None:
         """The suppression window of `alert` closed at `ts` after `repeats` suppressed
-        repeats: a ``"type": "resolved"`` line with the alert's key fields."""
+        repeats: a ``"type": "resolved"`` line with the alert's key fields and, given a
+        `coverage`, the encodings and servers the alert and its repeats used."""
         rec = alert_fields(alert)
         rec = {
             "type": "resolved",
@@ -330,6 +347,10 @@ class EventLog:
             "repeats": repeats,
             **{k: rec[k] for k in _RESOLVED_FIELDS},
         }
+        if coverage is not None:
+            rec["encodings"] = list(coverage.encodings)
+            rec["servers"] = list(coverage.servers)
+            rec["covered_left_out"] = coverage.left_out
         if self._write(rec):
             self.resolved_written += 1
 
@@ -651,9 +672,11 @@ def alertmanager_alert(
     """One element of the ``POST /api/v2/alerts`` body.
 
     Labels identify and group (low-cardinality only: no values, hashes, addresses of the far
-    side or byte counts); annotations carry the rest. ``endsAt`` is ``startsAt +
-    resolve_after`` (the alert stage's suppression window): the alert resolves by itself
-    unless the stage sends it again after the window."""
+    side or byte counts); annotations carry the rest. Everything in the alert stage's
+    suppression key is a label (device, rule, destination, country and cloud region,
+    identifier kind), so Alertmanager keeps apart what the stage reported apart.
+    ``endsAt`` is ``startsAt + resolve_after`` (the alert stage's suppression window): the
+    alert resolves by itself unless the stage sends it again after the window."""
     labels = dict(static_labels or {})
     labels["alertname"] = alertname(alert.rule)
     labels["rule"] = alert.rule
@@ -668,6 +691,10 @@ def alertmanager_alert(
         labels["vendor"] = alert.dst.vendor or alert.dst.provider or ""
     if alert.dst.country:
         labels["dst_country"] = alert.dst.country
+        if alert.dst.provider and alert.dst.region:
+            # Part of the alert stage's key (`alerts.jurisdiction`): without it Alertmanager
+            # would merge the alerts for two regions of one cloud into one again.
+            labels["dst_region"] = alert.dst.region
 
     rec = alert_fields(alert)
     desc = ", ".join(f"{k}={rec[k]}" for k in _AM_DESCRIPTION_FIELDS if rec[k] is not None)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sensor.alerts import (
+    MAX_COVERED,
     RULES,
     AlertsConfig,
     AlertStage,
@@ -18,6 +19,7 @@ from sensor.alerts import (
 )
 from sensor.config import ConfigError, _build
 from sensor.model import Alert, Destination, DeviceRef, Observation
+from sensor.sinks import Coverage
 
 FULL_IMEI = "356938035643809"
 """A test identifier: only its redacted tail may appear in any alert."""
@@ -48,13 +50,17 @@ class Recorder:
     def __init__(self) -> None:
         self.alerts: list[Alert] = []
         self.resolved: list[tuple[Alert, float, int]] = []
+        self.coverage: list[Coverage | None] = []
         self.closed = False
 
     def send(self, alert: Alert) -> None:
         self.alerts.append(alert)
 
-    def resolve(self, alert: Alert, ts: float, repeats: int) -> None:
+    def resolve(
+        self, alert: Alert, ts: float, repeats: int, coverage: Coverage | None = None
+    ) -> None:
         self.resolved.append((alert, ts, repeats))
+        self.coverage.append(coverage)
 
     def close(self) -> None:
         self.closed = True
@@ -143,6 +149,7 @@ def test_rules_table() -> None:
     assert {r.name: r.severity for r in RULES.values()} == {
         "identifier_abroad": "critical",
         "identifier_cleartext": "warning",
+        "new_party_upload": "warning",
         "foreign_upload": "warning",
         "foreign_upload_anomaly": "warning",
         "new_country": "info",
@@ -204,6 +211,58 @@ def test_window_expiry_resolves_and_alerts_again() -> None:
     assert st.stats()["state"]["suppression_windows"] == 0
     again = st.observe(ident(T0 + 700))
     assert again is not None and again.ts == T0 + 700
+
+
+SG_CLOUD = Destination(
+    ip="198.51.100.20",
+    port=80,
+    server_name="data.example.com",
+    vendor="ExampleCorp",
+    provider="aws",
+    region="ap-southeast-1",
+    country="SG",
+    abroad=True,
+)
+
+
+def test_same_identifier_in_a_second_country_is_a_new_alert() -> None:
+    """The IMEI to ExampleCorp in CN, then base64 to ExampleCorp's cloud servers in SG: two
+    alerts, since where the identifier went is the point; repeats in each stay counted."""
+    st, rec = stage(suppress_window=600.0)
+    cn = st.observe(ident(T0))
+    sg = st.observe(dataclasses.replace(ident(T0 + 5, dst=SG_CLOUD), encoding="base64"))
+    assert cn is not None and sg is not None
+    assert (cn.dst.country, sg.dst.country, sg.dst.region) == ("CN", "SG", "ap-southeast-1")
+    assert "SG/ap-southeast-1" in sg.summary
+    # Another region of the same cloud is another jurisdiction too.
+    jakarta = dataclasses.replace(SG_CLOUD, region="ap-southeast-3", country="ID")
+    assert st.observe(ident(T0 + 6, dst=jakarta)) is not None
+    # Repeats to CN: one more server and encoding, counted, not delivered.
+    other = dataclasses.replace(ABROAD, ip="203.0.113.8", server_name="u.example.cn")
+    assert st.observe(dataclasses.replace(ident(T0 + 10, dst=other), encoding="sha1")) is None
+    assert st.observe(ident(T0 + 11)) is None
+    assert st.stats()["suppressed"] == {"identifier_abroad": 2}
+    st.tick(T0 + 700)
+    resolved = {
+        a.dst.country: (n, c) for (a, _, n), c in zip(rec.resolved, rec.coverage, strict=True)
+    }
+    n, cov = resolved["CN"]
+    assert n == 2 and cov is not None
+    assert cov.encodings == ("plain", "sha1")
+    assert cov.servers == ("t.example.cn", "u.example.cn")
+    assert resolved["SG"][1] == Coverage(("base64",), ("data.example.com",), 0)
+
+
+def test_resolve_coverage_is_bounded() -> None:
+    st, rec = stage(suppress_window=600.0)
+    st.observe(ident(T0))
+    for i in range(40):
+        dst = dataclasses.replace(ABROAD, ip=f"203.0.113.{100 + i}", server_name=None)
+        st.observe(dataclasses.replace(ident(T0 + 1 + i, dst=dst), encoding=f"enc{i}"))
+    st.tick(T0 + 700)
+    (cov,) = rec.coverage
+    assert cov is not None and len(cov.servers) == len(cov.encodings) == MAX_COVERED
+    assert cov.left_out == 2 * (41 - MAX_COVERED)
 
 
 def test_window_over_before_tick_alerts_again() -> None:
@@ -272,7 +331,7 @@ def test_failing_sink_does_not_stop_the_others() -> None:
 
 
 def test_foreign_upload_threshold() -> None:
-    st, rec = stage()
+    st, rec = stage(foreign_upload_bytes=5_000_000)
     for i in range(5):
         assert st.account_upload(T0 + 60 * i, TV, ABROAD, 1_000_000) is None
     alert = st.account_upload(T0 + 300, TV, ABROAD, 1)
@@ -286,7 +345,7 @@ def test_foreign_upload_threshold() -> None:
 
 
 def test_foreign_upload_window_slides() -> None:
-    st, rec = stage()
+    st, rec = stage(foreign_upload_bytes=5_000_000)
     st.account_upload(T0, TV, ABROAD, 4_000_000)
     assert st.account_upload(T0 + 3700, TV, ABROAD, 2_000_000) is None  # first bytes aged out
     assert st.account_upload(T0 + 3800, TV, ABROAD, 3_500_000) is not None
@@ -307,7 +366,7 @@ def test_foreign_upload_counts_per_party_and_only_abroad() -> None:
 
 
 def test_upload_observation_feeds_the_counters() -> None:
-    st, _ = stage()
+    st, _ = stage(foreign_upload_bytes=5_000_000)
     obs = Observation(what="upload", ts=T0, device=TV, dst=ABROAD, bytes_up=6_000_000, period=600)
     alert = st.observe(obs)
     assert alert is not None and alert.rule == "foreign_upload"
@@ -368,7 +427,12 @@ def test_upload_anomaly_needs_history() -> None:
 
 def test_upload_anomaly_idle_hours_count_as_zero() -> None:
     start = (T0 // 3600) * 3600
-    st, _ = stage(anomaly_min_periods=5, anomaly_floor_bytes=1_000_000)
+    st, _ = stage(
+        anomaly_peak_ratio=0.0,
+        disabled_rules=("new_party_upload",),
+        anomaly_min_periods=5,
+        anomaly_floor_bytes=1_000_000,
+    )
     _hourly(st, 3, [3_000_000], start)  # busy for a while, then quiet for a week
     alert = st.account_upload(start + 200 * 3600, TV, ABROAD, 1_500_000)
     assert alert is not None and alert.rule == "foreign_upload_anomaly"
@@ -376,7 +440,13 @@ def test_upload_anomaly_idle_hours_count_as_zero() -> None:
 
 def test_upload_anomaly_regular_device_needs_ratio() -> None:
     start = (T0 // 3600) * 3600
-    st, _ = stage(anomaly_min_periods=5, anomaly_floor_bytes=0, foreign_upload_bytes=10**12)
+    st, _ = stage(
+        disabled_rules=("new_party_upload",),
+        anomaly_min_periods=5,
+        anomaly_floor_bytes=0,
+        foreign_upload_bytes=10**12,
+        anomaly_peak_ratio=0.0,
+    )
     _hourly(st, 30, [2_000_000], start)  # perfectly regular: sigma is 0
     now = start + 30 * 3600 + 100
     assert st.account_upload(now, TV, ABROAD, 3_000_000) is None  # 1.5x: within the ratio
@@ -472,3 +542,81 @@ def test_format_bytes() -> None:
     assert format_bytes(999) == "999 B"
     assert format_bytes(1_500) == "1.5 kB"
     assert format_bytes(2e9) == "2.0 GB"
+
+
+# --- new_party_upload and the fixed threshold -------------------------------------------------
+
+
+def test_foreign_upload_is_off_by_default_and_on_when_configured() -> None:
+    st, rec = stage(new_party_learning=0.0)
+    st.account_upload(T0, TV, ABROAD, 50_000_000)
+    assert [a.rule for a in rec.alerts] == ["new_party_upload"]
+    cfg = _build(AlertsConfig, {"foreign_upload_bytes": 5_000_000}, "f.toml", "alerts")
+    st = AlertStage(cfg, [rec := Recorder()])
+    st.account_upload(T0, TV, ABROAD, 6_000_000)
+    assert "foreign_upload" in {a.rule for a in rec.alerts}
+
+
+def test_new_party_upload_fires_on_what_changed() -> None:
+    day = 86400.0
+    st, rec = stage(disabled_rules=("foreign_upload_anomaly",))
+    st.account_upload(T0, TV, ABROAD, 100)  # first seen: the learning day starts
+    # Learning: a big upload to a new party on day one is learned, not alerted.
+    cloud = dataclasses.replace(ABROAD, vendor="PhotoCloud")
+    st.account_upload(T0 + 3600, TV, cloud, 5_000_000)
+    assert rec.alerts == [] and st.stats()["learned_parties"] == 1
+    # The daily backup to the same party is not news, however large.
+    for d in range(1, 7):
+        st.account_upload(T0 + d * day, TV, cloud, 200_000_000)
+        st.tick(T0 + d * day + 1)
+    assert rec.alerts == []
+    # A new party abroad: 999 kB stays quiet, the byte that makes 1 MB alerts.
+    new = dataclasses.replace(ABROAD, vendor="Exfil Ltd", country="RU", region=None)
+    t = T0 + 6 * day + 100
+    assert st.account_upload(t, TV, new, 999_999) is None
+    alert = st.account_upload(t + 60, TV, new, 1)
+    assert alert is not None and alert.rule == "new_party_upload"
+    assert "Exfil Ltd in RU" in alert.summary and "first upload there in 7 days" in alert.summary
+    # Same party in another country: new again.
+    other = dataclasses.replace(new, country="BY")
+    got = st.account_upload(t + 120, TV, other, 2_000_000)
+    assert got is not None and got.dst.country == "BY"
+    # An upload that began over an hour ago is no longer new: a slow trickle that grows
+    # is the anomaly rule's business.
+    slow = dataclasses.replace(ABROAD, vendor="Slow Inc")
+    st.account_upload(t, TV, slow, 10)
+    assert st.account_upload(t + 3700, TV, slow, 2_000_000) is None
+
+
+def test_new_party_upload_unseen_for_a_week_is_new_again() -> None:
+    st, rec = stage(new_party_learning=0.0, disabled_rules=("foreign_upload_anomaly",))
+    st.account_upload(T0, TV, ABROAD, 2_000_000)
+    assert len(rec.alerts) == 1
+    st.tick(T0 + 6 * 86400)
+    assert st.account_upload(T0 + 6 * 86400, TV, ABROAD, 2_000_000) is None  # seen 6 days ago
+    st.tick(T0 + 14 * 86400)
+    assert st.stats()["state"]["upload_parties"] == 0  # forgotten after a week without bytes
+    assert st.account_upload(T0 + 14 * 86400, TV, ABROAD, 2_000_000) is not None
+
+
+def test_new_party_upload_state_is_bounded() -> None:
+    st, _ = stage(max_upload_parties=16, new_party_learning=0.0)
+    for i in range(40):
+        st.account_upload(T0 + i, TV, dataclasses.replace(ABROAD, vendor=f"V{i}"), 10)
+    s = st.stats()
+    assert s["state"]["upload_parties"] == 16 and s["evicted"]["upload_parties"] == 24
+
+
+def test_upload_anomaly_needs_to_beat_the_devices_recent_peak() -> None:
+    """A daily 500 MB video call is the laptop's habit, not an anomaly; three times its
+    largest hour of late is."""
+    start = (T0 // 3600) * 3600
+    st, rec = stage(disabled_rules=("new_party_upload",), anomaly_min_periods=24)
+    for h in range(24 * 5):
+        n = 500_000_000 if h % 24 == 10 else 100_000
+        st.account_upload(start + h * 3600 + 60, TV, ABROAD, n)
+    assert rec.alerts == []
+    t = start + 24 * 5 * 3600 + 60
+    assert st.account_upload(t, TV, ABROAD, 1_400_000_000) is None  # 2.8 x the peak
+    alert = st.account_upload(t + 1, TV, ABROAD, 200_000_000)
+    assert alert is not None and alert.rule == "foreign_upload_anomaly"

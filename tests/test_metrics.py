@@ -1297,3 +1297,15 @@ def test_reconfigure_restarts_the_endpoint_and_keeps_the_counts() -> None:
         assert total(parse(body), "phonehome_upload_bytes_total") == 15
     finally:
         s.exporter.stop()
+
+
+def test_placeholders_and_thresholds_exported(wired: Wired, tmp_path: Path) -> None:
+    wired.stages.detector.placeholders_seen["android_mac"] += 2
+    wired.pipeline.not_devices["zero_mac"] += 1
+    got = parse(wired.exporter.render())
+    name = "phonehome_placeholders_total"
+    assert values(got, name, reason="android_mac", **{"as": "identifier"}) == [2.0]
+    assert values(got, name, reason="zero_mac", **{"as": "device"}) == [1.0]
+    assert label_values(got, name, "reason") == set(wired.stages.detector.placeholders.reasons)
+    # foreign_upload is off by default: only new_party_upload has a threshold.
+    assert label_values(got, "phonehome_alert_threshold_bytes", "rule") == {"new_party_upload"}

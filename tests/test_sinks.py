@@ -8,6 +8,7 @@ FULL_IMEI, and the outputs are checked for the whole value."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import io
 import json
@@ -37,6 +38,7 @@ from sensor.sinks import (
     MESSAGE_IDS,
     AlertmanagerConfig,
     AlertmanagerSink,
+    Coverage,
     EventLog,
     EventLogConfig,
     JournalConfig,
@@ -72,6 +74,7 @@ DST = Destination(
 SEVERITY: dict[str, Literal["critical", "warning", "info"]] = {
     "identifier_abroad": "critical",
     "identifier_cleartext": "warning",
+    "new_party_upload": "warning",
     "foreign_upload": "warning",
     "foreign_upload_anomaly": "warning",
     "new_country": "info",
@@ -339,6 +342,40 @@ def test_eventlog_resolved_record(tmp_path: Path) -> None:
     assert rec["type"] == "resolved" and rec["repeats"] == 7
     assert rec["alert_ts"] == 1_700_000_000.0 and rec["ts"] == 1_700_003_600.0
     assert rec["rule"] == "identifier_abroad" and rec["keyed_hash"] == HASH
+    assert "encodings" not in rec  # no coverage given: the old record, unchanged
+
+
+def test_eventlog_resolved_record_says_what_repeats_covered(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    cov = Coverage(("plain", "base64"), ("t.example.cn", "203.0.113.8"), 3)
+    log.resolve(make_alert(), 1_700_003_600.0, 7, cov)
+    log.close()
+    (rec,) = read_lines(path)
+    assert rec["encodings"] == ["plain", "base64"]
+    assert rec["servers"] == ["t.example.cn", "203.0.113.8"]
+    assert rec["covered_left_out"] == 3 and rec["country"] == "CN"
+
+
+def test_alertmanager_labels_carry_the_cloud_region() -> None:
+    """Two regions of one cloud are two alerts in the stage; Alertmanager must see two."""
+    sg = Destination(
+        ip="198.51.100.20",
+        port=80,
+        server_name="data.example.com",
+        vendor="ExampleCorp",
+        provider="aws",
+        region="ap-southeast-1",
+        country="SG",
+        abroad=True,
+    )
+    a = alertmanager_alert(dataclasses.replace(make_alert(), dst=sg), 3600.0)
+    b = alertmanager_alert(
+        dataclasses.replace(make_alert(), dst=dataclasses.replace(sg, region="ap-southeast-3")),
+        3600.0,
+    )
+    assert a["labels"]["dst_region"] == "ap-southeast-1" and a["labels"] != b["labels"]
+    assert "dst_region" not in alertmanager_alert(make_alert(), 3600.0)["labels"]  # no cloud
 
 
 CRASH_WRITER = textwrap.dedent(

@@ -169,6 +169,11 @@ def keyed_hash(key: bytes, kind: str, canonical: str) -> str:
     return hmac.new(key, msg, hashlib.sha256).hexdigest()[:16]
 
 
+UNKNOWN_REGION: Final = "ZZ"
+"""libphonenumber's "unknown region": with no home country configured nothing is assumed, so
+only numbers written with their country code (+CC) are numbers, and no IMSI prefix is home."""
+
+
 def redact(kind: str, canonical: str) -> str:
     """A tail short enough not to identify: last 4 characters (MAC: last two octets)."""
     if kind == "email":
@@ -178,7 +183,7 @@ def redact(kind: str, canonical: str) -> str:
     return "…" + canonical[-4:]
 
 
-def canonicalize(kind: str, value: str, home_region: str = "ID") -> str | None:
+def canonicalize(kind: str, value: str, home_region: str = UNKNOWN_REGION) -> str | None:
     """The one spelling of an identifier that its keyed hash is computed over, or None if
     ``value`` is not a plausible identifier of that kind."""
     v = value.strip()
@@ -509,7 +514,7 @@ class KnownIdentifiers:
     refused and counted in `rejected`. Each value may belong to a device (``owner``).
     """
 
-    def __init__(self, key: bytes, home_region: str = "ID") -> None:
+    def __init__(self, key: bytes, home_region: str = UNKNOWN_REGION) -> None:
         if not key:
             raise ValueError("the keyed-hash key must not be empty")
         self.key: Final = key
@@ -528,7 +533,7 @@ class KnownIdentifiers:
         values: Mapping[str, Iterable[str]],
         *,
         key: bytes,
-        home_region: str = "ID",
+        home_region: str = UNKNOWN_REGION,
         devices: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
     ) -> KnownIdentifiers:
         """Build from ``{kind: [values]}`` (the install's own) and

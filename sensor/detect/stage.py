@@ -19,8 +19,14 @@ from pathlib import Path
 
 from sensor.alerts import AlertStage
 from sensor.config import Config
-from sensor.detect import extract
-from sensor.detect.identifiers import Finding, KnownIdentifiers, Location, Scanner
+from sensor.detect import extract, placeholders
+from sensor.detect.identifiers import (
+    UNKNOWN_REGION,
+    Finding,
+    KnownIdentifiers,
+    Location,
+    Scanner,
+)
 from sensor.enrich.stage import Enricher
 from sensor.files import errno_name, write_atomically
 from sensor.model import Destination, Device, DeviceRef, Flow, HttpRequest, Observation
@@ -106,7 +112,7 @@ class Detector:
         self.cfg = cfg
         self.alerts = alerts
         self.enricher = enricher
-        region = cfg.site.home_country or "ID"
+        region = cfg.site.home_country or UNKNOWN_REGION
         per_device = {d.mac: d.identifiers for d in cfg.devices if d.identifiers}
         known = KnownIdentifiers.from_mapping(
             cfg.identifiers.as_mapping(), key=key, home_region=region, devices=per_device
@@ -116,6 +122,10 @@ class Detector:
         self.scanner = Scanner(
             known, contacts_min=cfg.detect.contacts_min, max_learned=cfg.detect.max_learned
         )
+        self.placeholders = placeholders.default()
+        self._placeholder_hashes = self.placeholders.by_keyed_hash(key)
+        self.placeholders_seen: Counter[str] = Counter()
+        """Findings dropped as placeholders, by reason (never alerted, never learned)."""
         self.learned_path = learned_path
         self.learned_on_disk = _read_learned(learned_path) if learned_path else set()
         self._accounted: OrderedDict[str, int] = OrderedDict()
@@ -159,6 +169,10 @@ class Detector:
                 if dedupe in seen:
                     continue
                 seen.add(dedupe)
+                reason = self._placeholder(f, data)
+                if reason is not None:
+                    self.placeholders_seen[reason] += 1
+                    continue
                 self.findings += 1
                 if self.cfg.detect.learn and not f.known and f.encoding == "plain":
                     self._learn(f, data, device)
@@ -181,6 +195,18 @@ class Detector:
                         known=f.known,
                     )
                 )
+
+    def _placeholder(self, f: Finding, data: bytes) -> str | None:
+        """Why the finding is a placeholder (sensor/data/placeholders.toml), else None. Listed
+        values are recognised by keyed hash in any encoding; the MAC group-bit rule on the
+        matched text; e-mail domain rules on the redacted value's domain."""
+        hit = self._placeholder_hashes.get((f.kind, f.keyed_hash))
+        if hit is None and f.kind == "mac" and f.encoding == "plain":
+            raw = data[f.offset : f.offset + f.length].decode("latin-1")
+            hit = self.placeholders.mac_reason(raw)
+        elif hit is None and f.kind == "email":
+            hit = self.placeholders.email_domain_reason(f.redacted.rpartition("@")[2])
+        return hit
 
     def _learn(self, f: Finding, data: bytes, device: Device | None) -> None:
         raw = data[f.offset : f.offset + f.length]
@@ -274,6 +300,7 @@ class Detector:
             "learned": self.learned,
             "learned_on_disk": len(self.learned_on_disk),
             "scanned_bytes": self.scanned_bytes,
+            "placeholders": dict(self.placeholders_seen),
             "write_errors": dict(self.write_errors),
         }
 

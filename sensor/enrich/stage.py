@@ -56,6 +56,8 @@ class Enricher:
         self.devices = devices
         self.home_country = home_country
         self._dest: OrderedDict[tuple[str, str | None], Destination] = OrderedDict()
+        self._identified: OrderedDict[str, tuple[object, ...]] = OrderedDict()
+        """What `device_ref` last identified each device (by MAC) from."""
 
     @classmethod
     def load(cls, cfg: Config, *, write_cache: bool = True) -> Enricher:
@@ -152,8 +154,21 @@ class Enricher:
     def device_ref(self, dev: Device | None, mac: str | None, ip: str) -> DeviceRef:
         if dev is None:
             return DeviceRef(mac=mac, ip=ip)
-        if "kind" not in dev.extra:
+        # The device record as it is now: re-identified whenever what identification reads
+        # has grown since last time (a User-Agent, DHCP options), so an alert's device_kind
+        # and vendor agree with phonehome_device_info and devices.json.
+        inputs = (
+            len(dev.user_agents),
+            dev.hostname,
+            dev.dhcp_vendor_class,
+            len(dev.dhcp_params),
+        )
+        if "kind" not in dev.extra or self._identified.get(dev.mac) != inputs:
             self.annotate_device(dev)
+            self._identified[dev.mac] = inputs
+            self._identified.move_to_end(dev.mac)
+            while len(self._identified) > MAX_DESTINATIONS:
+                self._identified.popitem(last=False)
         x = dev.extra
         return DeviceRef(
             mac=dev.mac,

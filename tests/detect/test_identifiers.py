@@ -442,3 +442,13 @@ def test_scan_never_raises(fuzz_scanner: Scanner, data: bytes) -> None:
 @given(text=st.text(alphabet="0123456789 +-()=:@.abcdef\n", max_size=200))
 def test_scan_never_raises_on_number_soup(fuzz_scanner: Scanner, text: str) -> None:
     fuzz_scanner.scan(text.encode(), "body")
+
+
+def test_no_home_country_assumes_none() -> None:
+    """Without site.home_country a national number has no country to belong to: only numbers
+    written with their country code are found (no silent fallback to some default)."""
+    body = b'{"msisdn": "081234567890", "other": "+6281234567891"}'
+    assume_nothing = {f.redacted for f in Scanner(KnownIdentifiers(KEY)).scan(body, "body")}
+    assert assume_nothing == {"…7891"}
+    home = {f.redacted for f in Scanner(KnownIdentifiers(KEY, "ID")).scan(body, "body")}
+    assert home == {"…7890", "…7891"}

@@ -3,6 +3,7 @@ notifications on a socket the test owns."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -107,9 +108,14 @@ class Daemon:
         return self.proc.returncode
 
 
+DAEMON_ALERTS = "[alerts]\nforeign_upload_bytes = 5000000\nnew_party_learning = 0.0\n"
+
+
 @pytest.fixture(scope="module")
 def daemon(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(lab, tmp_path_factory.mktemp("daemon"))
+    # An older configuration's fixed threshold keeps working (foreign_upload is off unless
+    # set); new_party_upload without its learning day, as for a device known for long.
+    d = Daemon(lab, tmp_path_factory.mktemp("daemon"), DAEMON_ALERTS)
     try:
         d.wait_notify("READY=1")
         yield d
@@ -156,6 +162,32 @@ def test_leak_to_cn_raises_identifier_abroad(daemon: Daemon, lab: Lab) -> None:
     assert DEMO_IMEI not in json.dumps(daemon.events())
 
 
+def test_same_imei_in_a_second_country_is_a_second_alert(daemon: Daemon, lab: Lab) -> None:
+    """The IMEI in clear to Xiaomi in CN, then base64-encoded to Xiaomi's servers in AWS
+    Singapore: the second is an alert of its own (jurisdiction is part of the alert's key),
+    not a repeat of the first."""
+    assert post_leak(lab).status == 200  # CN (a repeat if an earlier test sent it already)
+    b64 = base64.b64encode(DEMO_IMEI.encode()).decode()
+    r = lab.http_post("xiaomi", "data.mistat.xiaomi.com", path="/v1/s", body=f"d={b64}")
+    assert r.status == 200
+
+    def imei_alerts() -> dict[str, dict[str, Any]] | None:
+        got = {
+            e["country"]: e
+            for e in daemon.events()
+            if e.get("type") == "alert" and e.get("identifier") == "imei"
+        }
+        return got if {"CN", "SG"} <= set(got) else None
+
+    got = daemon.wait_for("IMEI alerts for CN and SG", imei_alerts, timeout=10)
+    sg = got["SG"]
+    assert sg["rule"] == "identifier_abroad" and sg["encoding"] == "base64"
+    assert (sg["vendor"], sg["provider"], sg["region"]) == ("Xiaomi", "aws", "ap-southeast-1")
+    assert sg["dst_ip"] == "198.51.100.20" and got["CN"]["dst_ip"] == "203.0.113.10"
+    assert sg["device_kind"] == "phone" and sg["device_mac"] == lab.devices["xiaomi"].mac
+    assert DEMO_IMEI not in json.dumps(daemon.events())
+
+
 def test_50mb_upload_counted_from_conntrack_and_foreign_upload(daemon: Daemon, lab: Lab) -> None:
     size = 50_000_000
     r = lab.tls_upload("xiaomi", "tracking.intl.miui.com", size)
@@ -175,11 +207,14 @@ def test_50mb_upload_counted_from_conntrack_and_foreign_upload(daemon: Daemon, l
     assert f["server_name"] == "tracking.intl.miui.com" and f["name_source"] == "tls"
     assert (f["provider"], f["region"], f["country"]) == ("aws", "ap-southeast-1", "SG")
     assert f["device_mac"] == lab.devices["xiaomi"].mac
-    daemon.wait_for(
-        "foreign_upload",
-        lambda: [e for e in daemon.events() if e.get("rule") == "foreign_upload"],
+    fired = daemon.wait_for(
+        "foreign_upload and new_party_upload",
+        lambda: (lambda rules: rules if {"foreign_upload", "new_party_upload"} <= rules else None)(
+            {e.get("rule") for e in daemon.events()}
+        ),
         timeout=10,
     )
+    assert fired
 
 
 def test_ipv6_flows_are_attributed(daemon: Daemon, lab: Lab) -> None:
