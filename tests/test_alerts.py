@@ -620,3 +620,21 @@ def test_upload_anomaly_needs_to_beat_the_devices_recent_peak() -> None:
     assert st.account_upload(t, TV, ABROAD, 1_400_000_000) is None  # 2.8 x the peak
     alert = st.account_upload(t + 1, TV, ABROAD, 200_000_000)
     assert alert is not None and alert.rule == "foreign_upload_anomaly"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("foreign_upload_bytes", 0),
+        ("new_party_bytes", 0),
+        ("new_party_unseen", 60.0),
+        ("new_party_learning", -1.0),
+        ("anomaly_peak_ratio", -1.0),
+        ("anomaly_peak_halflife", 10.0),
+        ("max_upload_parties", 1),
+    ],
+)
+def test_new_upload_settings_are_checked(key: str, value: float) -> None:
+    with pytest.raises(ConfigError) as err:
+        _build(AlertsConfig, {key: value}, "f.toml", "alerts")
+    assert str(err.value).startswith(f"f.toml: alerts.{key}: ")
