@@ -39,9 +39,10 @@ def _config(tmp_path: Path, extra: str = "", home: str | None = "ID") -> Path:
     return cfg
 
 
-def _analyze(path: Path, cfg: Path) -> list[dict[str, Any]]:
+def _analyze(path: Path, cfg: Path, record: bool = False) -> list[dict[str, Any]]:
     out = io.StringIO()
-    assert analyze([str(path)], str(cfg), as_json=True, out=out, err=io.StringIO()) == 0
+    err = io.StringIO()
+    assert analyze([str(path)], str(cfg), as_json=True, out=out, err=err, record=record) == 0
     return [json.loads(x) for x in out.getvalue().splitlines()]
 
 
@@ -67,7 +68,8 @@ def _two_countries(cap: Capture) -> None:
 
 def test_same_imei_to_one_vendor_in_two_countries_is_two_alerts(tmp_path: Path) -> None:
     cfg = _config(tmp_path, f'[identifiers]\nimei = ["{DEMO_IMEI}"]\n')
-    recs = _analyze(build(tmp_path / "two.pcap", _two_countries), cfg)
+    # --record: the resolve records below are the event log's.
+    recs = _analyze(build(tmp_path / "two.pcap", _two_countries), cfg, record=True)
     alerts = [r for r in recs if r["type"] == "alert" and r["identifier"] == "imei"]
     assert len(alerts) == 2, alerts
     by_country = {a["country"]: a for a in alerts}
