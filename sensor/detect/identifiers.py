@@ -34,6 +34,7 @@ import bisect
 import hashlib
 import hmac
 import re
+import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -228,6 +229,12 @@ _LUHN_DOUBLED: Final = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3
 _HEX_CHARS: Final = frozenset("0123456789abcdef")
 _DFA_MAX_PATTERNS: Final = 8000
 """Up to this many patterns (some 240 identifiers) the automaton is a DFA (about 35 MB)."""
+_COMPILE_DUTY: Final = 0.1
+"""At most this share of the scanner's time goes to compiling learned identifiers' automaton
+(a budget refilled at this rate, in seconds per second of wall time)."""
+_COMPILE_BURST: Final = 0.05
+"""Compile time (seconds) that may be spent at once after a quiet spell: a few values learned
+now and then are searched for from the next scan on."""
 _MIN_VALUE_LEN: Final = 6
 """Shorter configured values are refused: they would match all over unrelated data."""
 _MIN_ENCODED_LEN: Final = 8
@@ -611,6 +618,146 @@ class KnownIdentifiers:
             yield from variants
 
 
+_Slot: TypeAlias = tuple[str, str, str | None]
+"""(kind, canonical value, owner) of a learned identifier."""
+
+
+class LearnedIdentifiers:
+    """Identifiers learned from plaintext sightings, searched for through their own automaton.
+
+    Adding a value costs a few dictionary operations, whatever was learned before. Its wire
+    forms are computed, and the automaton over all learned values rebuilt, in batches: at most
+    `_COMPILE_DUTY` of wall time (plus a burst of `_COMPILE_BURST`) goes to compiling, so a host
+    that sends a new value with every request costs a bounded share of the loop, and the values
+    learned meanwhile are searched for from the next compile on. The configured identifiers'
+    automaton is never rebuilt for learning.
+
+    At most ``capacity`` values are kept: past it, the least recently seen value of the owner
+    (device) holding the most goes, so one host flooding new values pushes out its own, never
+    the other devices'. Dropped values are counted in `shed`: ``evicted`` after they had been
+    searched for, ``unsearched`` before (a flood outpaced the compile budget).
+    """
+
+    def __init__(self, key: bytes, home_region: str, capacity: int) -> None:
+        self.key: Final = key
+        self.home_region: Final = home_region
+        self.capacity = capacity
+        self._order: OrderedDict[_Slot, _Ident] = OrderedDict()
+        """Every value, least recently seen first."""
+        self._by_owner: dict[str | None, OrderedDict[_Slot, None]] = {}
+        self._owners: dict[tuple[str, str], list[str | None]] = {}
+        self._variants: dict[_Slot, list[tuple[bytes, _Variant]]] = {}
+        """Wire forms of the values compiled so far."""
+        self.automaton: _Automaton | None = None
+        self.dirty = False
+        """Values were added or dropped since the automaton was compiled."""
+        self.added = 0
+        self.shed: dict[str, int] = {"evicted": 0, "unsearched": 0}
+        self.compiles = 0
+        self.compile_seconds = 0.0
+        self._budget = _COMPILE_BURST
+        self._budget_at = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @property
+    def pending(self) -> int:
+        """Values learned but not yet searched for (waiting for the next compile)."""
+        return len(self._order) - len(self._variants)
+
+    def has_canonical(self, kind: str, canonical: str) -> bool:
+        return (kind, canonical) in self._owners
+
+    def touch(self, kind: str, canonical: str) -> None:
+        """Mark a value as recently seen (it is dropped last)."""
+        for owner in self._owners.get((kind, canonical), ()):
+            slot = (kind, canonical, owner)
+            self._order.move_to_end(slot)
+            self._by_owner[owner].move_to_end(slot)
+
+    def add(self, kind: str, canonical: str, owner: str | None) -> bool:
+        """Add an already canonical value; False if present (then it is touched) or capacity
+        is 0."""
+        if self.capacity <= 0:
+            return False
+        slot = (kind, canonical, owner)
+        if slot in self._order:
+            self.touch(kind, canonical)
+            return False
+        self._order[slot] = _Ident(
+            kind,  # type: ignore[arg-type]
+            canonical,
+            redact(kind, canonical),
+            keyed_hash(self.key, kind, canonical),
+            owner,
+        )
+        self._by_owner.setdefault(owner, OrderedDict())[slot] = None
+        self._owners.setdefault((kind, canonical), []).append(owner)
+        self.added += 1
+        self.dirty = True
+        while len(self._order) > self.capacity:
+            self._drop_one()
+        return True
+
+    def _drop_one(self) -> None:
+        by_owner = self._by_owner
+        owner = max(by_owner, key=lambda o: len(by_owner[o]))
+        slots = by_owner[owner]
+        slot, _ = slots.popitem(last=False)
+        if not slots:
+            del by_owner[owner]
+        del self._order[slot]
+        kind, canonical, _ = slot
+        owners = self._owners[(kind, canonical)]
+        owners.remove(owner)
+        if not owners:
+            del self._owners[(kind, canonical)]
+        if self._variants.pop(slot, None) is None:
+            self.shed["unsearched"] += 1
+        else:
+            self.shed["evicted"] += 1
+            self.dirty = True
+
+    def hashes(self) -> list[tuple[Kind, str]]:
+        """(kind, keyed hash) of every value, least recently seen first."""
+        return [(i.kind, i.keyed_hash) for i in self._order.values()]
+
+    def compile_due(self) -> bool:
+        """True when values changed and the compile budget allows a compile now."""
+        if not self.dirty:
+            return False
+        now = time.monotonic()
+        self._budget = min(_COMPILE_BURST, self._budget + (now - self._budget_at) * _COMPILE_DUTY)
+        self._budget_at = now
+        return self._budget > 0
+
+    def compile(self) -> None:
+        """Compute the new values' wire forms and rebuild the automaton over all of them."""
+        t0 = time.perf_counter()
+        variants = self._variants
+        for slot, ident in self._order.items():
+            if slot not in variants:
+                variants[slot] = _variants(ident, self.home_region)
+        self.automaton = _Automaton(variants.values()) if variants else None
+        self.dirty = False
+        took = time.perf_counter() - t0
+        self._budget -= took
+        self._budget_at = time.monotonic()  # time spent compiling earns no budget
+        self.compiles += 1
+        self.compile_seconds += took
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "learned": self.added,
+            "in_memory": len(self._order),
+            "pending": self.pending,
+            "shed": dict(self.shed),
+            "compiles": self.compiles,
+            "compile_seconds": self.compile_seconds,
+        }
+
+
 # --- the scanner -------------------------------------------------------------------------------
 
 
@@ -681,11 +828,10 @@ class Scanner:
         auto_learn: bool = False,
     ) -> None:
         self._known = known
-        self._learned = KnownIdentifiers(known.key, known.home_region)
+        self._learned = LearnedIdentifiers(known.key, known.home_region, max_learned)
         self._key = known.key
         self._region = known.home_region
         self._contacts_min = contacts_min
-        self._max_learned = max_learned
         self._auto_learn = auto_learn
         self._fixed = _fixed_patterns()
         cc = phonenumbers.country_code_for_region(self._region)
@@ -724,12 +870,7 @@ class Scanner:
         if self._learned.has_canonical(kind, canonical):
             self._learned.touch(kind, canonical)
             return False
-        added = self._learned.add(kind, canonical, owner)
-        if added:
-            while len(self._learned) > self._max_learned:
-                self._learned.discard_oldest()
-            self._automaton = None
-        return added
+        return self._learned.add(kind, canonical, owner)
 
     def export_learned(self) -> list[tuple[Kind, str]]:
         """(kind, keyed hash) of the learned identifiers; the values stay in memory only."""
@@ -739,44 +880,54 @@ class Scanner:
     def learned_count(self) -> int:
         return len(self._learned)
 
+    @property
+    def learned(self) -> LearnedIdentifiers:
+        """The learned identifiers (their counters: `LearnedIdentifiers.stats`)."""
+        return self._learned
+
     def rebuild(self) -> None:
-        """Compile the automaton now instead of at the next scan."""
-        self._automaton = _Automaton(
-            (self._fixed, self._known.patterns(), self._learned.patterns())
-        )
+        """Compile the automata now instead of at the next scan (learned values too, whatever
+        the compile budget)."""
+        self._automaton = _Automaton((self._fixed, self._known.patterns()))
+        if self._learned.dirty:
+            self._learned.compile()
 
     # -- scanning --
 
     def scan(self, data: bytes, location: Location) -> list[Finding]:
         """All identifiers in ``data``, ordered by offset."""
         if self._automaton is None:
-            self.rebuild()
-        auto = self._automaton
-        assert auto is not None
+            self._automaton = _Automaton((self._fixed, self._known.patterns()))
+        learned = self._learned
+        if learned.dirty and learned.compile_due():
+            learned.compile()
         folded = data.lower()
         n = len(folded)
-        entries = auto.entries
         known: list[Finding] = []
         keys: list[tuple[int, str]] = []  # (end offset, key class)
         phone_starts: list[int] = []
         known_numbers: set[str] = set()
-        for idx, start, end in auto.ac.find_matches_as_indexes(folded, overlapping=True):
-            for entry in entries[idx]:
-                if type(entry) is _Variant:
-                    f = self._known_match(entry, data, folded, start, end, location)
-                    if f is not None:
-                        known.append(f)
-                        if f.kind == "phone" and f.encoding in ("plain", "url"):
-                            known_numbers.add(entry.ident.canonical)
-                elif type(entry) is _Key:
-                    if entry.whole_word and (
-                        (start > 0 and folded[start - 1] in _B_ALNUM)
-                        or (end < n and folded[end] in _B_ALNUM)
-                    ):
-                        continue
-                    keys.append((end, entry.cls))
-                elif type(entry) is _PhoneStart:
-                    phone_starts.append(start + entry.skip)
+        for auto in (self._automaton, learned.automaton):
+            if auto is None:
+                continue
+            entries = auto.entries
+            for idx, start, end in auto.ac.find_matches_as_indexes(folded, overlapping=True):
+                for entry in entries[idx]:
+                    if type(entry) is _Variant:
+                        f = self._known_match(entry, data, folded, start, end, location)
+                        if f is not None:
+                            known.append(f)
+                            if f.kind == "phone" and f.encoding in ("plain", "url"):
+                                known_numbers.add(entry.ident.canonical)
+                    elif type(entry) is _Key:
+                        if entry.whole_word and (
+                            (start > 0 and folded[start - 1] in _B_ALNUM)
+                            or (end < n and folded[end] in _B_ALNUM)
+                        ):
+                            continue
+                        keys.append((end, entry.cls))
+                    elif type(entry) is _PhoneStart:
+                        phone_starts.append(start + entry.skip)
         if n > 1 and folded[0] == 48 and folded[1] in _B_DIGITS:
             phone_starts.insert(0, 0)
         if known:

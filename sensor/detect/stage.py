@@ -95,7 +95,9 @@ class Detector:
         if known.rejected:
             log.warning("%d configured identifiers could not be used", known.rejected)
         self.scanner = Scanner(
-            known, contacts_min=cfg.detect.contacts_min, max_learned=cfg.detect.max_learned
+            known,
+            contacts_min=cfg.detect.contacts_min,
+            max_learned=cfg.detect.max_learned if cfg.detect.learn else 0,
         )
         self.learned_path = learned_path
         self.learned_on_disk = _read_learned(learned_path) if learned_path else set()
@@ -255,6 +257,7 @@ class Detector:
             "learned": self.learned,
             "learned_on_disk": len(self.learned_on_disk),
             "scanned_bytes": self.scanned_bytes,
+            "learning": self.scanner.learned.stats(),
             "write_errors": dict(self.write_errors),
         }
 

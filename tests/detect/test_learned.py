@@ -1,0 +1,133 @@
+"""Learned identifiers: adding one is cheap whatever was learned before, the automaton over them
+is compiled in batches within a time budget, and a host flooding new values pushes out only its
+own (what is dropped is counted)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+
+import pytest
+
+from sensor.detect import identifiers
+from sensor.detect.identifiers import KnownIdentifiers, LearnedIdentifiers, Scanner, keyed_hash
+from tests.detect import corpus as C
+
+KEY = b"test-key"
+
+
+def _imeis(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return list(dict.fromkeys(C.fake_imei(rng) for _ in range(n)))
+
+
+class _Clock:
+    """Stands in for time.monotonic and time.perf_counter: the compile budget is wall time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.compile_takes = 0.0
+        self._reads = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def perf_counter(self) -> float:
+        # Each compile reads it twice: the second read comes `compile_takes` later.
+        self._reads += 1
+        if self._reads % 2 == 0:
+            self.now += self.compile_takes
+        return self.now
+
+
+def test_add_does_not_compile_and_compile_searches_every_value() -> None:
+    learned = LearnedIdentifiers(KEY, "GB", capacity=100)
+    values = _imeis(10, 1)
+    for v in values:
+        assert learned.add("imei", v, "dev")
+    assert not learned.add("imei", values[0], "dev")  # present: touched, not added again
+    assert learned.automaton is None and learned.pending == 10 and learned.dirty
+    learned.compile()
+    assert learned.pending == 0 and not learned.dirty and learned.compiles == 1
+    assert [h for _, h in learned.hashes()] == [
+        keyed_hash(KEY, "imei", v) for v in values[1:] + values[:1]
+    ]
+
+
+def test_capacity_drops_from_the_device_holding_the_most() -> None:
+    learned = LearnedIdentifiers(KEY, "GB", capacity=8)
+    mine = _imeis(3, 2)
+    for v in mine:
+        learned.add("imei", v, "victim")
+    learned.compile()
+    flood = _imeis(500, 3)
+    for v in flood:
+        learned.add("imei", v, "flooder")
+    assert len(learned) == 8
+    assert all(learned.has_canonical("imei", v) for v in mine)
+    assert learned.added == 503
+    # Five of the flooder's values fit; the rest were dropped, never searched for.
+    assert learned.shed == {"evicted": 0, "unsearched": 495}
+    learned.compile()
+    learned.add("imei", _imeis(1, 4)[0], "flooder")
+    assert learned.shed == {"evicted": 1, "unsearched": 495}
+
+
+def test_compiles_are_paced_by_the_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(identifiers.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(identifiers.time, "perf_counter", clock.perf_counter)
+    learned = LearnedIdentifiers(KEY, "GB", capacity=64)
+    assert not learned.compile_due()  # nothing to compile
+    learned.add("imei", _imeis(1, 5)[0], None)
+    clock.compile_takes = 0.5  # a slow compile, far over the burst allowance
+    assert learned.compile_due()
+    learned.compile()
+    learned.add("imei", _imeis(1, 6)[0], None)
+    assert not learned.compile_due()
+    # The 0.45 s over budget is paid back at the duty cycle: 4.5 s of wall time.
+    clock.now += 4.4
+    assert not learned.compile_due()
+    clock.now += 0.2
+    assert learned.compile_due()
+
+
+def test_a_flood_of_new_values_keeps_other_devices_detection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host sending a new IMEI in every request: each is found in plain, learning sheds what
+    the budget cannot compile, and another device's learned IMEI is still caught in base64."""
+    clock = _Clock()
+    monkeypatch.setattr(identifiers.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(identifiers.time, "perf_counter", clock.perf_counter)
+    scanner = Scanner(KnownIdentifiers(KEY, "GB"), max_learned=32)
+    victim = _imeis(1, 7)[0]
+    (f,) = scanner.scan(f"imei={victim}".encode(), "url")
+    data = f"imei={victim}".encode()
+    assert scanner.learn(f, data[f.offset : f.offset + f.length], owner="victim")
+    clock.compile_takes = 1.0  # every compile exhausts the budget for a while
+    flood = _imeis(300, 8)
+    for v in flood:
+        body = f"imei={v}".encode()
+        (g,) = scanner.scan(body, "url")
+        assert (g.kind, g.encoding, g.known) == ("imei", "plain", False)
+        scanner.learn(g, body[g.offset : g.offset + g.length], owner="flooder")
+        clock.now += 0.005  # 200 requests a second
+    learned = scanner.learned
+    assert learned.compiles <= 3  # 1.5 s of wall time, 1 s compiles at a tenth of the time
+    assert learned.has_canonical("imei", victim)
+    assert learned.shed["unsearched"] > 250
+    b64 = base64.b64encode(f'{{"imei":"{victim}"}}'.encode())
+    found = scanner.scan(b64, "body")
+    assert [(x.kind, x.encoding, x.known, x.owner) for x in found] == [
+        ("imei", "base64", True, "victim")
+    ]
+    md5 = hashlib.md5(victim.encode()).hexdigest().encode()
+    assert [x.encoding for x in scanner.scan(b"h=" + md5, "body")] == ["md5"]
+
+
+def test_no_capacity_learns_nothing() -> None:
+    scanner = Scanner(KnownIdentifiers(KEY, "GB"), max_learned=0, auto_learn=True)
+    scanner.scan(f"imei={_imeis(1, 9)[0]}".encode(), "url")
+    assert scanner.learned_count == 0 and scanner.learned.added == 0
