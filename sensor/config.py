@@ -146,8 +146,16 @@ class FlowsConfig:
     """Bytes of each HTTP request body kept for identifier detection."""
     max_http_requests: int = 8
     """HTTP requests remembered per flow."""
+    end_grace: float = 0.25
+    """Seconds an ended connection (conntrack DESTROY) stays in the table for its late sampled
+    packets: NFLOG hands packets over in batches (flush timeout 50 ms), so the end often comes
+    before a short connection's last packets, or all of them. Five flush timeouts: room for a
+    busy loop's delay too. Its late packets join it (names, identifiers) and its counters stay
+    conntrack's final ones, so the connection is one flow, counted once."""
 
     def validate(self) -> None:
+        if not 0 <= self.end_grace <= 10:
+            raise ValueError("end_grace: must be between 0 and 10 seconds")
         if self.max_flows < 16:
             raise ValueError("max_flows: must be at least 16")
         if self.tcp_idle_timeout <= 0:

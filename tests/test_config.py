@@ -448,6 +448,7 @@ def test_non_finite_numbers(tmp_path: Path, setting: str) -> None:
     ("text", "key"),
     [
         ("[flows]\ninspect_bytes = -1\n", "flows.inspect_bytes"),
+        ("[flows]\nend_grace = 11\n", "flows.end_grace"),
         ("[flows]\nmax_http_requests = 1025\n", "flows.max_http_requests"),
         ("[dns]\nmax_cache = 0\n", "dns.max_cache"),
         ("[dns]\nttl_grace = -1\n", "dns.ttl_grace"),
