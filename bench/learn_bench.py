@@ -177,9 +177,8 @@ def bench_spray(tmp: Path) -> bool:
             )
             if learn:
                 ok = f.alert_s < GOAL_ALERT_S
-    print(
-        f"leak alert during the spray, learning on: goal < {GOAL_ALERT_S} s {'ok' if ok else 'MISSED'}"
-    )
+    verdict = "ok" if ok else "MISSED"
+    print(f"leak alert during the spray, learning on: goal < {GOAL_ALERT_S} s {verdict}")
     return ok
 
 

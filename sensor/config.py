@@ -274,6 +274,12 @@ class DetectConfig:
     """Remember identifiers seen in plaintext, so their later encoded or hashed forms are
     caught too (values in memory only; their keyed hashes on disk)."""
     max_learned: int = 512
+    learn_rate: float = 2.0
+    """New identifiers a device may teach per second, sustained (`learn_burst` at once): a
+    phone has a handful; a host sending a new one with every request is flooding, and what is
+    over its rate is dropped and counted (phonehome_identifiers_learned_shed_total{reason=
+    "rate"}), its findings still reported."""
+    learn_burst: int = 64
     contacts_min: int = 3
     """Distinct valid phone numbers in one message that make it a contact-book upload."""
     key_file: str | None = None
@@ -282,6 +288,10 @@ class DetectConfig:
     def validate(self) -> None:
         if not 0 <= self.max_learned <= 100_000:
             raise ValueError("max_learned: must be between 0 and 100000")
+        if not 0 < self.learn_rate <= 100_000:
+            raise ValueError("learn_rate: must be above 0 and at most 100000")
+        if not 1 <= self.learn_burst <= 100_000:
+            raise ValueError("learn_burst: must be between 1 and 100000")
         if not 2 <= self.contacts_min <= 100:
             raise ValueError("contacts_min: must be between 2 and 100")
 

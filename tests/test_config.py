@@ -455,6 +455,8 @@ def test_non_finite_numbers(tmp_path: Path, setting: str) -> None:
         ("[update]\ntimeout = 0\n", "update.timeout"),
         ("[update]\nmax_bytes = -1\n", "update.max_bytes"),
         ("[detect]\nmax_learned = -1\n", "detect.max_learned"),
+        ("[detect]\nlearn_rate = 0\n", "detect.learn_rate"),
+        ("[detect]\nlearn_burst = 0\n", "detect.learn_burst"),
         ("[detect]\ncontacts_min = 1\n", "detect.contacts_min"),
         ("[daemon]\nnflog_group = 65536\n", "daemon.nflog_group"),
         ("[daemon]\nfirst_packets = 1\n", "daemon.first_packets"),

@@ -232,6 +232,8 @@ _DFA_MAX_PATTERNS: Final = 8000
 _COMPILE_DUTY: Final = 0.1
 """At most this share of the scanner's time goes to compiling learned identifiers' automaton
 (a budget refilled at this rate, in seconds per second of wall time)."""
+_QUIET_SHARE: Final = 0.1
+"""Wall time counts this much towards the compile budget besides CPU time."""
 _COMPILE_BURST: Final = 0.05
 """Compile time (seconds) that may be spent at once after a quiet spell: a few values learned
 now and then are searched for from the next scan on."""
@@ -645,18 +647,26 @@ class LearnedIdentifiers:
         self._order: OrderedDict[_Slot, _Ident] = OrderedDict()
         """Every value, least recently seen first."""
         self._by_owner: dict[str | None, OrderedDict[_Slot, None]] = {}
+        self._sized: dict[int, dict[str | None, None]] = {}
+        """Owners by how many values they hold, so the biggest is found at once."""
+        self._biggest = 0
         self._owners: dict[tuple[str, str], list[str | None]] = {}
+        self._hashed: dict[tuple[str, str], str] = {}
+        """(kind, keyed hash) -> canonical value, for `touch_hash`."""
         self._variants: dict[_Slot, list[tuple[bytes, _Variant]]] = {}
         """Wire forms of the values compiled so far."""
         self.automaton: _Automaton | None = None
         self.dirty = False
         """Values were added or dropped since the automaton was compiled."""
         self.added = 0
-        self.shed: dict[str, int] = {"evicted": 0, "unsearched": 0}
+        self.shed: dict[str, int] = {"evicted": 0, "unsearched": 0, "rate": 0}
+        """Values dropped, by reason: ``evicted`` and ``unsearched`` (see above), ``rate``: never
+        taken in, their device was over its learning rate (`refuse`)."""
         self.compiles = 0
         self.compile_seconds = 0.0
         self._budget = _COMPILE_BURST
         self._budget_at = time.monotonic()
+        self._budget_cpu = time.process_time()
 
     def __len__(self) -> int:
         return len(self._order)
@@ -669,6 +679,18 @@ class LearnedIdentifiers:
     def has_canonical(self, kind: str, canonical: str) -> bool:
         return (kind, canonical) in self._owners
 
+    def touch_hash(self, kind: str, hashed: str) -> bool:
+        """Touch the value with this keyed hash; False if none is held."""
+        canonical = self._hashed.get((kind, hashed))
+        if canonical is None:
+            return False
+        self.touch(kind, canonical)
+        return True
+
+    def refuse(self, reason: str) -> None:
+        """Count a value the caller did not add (e.g. its device was over its rate)."""
+        self.shed[reason] = self.shed.get(reason, 0) + 1
+
     def touch(self, kind: str, canonical: str) -> None:
         """Mark a value as recently seen (it is dropped last)."""
         for owner in self._owners.get((kind, canonical), ()):
@@ -676,23 +698,28 @@ class LearnedIdentifiers:
             self._order.move_to_end(slot)
             self._by_owner[owner].move_to_end(slot)
 
-    def add(self, kind: str, canonical: str, owner: str | None) -> bool:
-        """Add an already canonical value; False if present (then it is touched) or capacity
-        is 0."""
+    def add(self, kind: str, canonical: str, owner: str | None, hashed: str | None = None) -> bool:
+        """Add an already canonical value (``hashed``: its keyed hash, when the caller has it);
+        False if present (then it is touched) or capacity is 0."""
         if self.capacity <= 0:
             return False
         slot = (kind, canonical, owner)
         if slot in self._order:
             self.touch(kind, canonical)
             return False
-        self._order[slot] = _Ident(
+        ident = self._order[slot] = _Ident(
             kind,  # type: ignore[arg-type]
             canonical,
             redact(kind, canonical),
-            keyed_hash(self.key, kind, canonical),
+            hashed or keyed_hash(self.key, kind, canonical),
             owner,
         )
-        self._by_owner.setdefault(owner, OrderedDict())[slot] = None
+        self._hashed[(kind, ident.keyed_hash)] = canonical
+        slots = self._by_owner.get(owner)
+        if slots is None:
+            slots = self._by_owner[owner] = OrderedDict()
+        self._resize(owner, len(slots), len(slots) + 1)
+        slots[slot] = None
         self._owners.setdefault((kind, canonical), []).append(owner)
         self.added += 1
         self.dirty = True
@@ -700,19 +727,36 @@ class LearnedIdentifiers:
             self._drop_one()
         return True
 
+    def _resize(self, owner: str | None, old: int, new: int) -> None:
+        """Move `owner` from the owners holding `old` values to those holding `new`."""
+        sized = self._sized
+        if old:
+            peers = sized[old]
+            del peers[owner]
+            if not peers:
+                del sized[old]
+        if new:
+            sized.setdefault(new, {})[owner] = None
+        if new > self._biggest:
+            self._biggest = new
+        while self._biggest and self._biggest not in sized:
+            self._biggest -= 1
+
     def _drop_one(self) -> None:
         by_owner = self._by_owner
-        owner = max(by_owner, key=lambda o: len(by_owner[o]))
+        owner = next(iter(self._sized[self._biggest]))
         slots = by_owner[owner]
         slot, _ = slots.popitem(last=False)
+        self._resize(owner, len(slots) + 1, len(slots))
         if not slots:
             del by_owner[owner]
-        del self._order[slot]
+        ident = self._order.pop(slot)
         kind, canonical, _ = slot
         owners = self._owners[(kind, canonical)]
         owners.remove(owner)
         if not owners:
             del self._owners[(kind, canonical)]
+            del self._hashed[(kind, ident.keyed_hash)]
         if self._variants.pop(slot, None) is None:
             self.shed["unsearched"] += 1
         else:
@@ -724,12 +768,17 @@ class LearnedIdentifiers:
         return [(i.kind, i.keyed_hash) for i in self._order.values()]
 
     def compile_due(self) -> bool:
-        """True when values changed and the compile budget allows a compile now."""
+        """True when values changed and the compile budget allows a compile now.
+
+        The budget grows with the process's CPU time (compiling takes at most a tenth of
+        the work, however loaded the machine), and with wall time at a tenth of that rate (a
+        quiet sensor still compiles what it learned, within seconds)."""
         if not self.dirty:
             return False
-        now = time.monotonic()
-        self._budget = min(_COMPILE_BURST, self._budget + (now - self._budget_at) * _COMPILE_DUTY)
-        self._budget_at = now
+        now, cpu = time.monotonic(), time.process_time()
+        earned = (cpu - self._budget_cpu) + (now - self._budget_at) * _QUIET_SHARE
+        self._budget = min(_COMPILE_BURST, self._budget + earned * _COMPILE_DUTY)
+        self._budget_at, self._budget_cpu = now, cpu
         return self._budget > 0
 
     def compile(self) -> None:
@@ -743,7 +792,8 @@ class LearnedIdentifiers:
         self.dirty = False
         took = time.perf_counter() - t0
         self._budget -= took
-        self._budget_at = time.monotonic()  # time spent compiling earns no budget
+        # Time spent compiling earns no budget.
+        self._budget_at, self._budget_cpu = time.monotonic(), time.process_time()
         self.compiles += 1
         self.compile_seconds += took
 
@@ -860,15 +910,17 @@ class Scanner:
             or keyed_hash(self._key, finding.kind, canonical) != finding.keyed_hash
         ):
             return False
-        return self._remember(finding.kind, canonical, owner)
+        return self._remember(finding.kind, canonical, owner, finding.keyed_hash)
 
-    def _remember(self, kind: str, canonical: str, owner: str | None) -> bool:
+    def _remember(
+        self, kind: str, canonical: str, owner: str | None, hashed: str | None = None
+    ) -> bool:
         if self._known.has_canonical(kind, canonical):
             return False
         if self._learned.has_canonical(kind, canonical):
             self._learned.touch(kind, canonical)
             return False
-        return self._learned.add(kind, canonical, owner)
+        return self._learned.add(kind, canonical, owner, hashed)
 
     def export_learned(self) -> list[tuple[Kind, str]]:
         """(kind, keyed hash) of the learned identifiers; the values stay in memory only."""
@@ -1020,9 +1072,10 @@ class Scanner:
         else:
             reported += [h for h in phones if not h.weak and not shadowed(h)]
         for h in reported:
-            findings.append(self._finding(h, location))
+            f = self._finding(h, location)
+            findings.append(f)
             if self._auto_learn:
-                self._remember(h.kind, h.canonical, None)
+                self._remember(h.kind, h.canonical, None, f.keyed_hash)
 
     def scan_parts(self, parts: Iterable[tuple[Location, bytes]]) -> list[Finding]:
         """Scan several parts of one message (e.g. from `sensor.detect.extract`); a finding
