@@ -232,6 +232,14 @@ _DFA_MAX_PATTERNS: Final = 8000
 _COMPILE_DUTY: Final = 0.1
 """At most this share of the scanner's time goes to compiling learned identifiers' automaton
 (a budget refilled at this rate, in seconds per second of wall time)."""
+_DIGEST_ENCODINGS: Final = frozenset(
+    {"md5", "sha1", "sha256", "md5_base64", "sha1_base64", "sha256_base64"}
+)
+_HEX_TOKEN: Final = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32,64}(?![0-9a-f])")
+_HEX_DIGEST_LENGTHS: Final = frozenset({32, 40, 64})
+_B64_TOKEN: Final = re.compile(rb"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{22,43}(?![A-Za-z0-9+/_\-])")
+_B64_DIGEST_LENGTHS: Final = frozenset({22, 27, 43})
+"""Unpadded base64 of an MD5, SHA-1, SHA-256 digest (a padding ``=`` ends the token)."""
 _QUIET_SHARE: Final = 0.1
 """Wall time counts this much towards the compile budget besides CPU time."""
 _COMPILE_BURST: Final = 0.05
@@ -656,6 +664,11 @@ class LearnedIdentifiers:
         self._variants: dict[_Slot, list[tuple[bytes, _Variant]]] = {}
         """Wire forms of the values compiled so far."""
         self.automaton: _Automaton | None = None
+        """Every compiled value's forms but its digests."""
+        self.digests: dict[bytes, list[_Variant]] = {}
+        """Digest forms (hex: lower-case; base64: as written) -> their variants: whole tokens
+        of the right length are looked up here (`digest_tokens`), which keeps about two thirds
+        of the patterns out of the automaton."""
         self.dirty = False
         """Values were added or dropped since the automaton was compiled."""
         self.added = 0
@@ -788,7 +801,16 @@ class LearnedIdentifiers:
         for slot, ident in self._order.items():
             if slot not in variants:
                 variants[slot] = _variants(ident, self.home_region)
-        self.automaton = _Automaton(variants.values()) if variants else None
+        digests: dict[bytes, list[_Variant]] = {}
+        searched: list[tuple[bytes, _Variant]] = []
+        for forms in variants.values():
+            for pattern, v in forms:
+                if v.encoding in _DIGEST_ENCODINGS:
+                    digests.setdefault(v.exact or pattern, []).append(v)
+                else:
+                    searched.append((pattern, v))
+        self.automaton = _Automaton((searched,)) if searched else None
+        self.digests = digests
         self.dirty = False
         took = time.perf_counter() - t0
         self._budget -= took
@@ -796,6 +818,19 @@ class LearnedIdentifiers:
         self._budget_at, self._budget_cpu = time.monotonic(), time.process_time()
         self.compiles += 1
         self.compile_seconds += took
+
+    def digest_tokens(self, data: bytes, folded: bytes) -> Iterator[tuple[_Variant, int, int]]:
+        """(variant, start, end) of each whole hex or base64 token that is a compiled value's
+        digest. A digest run together with other hex or base64 characters is not found."""
+        digests = self.digests
+        for m in _HEX_TOKEN.finditer(folded):
+            if m.end() - m.start() in _HEX_DIGEST_LENGTHS:
+                for v in digests.get(m.group(), ()):
+                    yield v, m.start(), m.end()
+        for m in _B64_TOKEN.finditer(data):
+            if m.end() - m.start() in _B64_DIGEST_LENGTHS:
+                for v in digests.get(m.group(), ()):
+                    yield v, m.start(), m.end()
 
     def stats(self) -> dict[str, object]:
         """What does not depend on timing (the metrics have the compile figures too)."""
@@ -978,6 +1013,11 @@ class Scanner:
                         keys.append((end, entry.cls))
                     elif type(entry) is _PhoneStart:
                         phone_starts.append(start + entry.skip)
+        if learned.digests:
+            for v, start, end in learned.digest_tokens(data, folded):
+                f = self._known_match(v, data, folded, start, end, location)
+                if f is not None:
+                    known.append(f)
         if n > 1 and folded[0] == 48 and folded[1] in _B_DIGITS:
             phone_starts.insert(0, 0)
         if known:

@@ -190,3 +190,24 @@ def test_a_device_over_its_learning_rate_is_shed_and_counted(tmp_path: Path) -> 
         assert total(series, "phonehome_identifiers_learned_in_memory") == 20
     finally:
         w.close()
+
+
+def test_learned_digests_are_found_as_whole_tokens() -> None:
+    """Digest forms of learned values are looked up as tokens, not searched for: in either hex
+    case, in base64 with or without padding, in either alphabet; not inside a longer run."""
+    scanner = Scanner(KnownIdentifiers(KEY, "GB"), auto_learn=True)
+    imei = _imeis(1, 11)[0]
+    scanner.scan(f"imei={imei}".encode(), "url")
+    scanner.rebuild()
+    sha1 = hashlib.sha1(imei.encode()).digest()
+    sha256 = hashlib.sha256(imei.encode()).digest()
+    cases = {
+        b'{"h":"' + sha1.hex().upper().encode() + b'"}': "sha1",
+        b"sig=" + base64.b64encode(sha256) + b"&x=1": "sha256_base64",
+        b"sig=" + base64.urlsafe_b64encode(sha256).rstrip(b"=") + b"&x=1": "sha256_base64",
+        b"h=" + hashlib.md5(imei.encode()).hexdigest().encode(): "md5",
+    }
+    for data, encoding in cases.items():
+        found = scanner.scan(data, "body")
+        assert [(f.kind, f.encoding, f.known) for f in found] == [("imei", encoding, True)], data
+    assert scanner.scan(b"h=" + sha1.hex().encode() + b"00ff", "body") == []
