@@ -50,6 +50,7 @@ bench: sysdeps-bench venv
 	$(PY) -m bench.household
 	$(PY) -m bench.live_bench
 	$(PY) -m bench.quic_bench
+	$(PY) -m bench.learn_bench
 
 # The Debian package (dist/phonehome_*.deb) and its install/boot test alone.
 sysdeps-deb:

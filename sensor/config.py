@@ -146,8 +146,16 @@ class FlowsConfig:
     """Bytes of each HTTP request body kept for identifier detection."""
     max_http_requests: int = 8
     """HTTP requests remembered per flow."""
+    end_grace: float = 0.25
+    """Seconds an ended connection (conntrack DESTROY) stays in the table for its late sampled
+    packets: NFLOG hands packets over in batches (flush timeout 50 ms), so the end often comes
+    before a short connection's last packets, or all of them. Five flush timeouts: room for a
+    busy loop's delay too. Its late packets join it (names, identifiers) and its counters stay
+    conntrack's final ones, so the connection is one flow, counted once."""
 
     def validate(self) -> None:
+        if not 0 <= self.end_grace <= 10:
+            raise ValueError("end_grace: must be between 0 and 10 seconds")
         if self.max_flows < 16:
             raise ValueError("max_flows: must be at least 16")
         if self.tcp_idle_timeout <= 0:
@@ -261,6 +269,12 @@ class DetectConfig:
     """Remember identifiers seen in plaintext, so their later encoded or hashed forms are
     caught too (values in memory only; their keyed hashes on disk)."""
     max_learned: int = 512
+    learn_rate: float = 2.0
+    """New identifiers a device may teach per second, sustained (`learn_burst` at once): a
+    phone has a handful; a host sending a new one with every request is flooding, and what is
+    over its rate is dropped and counted (phonehome_identifiers_learned_shed_total{reason=
+    "rate"}), its findings still reported."""
+    learn_burst: int = 64
     contacts_min: int = 3
     """Distinct valid phone numbers in one message that make it a contact-book upload."""
     key_file: str | None = None
@@ -269,6 +283,10 @@ class DetectConfig:
     def validate(self) -> None:
         if not 0 <= self.max_learned <= 100_000:
             raise ValueError("max_learned: must be between 0 and 100000")
+        if not 0 < self.learn_rate <= 100_000:
+            raise ValueError("learn_rate: must be above 0 and at most 100000")
+        if not 1 <= self.learn_burst <= 100_000:
+            raise ValueError("learn_burst: must be between 1 and 100000")
         if not 2 <= self.contacts_min <= 100:
             raise ValueError("contacts_min: must be between 2 and 100")
 

@@ -189,6 +189,7 @@ class Daemon:
             # set, but cutting it later reaches only the thread that does it.
             privileges.cut_bounding_set()
         self._build_stages()
+        self._note_own_addresses()
         for ip, mac in netlink.neighbours(interfaces=self.interfaces).items():
             self.pipeline.learn_neighbour(ip, mac)
         if cfg.metrics.enabled:
@@ -283,6 +284,16 @@ class Daemon:
         self.stages.devices = self.pipeline.devices
         if self.stages.detector is not None:
             self.metrics.tap(self.stages.detector.alerts)
+
+    def _note_own_addresses(self) -> None:
+        """The gateway's own addresses, so that its own connections (conntrack sees them all)
+        are not taken for a LAN device's."""
+        from sensor import netlink
+
+        try:
+            self.pipeline.set_gateway_addresses(netlink.own_addresses())
+        except OSError as exc:
+            log.warning("cannot list the gateway's own addresses: %s", exc)
 
     def _service_user(self) -> str | None:
         """The user to drop to: daemon.user, when we are root and it exists."""
@@ -526,6 +537,7 @@ class Daemon:
         if stages.detector is not None:
             self.metrics.tap(stages.detector.alerts)
         self.pipeline.retarget(cfg, stages, stages)
+        self._note_own_addresses()
         try:
             old.close()
         except Exception:

@@ -41,6 +41,7 @@ class FlowEntry:
         "app",
         "dns_buf",
         "down",
+        "final",
         "flow",
         "http",
         "is_tcp",
@@ -69,6 +70,9 @@ class FlowEntry:
         self.quic_state: str | None = None
         """QUIC flows: where naming got to ("named", "incomplete", "no_sni", a Weird reason);
         None until a client Initial was read."""
+        self.final: tuple[Half, Half] | None = None
+        """After conntrack said the connection ended: the halves the table hands its late
+        packets (decoded, counted nowhere: the final counters already hold them)."""
 
     @property
     def last_seen(self) -> float:
@@ -101,6 +105,11 @@ class FlowTable:
         """The size cap in force: `cfg.max_flows`, or lower once `shrink` was asked to fit
         the daemon's memory bound."""
         self.sweep_interval = min(cfg.tcp_idle_timeout, cfg.udp_idle_timeout) / 4
+        self.ending: OrderedDict[bytes, tuple[FlowEntry, float]] = OrderedDict()
+        """Ended connections waiting for their late packets (`end_later`), by key_up, due
+        times in order."""
+        self.late_packets = 0
+        """Packets that reached a connection after its end (counted when it leaves the table)."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -142,11 +151,51 @@ class FlowTable:
         table = self.tcp if entry.is_tcp else self.udp
         table.pop(entry.key_up, None)
         table.pop(entry.key_down, None)
+        if entry.final is not None:
+            self.ending.pop(entry.key_up, None)
+            late_up, late_down = entry.final
+            self.late_packets += late_up.packets + late_down.packets
+            # Late packets' times count; their bytes are in the final counters already.
+            entry.up.last = max(entry.up.last, late_up.last)
+            entry.down.last = max(entry.down.last, late_down.last)
+
+    def end_later(self, entry: FlowEntry, due: float) -> None:
+        """Conntrack says the connection ended and its halves hold the final counters. Its
+        sampled packets may still be on their way, so it stays reachable under its keys until
+        `due` (`end_due`): late packets go to spare halves that keep the inspection budget
+        (their payload is decoded: names, identifiers) and are counted nowhere."""
+        if entry.final is not None or entry.key_up not in self.entries:
+            return
+        halves = []
+        for half in (entry.up, entry.down):
+            late = Half(entry, half.up, half.inspect, half.last)
+            late.ibytes = half.ibytes
+            halves.append(late)
+        late_up, late_down = halves
+        entry.final = (late_up, late_down)
+        table = self.tcp if entry.is_tcp else self.udp
+        table[entry.key_up] = late_up
+        table[entry.key_down] = late_down
+        self.ending[entry.key_up] = (entry, due)
+
+    def end_due(self, now: float) -> int:
+        """End the connections whose grace ran out; returns how many."""
+        ending = self.ending
+        ended = 0
+        while ending:
+            entry, due = next(iter(ending.values()))
+            if due > now:
+                break
+            self.end(entry, "end")
+            ended += 1
+        return ended
 
     def end(self, entry: FlowEntry, reason: EndReason) -> None:
         if self.entries.pop(entry.key_up, None) is not None:
             self._remove(entry)
             self.on_end(entry, reason)
+        else:
+            self.ending.pop(entry.key_up, None)
 
     def sweep(self, now: float) -> int:
         """End every flow idle for longer than its protocol's timeout; returns how many."""

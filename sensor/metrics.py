@@ -573,6 +573,7 @@ class Exporter:
             "conntrack": self._collect_conntrack,
             "data": self._collect_data,
             "state": self._collect_state,
+            "learning": self._collect_learning,
             "endpoint": self._collect_endpoint,
             "process": process.collect,
         }
@@ -1171,6 +1172,59 @@ class Exporter:
                 n = float(seen.get(reason, 0))
                 fam.add_metric([reason, what], carry.value((what, reason), n))
         yield fam
+
+    def _collect_learning(self) -> Families:
+        """Identifiers learned from plaintext (`LearnedIdentifiers.stats`): how many, how many
+        wait to be searched for, and what a flood of new values made the sensor shed."""
+        detector = getattr(getattr(self.sensor, "stages", None), "detector", None)
+        scanner = getattr(detector, "scanner", None)
+        learned = getattr(scanner, "learned", None)
+        if learned is None:
+            return
+        yield self._counter(
+            "learned_total",
+            learned,
+            "phonehome_identifiers_learned",
+            "Identifiers learned from plaintext sightings (their encoded and hashed forms are "
+            "searched for from then on)",
+            learned.added,
+        )
+        yield _gauge(
+            "phonehome_identifiers_learned_in_memory",
+            "Learned identifiers kept in memory now (at most detect.max_learned)",
+            len(learned),
+        )
+        yield _gauge(
+            "phonehome_identifiers_learned_pending",
+            "Learned identifiers not yet searched for: they wait for the next compile, which "
+            "gets at most a tenth of the scanner's time",
+            learned.pending,
+        )
+        shed = CounterMetricFamily(
+            "phonehome_identifiers_learned_shed",
+            "Learned identifiers dropped to stay within detect.max_learned, taken from the "
+            "device holding the most; reason=unsearched: dropped before its encoded forms were "
+            "ever searched for (new values came faster than the compile budget)",
+            labels=["reason"],
+        )
+        carry = self._carry_for("learned_shed", learned)
+        for reason, n in sorted(dict(learned.shed).items()):
+            shed.add_metric([reason], carry.value(("shed", reason), float(n)))
+        yield shed
+        yield self._counter(
+            "learned_compiles",
+            learned,
+            "phonehome_identifiers_learned_compiles",
+            "Rebuilds of the learned identifiers' automaton",
+            learned.compiles,
+        )
+        yield self._counter(
+            "learned_compile_seconds",
+            learned,
+            "phonehome_identifiers_learned_compile_seconds",
+            "Seconds spent rebuilding the learned identifiers' automaton",
+            learned.compile_seconds,
+        )
 
     def _collect_endpoint(self) -> Families:
         ep = self._endpoint

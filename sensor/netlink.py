@@ -809,6 +809,13 @@ def lan_prefixes(
     return out
 
 
+def own_addresses(*, netns: str | None = None) -> list[str]:
+    """Every global address this host (namespace) holds, on any interface: what the gateway's
+    own connections come from."""
+    with _Rtnl(netns) as rtnl:
+        return list(dict.fromkeys(str(iface.ip) for _, iface in rtnl.addresses()))
+
+
 def interfaces_for_prefixes(prefixes: Iterable[str], *, netns: str | None = None) -> list[str]:
     """Interfaces holding an address inside any of `prefixes` (how a configured LAN prefix
     finds its bridge), in interface-index order. Link-local prefixes are passed over: every

@@ -138,6 +138,11 @@ class Pipeline:
             (self._lan_v4 if n.version == 4 else self._lan_v6).append(rng)
         self._next_sweep = 0.0
         self._uid = 0
+        self.gateway_addresses: frozenset[bytes] = frozenset()
+        """The gateway's own addresses (packed): connections they open are not a LAN
+        device's (the daemon fills it in)."""
+        self.conntrack_not_lan = 0
+        """Conntrack entries passed over as the gateway's own connections."""
         self.last_ts = 0.0
 
     # --- the packet loop ------------------------------------------------------------------------
@@ -841,7 +846,10 @@ class Pipeline:
     # --- live operation -------------------------------------------------------------------------
 
     def advance(self, now: float) -> None:
-        """Time passes without packets (the daemon's loop): sweep idle flows when due."""
+        """Time passes without packets (the daemon's loop): end connections whose grace for
+        late packets ran out; sweep idle flows when due."""
+        if self.flows.ending:
+            self.flows.end_due(now)
         if now >= self._next_sweep:
             self._sweep(now)
 
@@ -870,34 +878,73 @@ class Pipeline:
             db = socket.inet_pton(family, dst)
         except (OSError, ValueError):
             return
+        if sb in self.gateway_addresses or not (self.is_lan(sb) or self.is_lan(db)):
+            # The gateway's own connections (loopback, its WAN side, its LAN address opening
+            # one): conntrack sees the whole namespace, but only LAN devices are accounted.
+            self.conntrack_not_lan += 1
+            return
         is_tcp = proto == "tcp"
         key = sb + db + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
         h = (self.flows.tcp if is_tcp else self.flows.udp).get(key)
+        if h is not None and h.entry.final is not None:
+            ended = h.entry
+            orig, reply = (ended.up, ended.down) if h.up else (ended.down, ended.up)
+            if final and (orig.nbytes, orig.packets, reply.nbytes, reply.packets) == (
+                bytes_orig,
+                packets_orig,
+                bytes_reply,
+                packets_reply,
+            ):
+                return  # the same end again
+            # Other counters for this tuple after its end: a new connection reusing it.
+            self.flows.end(ended, "end")
+            h = None
         if h is None:
             if not (bytes_orig or bytes_reply):
                 return
             entry = self._new_flow(now, sb, db, sport, dport, is_tcp, 0, None, True)
             h = entry.up if entry.key_up == key else entry.down
         entry = h.entry
-        orig, reply = (entry.up, entry.down) if h is entry.up else (entry.down, entry.up)
+        orig, reply = (entry.up, entry.down) if h.up else (entry.down, entry.up)
         before = entry.up.nbytes
         for half, nbytes, npackets in (
             (orig, bytes_orig, packets_orig),
             (reply, bytes_reply, packets_reply),
         ):
-            if nbytes > half.nbytes or npackets > half.packets:
+            if final:
+                # Conntrack's final counters hold every packet of the connection: exact, even
+                # when sampled packets were counted before (they are among them).
+                half.nbytes, half.packets = nbytes, npackets
+                half.last = max(half.last, now)
+            elif nbytes > half.nbytes or npackets > half.packets:
                 half.nbytes = max(half.nbytes, nbytes)
                 half.packets = max(half.packets, npackets)
                 half.last = max(half.last, now)
         if entry.up.nbytes > before:
             self._progress(entry, entry.up.nbytes - before, now)
         if final:
-            self.flows.end(entry, "end")
+            grace = self.cfg.flows.end_grace
+            if grace > 0:
+                self.flows.end_later(entry, now + grace)
+            else:
+                self.flows.end(entry, "end")
 
     def _progress(self, entry: FlowEntry, new_up: int, now: float) -> None:
         hook = getattr(self.observer, "upload_progress", None)
         if hook is not None:
             self._observe(hook, entry.sync(), new_up, now)
+
+    def set_gateway_addresses(self, addresses: Iterable[str]) -> None:
+        """The gateway's own addresses (connections they open are left out of the accounting);
+        loopback needs no listing: it is never a LAN address."""
+        packed = set()
+        for addr in addresses:
+            try:
+                family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+                packed.add(socket.inet_pton(family, addr))
+            except (OSError, ValueError):
+                continue
+        self.gateway_addresses = frozenset(packed)
 
     def retarget(self, cfg: Config, sink: Sink, observer: Observer) -> None:
         """New configuration and stages (SIGHUP); flows and devices carry over."""
@@ -927,6 +974,8 @@ class Pipeline:
             "quic_unnamed": dict(sorted(self.quic_unnamed.items())),
             "flows": self.flows.created,
             "flows_evicted": {"idle": self.flows.evicted_idle, "cap": self.flows.evicted_cap},
+            "flows_late_packets": self.flows.late_packets,
+            "conntrack_not_lan": self.conntrack_not_lan,
             "devices": len(self.devices),
             "devices_dropped": self.devices_dropped,
             "not_devices": dict(sorted(self.not_devices.items())),

@@ -14,7 +14,7 @@ import os
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sensor.alerts import AlertStage
@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 MAX_ACCOUNTED_FLOWS = 262144
+MAX_LEARN_BUCKETS = 4096
+"""Devices whose learning rate is tracked; a forgotten one starts again with a full burst."""
+MAX_LEARNED_ON_DISK = 16384
+"""Keyed hashes kept in learned.json, oldest dropped first: a host sending a new identifier
+with every request must not grow the file (and each save) without bound."""
 LEARNED_SAVE_INTERVAL = 10.0
 """Seconds between saves of learned.json while new identifiers are learned: a crash or a
 power cut loses at most this much learning."""
@@ -120,16 +125,23 @@ class Detector:
         if known.rejected:
             log.warning("%d configured identifiers could not be used", known.rejected)
         self.scanner = Scanner(
-            known, contacts_min=cfg.detect.contacts_min, max_learned=cfg.detect.max_learned
+            known,
+            contacts_min=cfg.detect.contacts_min,
+            max_learned=cfg.detect.max_learned if cfg.detect.learn else 0,
         )
         self.placeholders = placeholders.default()
         self._placeholder_hashes = self.placeholders.by_keyed_hash(key)
         self.placeholders_seen: Counter[str] = Counter()
         """Findings dropped as placeholders, by reason (never alerted, never learned)."""
         self.learned_path = learned_path
-        self.learned_on_disk = _read_learned(learned_path) if learned_path else set()
+        self.learned_on_disk: dict[tuple[str, str], None] = dict.fromkeys(
+            _read_learned(learned_path) if learned_path else ()
+        )
+        """What learned.json holds (insertion order: oldest first)."""
         self._accounted: OrderedDict[str, int] = OrderedDict()
         """Upload bytes already accounted per live flow (uid)."""
+        self._learn_buckets: dict[str | None, tuple[float, float]] = {}
+        """Device -> (tokens, packet time) of its learning rate; least recently used first."""
         self.findings = 0
         self.learned = 0
         self.scanned_bytes = 0
@@ -175,7 +187,7 @@ class Detector:
                     continue
                 self.findings += 1
                 if self.cfg.detect.learn and not f.known and f.encoding == "plain":
-                    self._learn(f, data, device)
+                    self._learn(f, data, device, ts)
                 if dst is None:
                     dst = self._destination(flow, dns_name)
                     who = self._device(device, flow)
@@ -208,12 +220,35 @@ class Detector:
             hit = self.placeholders.email_domain_reason(f.redacted.rpartition("@")[2])
         return hit
 
-    def _learn(self, f: Finding, data: bytes, device: Device | None) -> None:
+    def _learn(self, f: Finding, data: bytes, device: Device | None, ts: float) -> None:
+        learned = self.scanner.learned
+        if learned.touch_hash(f.kind, f.keyed_hash):
+            return  # seen before: no cost but a lookup
+        owner = device.mac if device else None
+        if not self._learn_allowed(owner, ts):
+            learned.refuse("rate")
+            return
         raw = data[f.offset : f.offset + f.length]
-        if self.scanner.learn(f, raw, owner=device.mac if device else None):
+        if self.scanner.learn(f, raw, owner=owner):
             self.learned += 1
-            self.learned_on_disk.add((f.kind, f.keyed_hash))
+            on_disk = self.learned_on_disk
+            on_disk[(f.kind, f.keyed_hash)] = None
+            if len(on_disk) > MAX_LEARNED_ON_DISK:
+                del on_disk[next(iter(on_disk))]
             self._unsaved = self.learned_path is not None
+
+    def _learn_allowed(self, owner: str | None, ts: float) -> bool:
+        """A token from the device's learning bucket (detect.learn_rate, learn_burst), by
+        packet time: `analyze` gives the same answer however fast it runs."""
+        cfg = self.cfg.detect
+        buckets = self._learn_buckets
+        tokens, at = buckets.pop(owner, (float(cfg.learn_burst), ts))
+        tokens = min(float(cfg.learn_burst), tokens + max(0.0, ts - at) * cfg.learn_rate)
+        allowed = tokens >= 1.0
+        buckets[owner] = (tokens - 1.0 if allowed else tokens, max(at, ts))
+        if len(buckets) > MAX_LEARN_BUCKETS:
+            del buckets[next(iter(buckets))]
+        return allowed
 
     def _destination(self, flow: Flow, dns_name: str | None) -> Destination:
         if dns_name is not None:
@@ -301,22 +336,23 @@ class Detector:
             "learned_on_disk": len(self.learned_on_disk),
             "scanned_bytes": self.scanned_bytes,
             "placeholders": dict(self.placeholders_seen),
+            "learning": self.scanner.learned.stats(),
             "write_errors": dict(self.write_errors),
         }
 
 
-def _read_learned(path: Path) -> set[tuple[str, str]]:
+def _read_learned(path: Path) -> list[tuple[str, str]]:
     try:
         rows = json.loads(path.read_text())
-        return {(str(r["kind"]), str(r["keyed_hash"])) for r in rows}
+        return [(str(r["kind"]), str(r["keyed_hash"])) for r in rows]
     except FileNotFoundError:
-        return set()
+        return []
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable %s: %s", path, exc)
-        return set()
+        return []
 
 
-def _write_learned(path: Path, learned: set[tuple[str, str]]) -> None:
+def _write_learned(path: Path, learned: Iterable[tuple[str, str]]) -> None:
     """Keyed hashes only (never values), atomically, mode 0600."""
-    rows = [{"kind": k, "keyed_hash": h} for k, h in sorted(learned)]
+    rows = [{"kind": k, "keyed_hash": h} for k, h in learned]  # oldest first
     write_atomically(path, json.dumps(rows).encode())

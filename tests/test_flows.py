@@ -1,0 +1,138 @@
+"""Each connection is one flow however its sampled packets and its conntrack end interleave: an
+ended connection waits `flows.end_grace` for late packets, which join it (names, device) while
+its counters stay conntrack's final ones. The gateway's own connections are not accounted."""
+
+from __future__ import annotations
+
+import dpkt
+
+from sensor.config import Config, FlowsConfig
+from sensor.model import Device, Flow
+from sensor.pipeline import Pipeline
+
+PHONE_MAC = b"\x02\x00\x00\x00\x00\x05"
+GW_MAC = b"\x02\x00\x00\x00\x00\x01"
+PHONE = "192.168.1.5"
+SERVER = "203.0.113.7"
+T0 = 1_700_000_000.0
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.flows: list[Flow] = []
+
+    def flow(self, flow: Flow) -> None:
+        self.flows.append(flow)
+
+    def device(self, device: Device) -> None:
+        pass
+
+
+def _frame(up: bool, flags: int, seq: int, payload: bytes = b"", sport: int = 40000) -> bytes:
+    phone, server = bytes([192, 168, 1, 5]), bytes([203, 0, 113, 7])
+    tcp = dpkt.tcp.TCP(sport=sport, dport=80, flags=flags, seq=seq, data=payload)
+    if not up:
+        tcp.sport, tcp.dport = 80, sport
+    ip = dpkt.ip.IP(src=phone if up else server, dst=server if up else phone, p=6, data=tcp)
+    ip.len = 20 + 20 + len(payload)
+    src, dst = (PHONE_MAC, GW_MAC) if up else (GW_MAC, PHONE_MAC)
+    return bytes(dpkt.ethernet.Ethernet(src=src, dst=dst, type=0x0800, data=ip))
+
+
+SYN = _frame(True, dpkt.tcp.TH_SYN, 1000)
+RST = _frame(False, dpkt.tcp.TH_RST | dpkt.tcp.TH_ACK, 0)
+REQUEST = _frame(
+    True,
+    dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH,
+    1001,
+    b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+)
+
+
+def _pipeline(grace: float = 0.25) -> tuple[Pipeline, _Collect]:
+    sink = _Collect()
+    return Pipeline(Config(flows=FlowsConfig(end_grace=grace)), sink), sink
+
+
+def _destroy(p: Pipeline, now: float, up: tuple[int, int], down: tuple[int, int]) -> None:
+    p.account_conntrack("tcp", PHONE, 40000, SERVER, 80, up[0], up[1], down[0], down[1], now, True)
+
+
+def test_refused_connection_whose_end_comes_before_its_packets_is_one_flow() -> None:
+    p, sink = _pipeline()
+    _destroy(p, T0 + 0.001, (60, 1), (40, 1))  # SYN answered by RST: conntrack ends it at once
+    assert not sink.flows  # waiting for its late packets
+    p.run_packets([(T0, 1, SYN), (T0 + 0.0005, 1, RST)])  # NFLOG's batch, 50 ms later
+    p.advance(T0 + 0.1)
+    assert not sink.flows
+    p.advance(T0 + 0.3)
+    (flow,) = sink.flows
+    assert (flow.bytes_up, flow.packets_up, flow.bytes_down, flow.packets_down) == (60, 1, 40, 1)
+    assert p.stats()["flows_late_packets"] == 2  # both joined it
+    p.finish()
+    assert len(sink.flows) == 1
+
+
+def test_trailing_rst_after_the_end_joins_the_named_flow() -> None:
+    p, sink = _pipeline()
+    p.run_packets([(T0, 1, SYN), (T0 + 0.01, 1, REQUEST)])
+    _destroy(p, T0 + 0.02, (200, 3), (120, 2))
+    p.run_packets([(T0 + 0.015, 1, RST)])  # sampled before the end, delivered after it
+    p.advance(T0 + 1)
+    p.finish()
+    (flow,) = sink.flows
+    assert flow.server_name == "api.example.com"
+    assert (flow.bytes_up, flow.packets_up, flow.bytes_down, flow.packets_down) == (200, 3, 120, 2)
+
+
+def test_late_request_names_the_flow_conntrack_ended() -> None:
+    p, sink = _pipeline()
+    _destroy(p, T0 + 0.02, (200, 3), (120, 2))
+    p.run_packets([(T0, 1, SYN), (T0 + 0.01, 1, REQUEST)])
+    p.advance(T0 + 1)
+    (flow,) = sink.flows
+    assert flow.server_name == "api.example.com"
+    assert flow.bytes_up == 200
+
+
+def test_counters_are_conntracks_final_ones_whatever_was_sampled() -> None:
+    p, sink = _pipeline()
+    p.run_packets([(T0, 1, SYN), (T0 + 0.01, 1, REQUEST)])
+    sampled = len(SYN) - 14 + len(REQUEST) - 14
+    _destroy(p, T0 + 0.02, (sampled + 52, 3), (0, 0))
+    p.advance(T0 + 1)
+    (flow,) = sink.flows
+    assert (flow.bytes_up, flow.packets_up) == (sampled + 52, 3)
+
+
+def test_a_new_connection_on_an_ended_tuple_is_a_new_flow() -> None:
+    p, sink = _pipeline(grace=5.0)
+    p.run_packets([(T0, 1, SYN)])
+    _destroy(p, T0 + 0.01, (60, 1), (40, 1))
+    _destroy(p, T0 + 0.02, (60, 1), (40, 1))  # the same end, told twice
+    assert not sink.flows
+    _destroy(p, T0 + 0.03, (120, 2), (80, 2))  # another connection on the same tuple
+    assert len(sink.flows) == 1
+    p.finish()
+    assert [(f.bytes_up, f.bytes_down) for f in sink.flows] == [(60, 40), (120, 80)]
+
+
+def test_without_grace_the_end_is_at_once() -> None:
+    p, sink = _pipeline(grace=0.0)
+    _destroy(p, T0, (60, 1), (40, 1))
+    assert len(sink.flows) == 1
+
+
+def test_the_gateways_own_connections_are_not_accounted() -> None:
+    p, sink = _pipeline()
+    p.set_gateway_addresses(["192.168.1.1", "198.51.100.2", "not an address"])
+    # Prometheus scraping the exporter on loopback; the gateway's own upstream DNS; the
+    # gateway's LAN address reaching a LAN host.
+    p.account_conntrack("tcp", "127.0.0.1", 50000, "127.0.0.1", 14663, 500, 5, 9000, 5, T0, True)
+    p.account_conntrack("udp", "198.51.100.2", 5353, "192.0.2.53", 53, 80, 1, 200, 1, T0, True)
+    p.account_conntrack("tcp", "192.168.1.1", 50001, PHONE, 9100, 400, 4, 800, 4, T0, True)
+    # A LAN device asking the gateway's resolver: its own traffic.
+    p.account_conntrack("udp", PHONE, 5000, "192.168.1.1", 53, 70, 1, 150, 1, T0, True)
+    p.finish()
+    assert [(f.src_ip, f.dst_port) for f in sink.flows] == [(PHONE, 53)]
+    assert p.stats()["conntrack_not_lan"] == 3
