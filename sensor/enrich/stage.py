@@ -23,6 +23,7 @@ from sensor.config import Config
 from sensor.enrich.cloud import CloudRanges
 from sensor.enrich.device import DeviceIdentifier, DeviceIdentity, OuiRegistry
 from sensor.enrich.geo import GeoDB, geo_cache_dir
+from sensor.enrich.party import OWNERS_FILE, DomainOwners, OwnersDataError, PartyResolver
 from sensor.enrich.vendors import VendorMap
 from sensor.model import Destination, Device, DeviceRef, Flow
 
@@ -49,12 +50,17 @@ class Enricher:
         vendors: VendorMap,
         devices: DeviceIdentifier,
         home_country: str | None = None,
+        *,
+        parties: PartyResolver | None = None,
     ) -> None:
         self.geo = geo
         self.cloud = cloud
         self.vendors = vendors
+        self.parties = parties if parties is not None else PartyResolver(vendors)
         self.devices = devices
         self.home_country = home_country
+        self.errors: list[str] = []
+        """Problems with optional data files (each also logged)."""
         self._dest: OrderedDict[tuple[str, str | None], Destination] = OrderedDict()
 
     @classmethod
@@ -69,11 +75,21 @@ class Enricher:
         geo = GeoDB.open(cfg.geo, overrides_path=cfg.geo.overrides, cache_dir=cache_dir)
         cloud = CloudRanges.load_dir(state / "data") if (state / "data").is_dir() else None
         vendors = VendorMap.load()
+        owners, errors = load_owners(state / "data")
         devices = DeviceIdentifier(OuiRegistry(), cfg.devices)
-        return cls(geo, cloud, vendors, devices, cfg.site.home_country)
+        enricher = cls(
+            geo,
+            cloud,
+            vendors,
+            devices,
+            cfg.site.home_country,
+            parties=PartyResolver(vendors, owners),
+        )
+        enricher.errors = errors
+        return enricher
 
     def status(self) -> DataStatus:
-        errors = list(self.geo.errors)
+        errors = list(self.geo.errors) + self.errors
         sources: tuple[str, ...] = ()
         prefixes = 0
         if self.cloud is not None:
@@ -108,6 +124,9 @@ class Enricher:
                 vendor = m.vendor
         if vendor is None and g.asn_org:
             vendor = self.vendors.vendor_for_asn_org(g.asn_org)
+        # An ECH cover name (issue 16) must never get here as server_name: it names the
+        # client-facing server, not the party.
+        p = self.parties.party_for_name(server_name)
         abroad = None
         if country and self.home_country:
             abroad = country != self.home_country
@@ -123,6 +142,8 @@ class Enricher:
             asn_org=g.asn_org,
             abroad=abroad,
             city=c.city if c is not None else None,
+            party=p.party if p is not None else None,
+            party_source=p.source if p is not None else None,
         )
 
     def annotate_flow(self, flow: Flow) -> Destination:
@@ -155,8 +176,23 @@ class Enricher:
         )
 
 
+def load_owners(data_dir: Path) -> tuple[DomainOwners | None, list[str]]:
+    """The domain-owner dataset update-data fetched, if any (a broken one is an error, not
+    fatal: parties then come from the vendor map and the names themselves)."""
+    path = data_dir / OWNERS_FILE
+    if not path.is_file():
+        return None, []
+    try:
+        return DomainOwners.parse(path.read_bytes()), []
+    except (OSError, OwnersDataError) as exc:
+        log.warning("domain owners: %s: %s", path, exc)
+        return None, [f"domain owners: {path}: {exc}"]
+
+
 def destination_fields(d: Destination) -> dict[str, Any]:
     return {
+        "party": d.party,
+        "party_source": d.party_source,
         "vendor": d.vendor,
         "provider": d.provider,
         "region": d.region,

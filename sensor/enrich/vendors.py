@@ -326,6 +326,10 @@ class VendorMap:
     def entries(self) -> Mapping[str, VendorEntry]:
         return MappingProxyType(self._entries)
 
+    @property
+    def psl(self) -> PublicSuffixes:
+        return self._psl
+
     def cache_info(self) -> dict[str, int]:
         """Hits, misses and sizes of the two lookup caches (for metrics)."""
         n, a = self._name_cache.cache_info(), self._asn_cache.cache_info()

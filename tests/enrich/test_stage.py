@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from sensor.cli import main
-from sensor.synth import AWS_SG_IP, PHONE, XIAOMI_API_IP, Capture, TcpSession, sample_home
+from sensor.synth import (
+    AWS_SG_IP,
+    PHONE,
+    XIAOMI_API_IP,
+    Capture,
+    TcpSession,
+    client_hello,
+    sample_home,
+)
 from tests.pipeline_helpers import build, flow_to, run_analyze
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
@@ -54,6 +62,7 @@ def test_xiaomi_in_cn_and_aws_singapore(tmp_path: Path, state_with_aws: Path) ->
     sg = flow_to(flows, AWS_SG_IP, 443)
     assert (sg["vendor"], sg["provider"], sg["region"]) == ("Xiaomi", "aws", "ap-southeast-1")
     assert (sg["country"], sg["city"], sg["abroad"]) == ("SG", "Singapore", True)
+    assert (sg["party"], sg["party_source"]) == ("Xiaomi", "map")
     phone = next(d for d in devices if d["mac"] == PHONE.mac)
     assert phone["vendor"] == "Xiaomi"
     assert phone["model"] == "Redmi Note 8 Pro"
@@ -140,3 +149,37 @@ def test_summary_groups_by_device_country_vendor(tmp_path: Path, state_with_aws:
     assert ["SG", "Xiaomi", "tracking.intl.miui.com"] in [ln[:3] for ln in lines]
     assert ["CN", "Xiaomi", "api.account.xiaomi.com"] in [ln[:3] for ln in lines]
     assert "Redmi Note 8 Pro" in text and "[phone]" in text
+
+
+def test_services_on_aws_are_the_party_and_aws_the_host(
+    tmp_path: Path, state_with_aws: Path
+) -> None:
+    """A well-known service hosted on AWS: the service is the party (and the vendor), AWS and
+    the region the hosting side; a service the map does not know is its registrable domain,
+    where the deprecated `vendor` still names the host."""
+    names = {40300: "api.spotify.com", 40301: "api-v2.soundcloud.com", 40302: None}
+
+    def scenario(cap: Capture) -> None:
+        for port, name in names.items():
+            s = TcpSession(cap, PHONE, AWS_SG_IP, port, 443)
+            s.open()
+            if name is not None:
+                s.send(client_hello(name))
+            s.close()
+
+    path = build(tmp_path / "aws.pcap", scenario)
+    flows, _, _, _ = run_analyze(path, config=_config(tmp_path, state_with_aws))
+    by_port = {f["src_port"]: f for f in flows if f["dst_ip"] == AWS_SG_IP}
+    spotify, soundcloud, anonymous = by_port[40300], by_port[40301], by_port[40302]
+    for f in (spotify, soundcloud, anonymous):
+        assert (f["provider"], f["region"], f["country"]) == ("aws", "ap-southeast-1", "SG")
+        assert f["asn_org"]
+    assert (spotify["party"], spotify["party_source"], spotify["vendor"]) == (
+        "Spotify",
+        "map",
+        "Spotify",
+    )
+    assert (soundcloud["party"], soundcloud["party_source"]) == ("soundcloud.com", "domain")
+    assert soundcloud["vendor"] == "Amazon Web Services"  # the old field: the host
+    assert anonymous["server_name"] is None
+    assert anonymous["party"] is None and anonymous["party_source"] is None
