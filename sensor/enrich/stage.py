@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sensor.config import Config
+from sensor.enrich.asn import ASN_FILE, AsnData, AsnDataError
+from sensor.enrich.asn import parse as parse_asn
 from sensor.enrich.cloud import CloudRanges
 from sensor.enrich.device import DeviceIdentifier, DeviceIdentity, OuiRegistry
 from sensor.enrich.geo import GeoDB, geo_cache_dir
@@ -72,7 +74,10 @@ class Enricher:
         cache_dir: Path | None = geo_cache_dir(state)
         if not state.is_dir() or (cache_dir is not None and not _writable_dir(cache_dir)):
             cache_dir = None
-        geo = GeoDB.open(cfg.geo, overrides_path=cfg.geo.overrides, cache_dir=cache_dir)
+        asn_data, asn_errors = load_asn_data(state / "data") if not cfg.geo.asn_db else (None, [])
+        geo = GeoDB.open(
+            cfg.geo, overrides_path=cfg.geo.overrides, cache_dir=cache_dir, asn_data=asn_data
+        )
         cloud = CloudRanges.load_dir(state / "data") if (state / "data").is_dir() else None
         vendors = VendorMap.load()
         owners, errors = load_owners(state / "data")
@@ -85,7 +90,7 @@ class Enricher:
             cfg.site.home_country,
             parties=PartyResolver(vendors, owners),
         )
-        enricher.errors = errors
+        enricher.errors = asn_errors + errors
         return enricher
 
     def status(self) -> DataStatus:
@@ -174,6 +179,19 @@ class Enricher:
             vendor=_str(x.get("vendor")),
             kind=_str(x.get("kind")),
         )
+
+
+def load_asn_data(data_dir: Path) -> tuple[AsnData | None, list[str]]:
+    """The IP-to-ASN dataset update-data fetched, if any (unused when a MaxMind ASN database
+    is configured: the owner's choice wins)."""
+    path = data_dir / ASN_FILE
+    if not path.is_file():
+        return None, []
+    try:
+        return parse_asn(path.read_bytes()), []
+    except (OSError, AsnDataError) as exc:
+        log.warning("ip-to-asn: %s: %s", path, exc)
+        return None, [f"ip-to-asn: {path}: {exc}"]
 
 
 def load_owners(data_dir: Path) -> tuple[DomainOwners | None, list[str]]:
