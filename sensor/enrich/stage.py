@@ -1,8 +1,10 @@
 """The enrichment stage: who a flow's device is, whose cloud its server is, and where it sits.
 
 Loads its data once (`Enricher.load`), then answers from memory: geo (country, ASN), cloud
-ranges (provider, region, the region's country and city), vendor clouds (by server name, else
-by the ASN's organisation), device identity (OUI, DHCP, User-Agents, owner config).
+ranges (provider, region, the region's country and city), clouds without range files by their
+AS (provider only: the geo country stands in for a region), the party behind the server name
+(party.py), the deprecated `vendor` (by server name, else by the ASN's organisation), device
+identity (OUI, DHCP, User-Agents, owner config).
 
 Country precedence: a cloud range's region country wins over the geo database's, because the
 providers register their blocks in one country and announce them from data centres in many
@@ -22,7 +24,7 @@ from typing import Any
 from sensor.config import Config
 from sensor.enrich.asn import ASN_FILE, AsnData, AsnDataError
 from sensor.enrich.asn import parse as parse_asn
-from sensor.enrich.cloud import CloudRanges
+from sensor.enrich.cloud import CloudAsns, CloudRanges
 from sensor.enrich.device import DeviceIdentifier, DeviceIdentity, OuiRegistry
 from sensor.enrich.geo import GeoDB, geo_cache_dir
 from sensor.enrich.party import OWNERS_FILE, DomainOwners, OwnersDataError, PartyResolver
@@ -54,11 +56,13 @@ class Enricher:
         home_country: str | None = None,
         *,
         parties: PartyResolver | None = None,
+        cloud_asns: CloudAsns | None = None,
     ) -> None:
         self.geo = geo
         self.cloud = cloud
         self.vendors = vendors
         self.parties = parties if parties is not None else PartyResolver(vendors)
+        self.cloud_asns = cloud_asns if cloud_asns is not None else CloudAsns.load()
         self.devices = devices
         self.home_country = home_country
         self.errors: list[str] = []
@@ -121,6 +125,12 @@ class Enricher:
     def _destination(self, ip: str, server_name: str | None) -> Destination:
         g = self.geo.lookup(ip)
         c = self.cloud.lookup(ip) if self.cloud is not None else None
+        provider = region = city = None
+        if c is not None:
+            provider, region, city = c.provider, c.region, c.city
+        else:
+            # clouds without range files, by AS: no region, the geo country stands in for it
+            provider = self.cloud_asns.provider_for(g.asn, g.asn_org)
         country = (c.country if c is not None and c.country else None) or g.country
         vendor = None
         if server_name:
@@ -140,13 +150,13 @@ class Enricher:
             port=0,
             server_name=server_name,
             vendor=vendor,
-            provider=c.provider if c is not None else None,
-            region=c.region if c is not None else None,
+            provider=provider,
+            region=region,
             country=country,
             asn=g.asn,
             asn_org=g.asn_org,
             abroad=abroad,
-            city=c.city if c is not None else None,
+            city=city,
             party=p.party if p is not None else None,
             party_source=p.source if p is not None else None,
         )
