@@ -100,12 +100,12 @@ class JsonLinesSink:
 
 
 class SummarySink:
-    """Aggregates per device, then country and vendor, then server; prints tables at the end."""
+    """Aggregates per device, then country and party, then server; prints tables at the end."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        # device key -> (country, vendor, server) -> [bytes_up, bytes_down, flows]
-        self.usage: dict[str, dict[tuple[str, str, str], list[int]]] = defaultdict(dict)
+        # device key -> (country, party, server, host) -> [bytes_up, bytes_down, flows]
+        self.usage: dict[str, dict[tuple[str, str, str, str], list[int]]] = defaultdict(dict)
         self.devices: dict[str, Device] = {}
         self.alerts: list[Alert] = []
 
@@ -117,13 +117,13 @@ class SummarySink:
         dev = flow.device_mac or f"ip {flow.src_ip}"
         x = flow.extra
         country = str(x.get("country") or "--")
-        vendor = str(x.get("vendor") or x.get("provider") or x.get("asn_org") or "-")
-        key = (country, vendor, flow.server_name or flow.dst_ip)
+        party = str(x.get("party") or "-")  # no name: no party, the host column speaks
+        key = (country, party, flow.server_name or flow.dst_ip, _host(x))
         rows = self.usage[dev]
         row = rows.get(key)
         if row is None:
             if len(rows) >= MAX_SUMMARY_SERVERS:
-                key = ("--", "-", "(other)")
+                key = ("--", "-", "(other)", "-")
                 row = rows.get(key)
             if row is None:
                 row = rows[key] = [0, 0, 0]
@@ -148,7 +148,7 @@ class SummarySink:
             w(f"  {len(rows)} servers, {human_bytes(up)} up, {human_bytes(down)} down\n")
             # countries by bytes, then vendors by bytes within them
             by_country: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-            for (country, _v, _s), (bu, bd, _n) in rows.items():
+            for (country, _p, _s, _h), (bu, bd, _n) in rows.items():
                 by_country[country][0] += bu
                 by_country[country][1] += bd
             w(_HEADER)
@@ -156,12 +156,12 @@ class SummarySink:
             for country in sorted(by_country, key=lambda c: -sum(by_country[c])):
                 items = [(k, v) for k, v in rows.items() if k[0] == country]
                 items.sort(key=lambda kv: (kv[0][1], -(kv[1][0] + kv[1][1])))
-                for (c, vendor, server), (bu, bd, n) in items:
+                for (c, party, server, host), (bu, bd, n) in items:
                     if shown >= 40:
                         break
                     shown += 1
                     w(
-                        f"  {c:<7} {vendor[:22]:<22} {server[:40]:<40} {n:>5} "
+                        f"  {c:<7} {party[:22]:<22} {server[:40]:<40} {host[:24]:<24} {n:>5} "
                         f"{human_bytes(bu):>9} {human_bytes(bd):>9}\n"
                     )
             if len(rows) > shown:
@@ -180,7 +180,17 @@ class SummarySink:
             w("skipped: " + ", ".join(f"{k}={v}" for k, v in skipped.items()) + "\n")
 
 
-_HEADER = f"  {'country':<7} {'vendor':<22} {'server':<40} {'flows':>5} {'up':>9} {'down':>9}\n"
+_HEADER = (
+    f"  {'country':<7} {'party':<22} {'server':<40} {'host':<24} {'flows':>5} {'up':>9} "
+    f"{'down':>9}\n"
+)
+
+
+def _host(x: dict[str, object]) -> str:
+    """Who hosts the server: cloud provider and region, else the AS organisation."""
+    if x.get("provider"):
+        return " ".join(str(v) for v in (x.get("provider"), x.get("region")) if v)
+    return str(x.get("asn_org") or "-")
 
 
 def _device_title(key: str, dev: Device | None) -> str:
