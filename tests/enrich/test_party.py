@@ -59,6 +59,16 @@ def resolver(vm: VendorMap) -> PartyResolver:
 
 
 def test_names_in_the_vendor_map(resolver: PartyResolver) -> None:
+    # the examples: the owner of the name, not its host
+    for name, party in [
+        ("api-v2.soundcloud.com", "SoundCloud"),
+        ("kerve.last.fm", "Paramount Global"),
+        ("www.gitlab.com", "GitLab"),
+        ("inapps.appsflyersdk.com", "AppsFlyer"),
+        ("sdk.iad-01.braze.com", "Braze"),
+    ]:
+        m = resolver.party_for_name(name)
+        assert m is not None and (m.party, m.source) == (party, "map"), name
     m = resolver.party_for_name("api.account.xiaomi.com")
     assert m == PartyMatch("Xiaomi", "map", "xiaomi.com")
     fcm = resolver.party_for_name("fcm.googleapis.com")
@@ -81,10 +91,12 @@ def test_names_only_in_the_dataset(resolver: PartyResolver) -> None:
 
 
 def test_names_in_neither_give_the_registrable_domain(resolver: PartyResolver) -> None:
-    assert resolver.party_for_name("api-v2.soundcloud.com") == PartyMatch(
-        "soundcloud.com", "domain", "soundcloud.com"
+    assert resolver.party_for_name("api.indie-radio-app.com") == PartyMatch(
+        "indie-radio-app.com", "domain", "indie-radio-app.com"
     )
-    assert resolver.party_for_name("kerve.last.fm") == PartyMatch("last.fm", "domain", "last.fm")
+    assert resolver.party_for_name("x.y.podcasts.co.uk") == PartyMatch(
+        "podcasts.co.uk", "domain", "podcasts.co.uk"
+    )
     # a customer's name on a platform of the PSL's private section is its own party
     m = resolver.party_for_name("my-app.herokuapp.com")
     assert m is not None and m.party == "my-app.herokuapp.com" and m.source == "domain"

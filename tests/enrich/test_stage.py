@@ -160,7 +160,7 @@ def test_services_on_aws_are_the_party_and_aws_the_host(
     """A well-known service hosted on AWS: the service is the party (and the vendor), AWS and
     the region the hosting side; a service the map does not know is its registrable domain,
     where the deprecated `vendor` still names the host."""
-    names = {40300: "api.spotify.com", 40301: "api-v2.soundcloud.com", 40302: None}
+    names = {40300: "api.spotify.com", 40301: "api.indie-radio-app.com", 40302: None}
 
     def scenario(cap: Capture) -> None:
         for port, name in names.items():
@@ -182,7 +182,7 @@ def test_services_on_aws_are_the_party_and_aws_the_host(
         "map",
         "Spotify",
     )
-    assert (soundcloud["party"], soundcloud["party_source"]) == ("soundcloud.com", "domain")
+    assert (soundcloud["party"], soundcloud["party_source"]) == ("indie-radio-app.com", "domain")
     assert soundcloud["vendor"] == "Amazon Web Services"  # the old field: the host
     assert anonymous["server_name"] is None
     assert anonymous["party"] is None and anonymous["party_source"] is None
