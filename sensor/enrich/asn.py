@@ -65,22 +65,20 @@ class AsnData:
         return self.index.nbytes
 
 
-def _text(data: bytes) -> str:
-    if data[:2] == b"\x1f\x8b":
-        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            out = d.decompress(data, MAX_TEXT + 1)
-        except zlib.error as exc:
-            raise AsnDataError(f"bad gzip data: {exc}") from None
-        if len(out) > MAX_TEXT or d.unconsumed_tail:
-            raise AsnDataError(f"larger than {MAX_TEXT} bytes once decompressed")
-        if not d.eof:
-            raise AsnDataError("truncated gzip stream")
-        data = out
+def _plain(data: bytes) -> bytes:
+    """The file's bytes, gunzipped (bounded) if gzipped."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise AsnDataError(f"not UTF-8: {exc}") from None
+        out = d.decompress(data, MAX_TEXT + 1)
+    except zlib.error as exc:
+        raise AsnDataError(f"bad gzip data: {exc}") from None
+    if len(out) > MAX_TEXT or d.unconsumed_tail:
+        raise AsnDataError(f"larger than {MAX_TEXT} bytes once decompressed")
+    if not d.eof:
+        raise AsnDataError("truncated gzip stream")
+    return out
 
 
 def _address(text: str, line: int) -> tuple[int, int]:
@@ -93,39 +91,44 @@ def _address(text: str, line: int) -> tuple[int, int]:
         raise AsnDataError(f"line {line}: not an address: {text[:60]!r}") from None
 
 
-def _rows(text: str) -> Iterator[tuple[int, str, str, str, str]]:
-    """(line number, start, end, asn, organisation) in either layout."""
-    first = text[: text.find("\n")] if "\n" in text else text
-    if "\t" in first:
-        for n, raw in enumerate(io.StringIO(text), 1):
-            if not raw.strip():
-                continue
-            parts = raw.rstrip("\r\n").split("\t")
+def _rows(data: bytes) -> Iterator[tuple[int, str, str, str, str]]:
+    """(line number, start, end, asn, organisation) in either layout, line by line (a 30 MB
+    file as one str, or a list of its lines, would cost several times its size)."""
+    end = data.find(b"\n")
+    first = data[: end if end >= 0 else len(data)]
+    tsv = b"\t" in first
+    for n, raw in enumerate(io.BytesIO(data), 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise AsnDataError(f"line {n}: not UTF-8") from None
+        if not line.strip():
+            continue
+        if tsv:
+            parts = line.split("\t")
             if len(parts) != 5:
                 raise AsnDataError(f"line {n}: expected 5 tab-separated fields")
             yield n, parts[0], parts[1], parts[2], parts[4]
-    else:
-        for n, parts in enumerate(csv.reader(io.StringIO(text)), 1):
-            if not parts:
-                continue
-            if len(parts) != 4:
+        else:
+            row = next(csv.reader([line]), [])
+            if len(row) != 4:
                 raise AsnDataError(f"line {n}: expected start,end,asn,organisation")
-            yield n, parts[0], parts[1], parts[2], parts[3]
+            yield n, row[0], row[1], row[2], row[3]
 
 
 def parse(data: bytes) -> AsnData:
     """Read an iptoasn TSV or DB-IP ASN CSV (see the module doc); AsnDataError if malformed,
     unsorted, overlapping, empty or too big."""
-    text = _text(data)
-    first_line = text[: text.find("\n")] if "\n" in text else text
-    kind = "iptoasn" if "\t" in first_line else "dbip"
+    data = _plain(data)
+    end = data.find(b"\n")
+    kind = "iptoasn" if b"\t" in data[: end if end >= 0 else len(data)] else "dbip"
     table: list[tuple[int, str | None]] = []
-    ids: dict[tuple[int, str | None], int] = {}
+    ids: dict[tuple[int, str], int] = {}
     # straight into the index's arrays: a list of tuples would cost ~150 bytes a range
     s4, e4, v4 = array("I"), array("I"), array("I")
     s6hi, s6lo, e6hi, e6lo, v6 = array("Q"), array("Q"), array("Q"), array("Q"), array("I")
     last = {4: -1, 6: -1}
-    for n, start, end, asn_text, org_text in _rows(text):
+    for n, start, stop, asn_text, org_text in _rows(data):
         if n > MAX_ROWS:
             raise AsnDataError(f"more than {MAX_ROWS} ranges")
         asn_text = asn_text.strip()
@@ -133,20 +136,20 @@ def parse(data: bytes) -> AsnData:
             raise AsnDataError(f"line {n}: not an AS number: {asn_text[:20]!r}")
         asn = int(asn_text)
         fam, first = _address(start.strip(), n)
-        fam_end, final = _address(end.strip(), n)
+        fam_end, final = _address(stop.strip(), n)
         if fam != fam_end or final < first:
-            raise AsnDataError(f"line {n}: bad range {start[:45]} - {end[:45]}")
+            raise AsnDataError(f"line {n}: bad range {start[:45]} - {stop[:45]}")
         if first <= last[fam]:
             raise AsnDataError(f"line {n}: ranges not sorted or overlapping")
         last[fam] = final
         if asn == 0:  # iptoasn: not routed
             continue
-        org = " ".join(org_text.split())[:MAX_ORG] or None
-        if org in ("Not routed", "None"):
-            org = None
-        value = ids.get((asn, org))
+        value = ids.get((asn, org_text))
         if value is None:
-            value = ids[(asn, org)] = len(table)
+            org = " ".join(org_text.split())[:MAX_ORG] or None
+            if org in ("Not routed", "None"):
+                org = None
+            value = ids[(asn, org_text)] = len(table)
             table.append((asn, org))
         if fam == 4:
             if e4 and e4[-1] + 1 == first and v4[-1] == value:
