@@ -402,7 +402,7 @@ def test_map_size(vm: VendorMap) -> None:
     assert len(vm.entries) >= MIN_NAMES
 
 
-MIN_NAMES = 2300
+MIN_NAMES = 3000
 
 
 @pytest.mark.parametrize(
