@@ -17,6 +17,7 @@ index a table of distinct (asn, organisation) pairs, about 16 bytes a range for 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import socket
 import zlib
@@ -65,20 +66,24 @@ class AsnData:
         return self.index.nbytes
 
 
-def _plain(data: bytes) -> bytes:
-    """The file's bytes, gunzipped (bounded) if gzipped."""
+def _lines(data: bytes) -> Iterator[bytes]:
+    """The file's lines, gunzipped on the fly if gzipped (a whole decompressed copy, grown by
+    doubling, would cost several times the file), at most MAX_TEXT bytes in all."""
     if data[:2] != b"\x1f\x8b":
-        return data
-    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        yield from io.BytesIO(data)
+        return
+    total = 0
     try:
-        out = d.decompress(data, MAX_TEXT + 1)
-    except zlib.error as exc:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+            for line in fh:
+                total += len(line)
+                if total > MAX_TEXT:
+                    raise AsnDataError(f"larger than {MAX_TEXT} bytes once decompressed")
+                yield line
+    except EOFError:
+        raise AsnDataError("truncated gzip stream") from None
+    except (OSError, zlib.error) as exc:
         raise AsnDataError(f"bad gzip data: {exc}") from None
-    if len(out) > MAX_TEXT or d.unconsumed_tail:
-        raise AsnDataError(f"larger than {MAX_TEXT} bytes once decompressed")
-    if not d.eof:
-        raise AsnDataError("truncated gzip stream")
-    return out
 
 
 def _address(text: str, line: int) -> tuple[int, int]:
@@ -91,17 +96,18 @@ def _address(text: str, line: int) -> tuple[int, int]:
         raise AsnDataError(f"line {line}: not an address: {text[:60]!r}") from None
 
 
-def _rows(data: bytes) -> Iterator[tuple[int, str, str, str, str]]:
-    """(line number, start, end, asn, organisation) in either layout, line by line (a 30 MB
-    file as one str, or a list of its lines, would cost several times its size)."""
-    end = data.find(b"\n")
-    first = data[: end if end >= 0 else len(data)]
-    tsv = b"\t" in first
-    for n, raw in enumerate(io.BytesIO(data), 1):
+def _rows(data: bytes, kind: list[str]) -> Iterator[tuple[int, str, str, str, str]]:
+    """(line number, start, end, asn, organisation) in either layout, line by line; the
+    layout (told by the first line) goes into `kind`."""
+    tsv = False
+    for n, raw in enumerate(_lines(data), 1):
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             raise AsnDataError(f"line {n}: not UTF-8") from None
+        if n == 1:
+            tsv = "\t" in line
+            kind.append("iptoasn" if tsv else "dbip")
         if not line.strip():
             continue
         if tsv:
@@ -119,16 +125,14 @@ def _rows(data: bytes) -> Iterator[tuple[int, str, str, str, str]]:
 def parse(data: bytes) -> AsnData:
     """Read an iptoasn TSV or DB-IP ASN CSV (see the module doc); AsnDataError if malformed,
     unsorted, overlapping, empty or too big."""
-    data = _plain(data)
-    end = data.find(b"\n")
-    kind = "iptoasn" if b"\t" in data[: end if end >= 0 else len(data)] else "dbip"
+    kind: list[str] = []
     table: list[tuple[int, str | None]] = []
     ids: dict[tuple[int, str], int] = {}
     # straight into the index's arrays: a list of tuples would cost ~150 bytes a range
     s4, e4, v4 = array("I"), array("I"), array("I")
     s6hi, s6lo, e6hi, e6lo, v6 = array("Q"), array("Q"), array("Q"), array("Q"), array("I")
     last = {4: -1, 6: -1}
-    for n, start, stop, asn_text, org_text in _rows(data):
+    for n, start, stop, asn_text, org_text in _rows(data, kind):
         if n > MAX_ROWS:
             raise AsnDataError(f"more than {MAX_ROWS} ranges")
         asn_text = asn_text.strip()
@@ -167,4 +171,4 @@ def parse(data: bytes) -> AsnData:
     if not v4 and not v6:
         raise AsnDataError("no routed ranges")
     index = RangeIndex.from_arrays([s4, e4, v4, s6hi, s6lo, e6hi, e6lo, v6])
-    return AsnData(index, table, kind)
+    return AsnData(index, table, kind[0] if kind else "iptoasn")
