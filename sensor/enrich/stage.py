@@ -67,7 +67,7 @@ class Enricher:
         self.home_country = home_country
         self.errors: list[str] = []
         """Problems with optional data files (each also logged)."""
-        self._dest: OrderedDict[tuple[str, str | None], Destination] = OrderedDict()
+        self._dest: OrderedDict[tuple[str, str | None, int], Destination] = OrderedDict()
 
     @classmethod
     def load(cls, cfg: Config) -> Enricher:
@@ -110,16 +110,18 @@ class Enricher:
     # --- destinations -------------------------------------------------------------------------
 
     def destination(self, ip: str, port: int, server_name: str | None) -> Destination:
-        """Where (ip, server_name) is; cached, since flows repeat destinations."""
-        key = (ip, server_name)
+        """Where (ip, server_name) is; cached, since flows repeat destinations (with the port
+        in the key: a server is nearly always reached on one port, and copying a cached
+        answer for another port cost more than the lookup saved)."""
+        key = (ip, server_name, port)
         hit = self._dest.get(key)
         if hit is None:
             hit = self._destination(ip, server_name)
+            if hit.port != port:
+                hit = dataclasses.replace(hit, port=port)
             self._dest[key] = hit
             if len(self._dest) > MAX_DESTINATIONS:
                 self._dest.popitem(last=False)
-        if hit.port != port:
-            return dataclasses.replace(hit, port=port)
         return hit
 
     def _destination(self, ip: str, server_name: str | None) -> Destination:
