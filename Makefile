@@ -46,6 +46,7 @@ test: sysdeps-test venv lint
 bench: sysdeps-bench venv
 	$(PY) -m bench.analyze_bench
 	$(PY) -m bench.lookup_bench
+	$(PY) -m bench.party_coverage
 	$(PY) -m bench.scanner_bench
 	$(PY) -m bench.household
 	$(PY) -m bench.live_bench

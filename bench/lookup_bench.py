@@ -1,4 +1,4 @@
-"""Benchmark: geo (country/ASN) and cloud (provider/region) lookups.
+"""Benchmark: geo (country/ASN), cloud (provider/region), IP-to-ASN and party lookups.
 
     python -m bench.lookup_bench [--lookups 400000] [--data DIR] [--seed 1]
 
@@ -12,6 +12,17 @@ Google, Azure, Oracle, Cloudflare, Fastly, DigitalOcean, Linode) and the embedde
 - lookups/s on a mix of IPv4 and IPv6 addresses, half random, half drawn from the providers'
   real prefixes: geo without its LRU cache, geo with the cache on a workload that repeats
   addresses as flows do, cloud, and both per address.
+
+- issue 19: the same with every dataset loaded as the daemon holds them (`Enricher`): the
+  embedded geo data, every range file, an IP-to-ASN dataset and a domain-owner dataset, the
+  vendor map and the cloud AS table. The real iptoasn and Exodus files cannot be downloaded
+  here, so the bench writes files of their real format and size (650,000 ranges of ~75,000
+  ASes; 12,000 owner names). One lookup is one flow's geo + cloud + ASN + party:
+  the daemon's path (`Enricher.destination`, which remembers 65,536 destinations) on flows
+  that repeat servers as traffic does (1 distinct in 8), in the steady state of a running
+  daemon (every server met once before the clock starts); the same without the destination
+  cache (`Enricher._destination`: geo, name and AS caches still on); and cold (no geo cache,
+  every name new).
 
 Goal: >= 200,000 lookups/s and < 150 MB with all providers loaded.
 """
@@ -31,8 +42,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sensor.enrich.cloud import CLOUD_SOURCES, CloudRanges
+from sensor.enrich import asn as asn_data
+from sensor.enrich.cloud import CLOUD_SOURCES, CloudAsns, CloudRanges
+from sensor.enrich.device import DeviceIdentifier, OuiRegistry
 from sensor.enrich.geo import EmbeddedGeo, GeoDB, key_text
+from sensor.enrich.party import DomainOwners, PartyResolver
+from sensor.enrich.stage import Enricher
+from sensor.enrich.vendors import VendorMap
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cloud-ranges"
@@ -78,6 +94,73 @@ def find_files(data: Path) -> dict[str, Path]:
     return found
 
 
+ASN_RANGES = (450_000, 200_000)
+"""IPv4 and IPv6 ranges of the synthetic IP-to-ASN file (iptoasn's combined file, 2025)."""
+ASN_COUNT = 75_000
+OWNER_NAMES = 12_000
+
+
+def write_ip2asn(path: Path, rng: random.Random) -> None:
+    """An iptoasn ip2asn-combined.tsv.gz of the real size: sorted, disjoint, gzipped."""
+    import gzip
+
+    orgs = [f"AS{n}-NET Example Networks {n % 977} Co., Ltd." for n in range(1, ASN_COUNT + 1)]
+    lines = []
+    n4, n6 = ASN_RANGES
+    step4 = (0xDF000000 - 0x01000000) // n4
+    start = 0x01000000
+    for _ in range(n4):
+        size = rng.randint(256, step4)
+        asn = rng.randint(1, ASN_COUNT)
+        a, b = key_text((4, start, 0)), key_text((4, start + size - 1, 0))
+        lines.append(f"{a}\t{b}\t{asn}\tUS\t{orgs[asn - 1]}\n")
+        start += step4
+    base = 0x2001 << 112
+    step6 = (1 << 112) // n6
+    for i in range(n6):
+        first = base + i * step6
+        last = first + (1 << 80) - 1
+        asn = rng.randint(1, ASN_COUNT)
+        a = key_text((6, first >> 64, first & ((1 << 64) - 1)))
+        b = key_text((6, last >> 64, last & ((1 << 64) - 1)))
+        lines.append(f"{a}\t{b}\t{asn}\tDE\t{orgs[asn - 1]}\n")
+    path.write_bytes(gzip.compress("".join(lines).encode(), 6))
+
+
+def owner_hosts(rng: random.Random) -> list[tuple[str, str]]:
+    return [
+        (f"sdk{i}-{rng.randrange(1 << 30):x}.example", f"Tracker {i // 3}")
+        for i in range(OWNER_NAMES)
+    ]
+
+
+def write_owners(path: Path, rng: random.Random) -> None:
+    """A Disconnect-style entity list of OWNER_NAMES names."""
+    entities: dict[str, dict[str, list[str]]] = {}
+    for host, org in owner_hosts(rng):
+        entities.setdefault(org, {"properties": [], "resources": []})["resources"].append(host)
+    path.write_text(json.dumps({"license": "synthetic", "entities": entities}))
+
+
+def load_all(data: Path, cache_dir: Path, extra: Path) -> Enricher:
+    """Every dataset, as `Enricher.load` holds them."""
+    vendors = VendorMap.load()
+    geo = GeoDB(
+        embedded=EmbeddedGeo.load(cache_dir=cache_dir),
+        asn_data=asn_data.parse((extra / "ip2asn-combined.tsv.gz").read_bytes()),
+    )
+    owners = DomainOwners.parse((extra / "owners.json").read_bytes())
+    return Enricher(
+        geo,
+        CloudRanges.load_files(find_files(data)),
+        vendors,
+        DeviceIdentifier(OuiRegistry()),
+        "ID",
+        parties=PartyResolver(vendors, owners),
+        cloud_asns=CloudAsns.load(),
+    )
+
+
 # --- children: one load each, in a clean process ------------------------------------------------
 
 
@@ -92,6 +175,14 @@ def _child(mode: str, data: Path, cache_dir: Path, traced: bool) -> dict[str, An
         obj: Any = EmbeddedGeo.load()
     elif mode == "geo-warm":
         obj = EmbeddedGeo.load(cache_dir=cache_dir)
+    elif mode == "asn":
+        obj = asn_data.parse((cache_dir / "ip2asn-combined.tsv.gz").read_bytes())
+    elif mode == "party":
+        vendors = VendorMap.load()
+        owners = DomainOwners.parse((cache_dir / "owners.json").read_bytes())
+        obj = PartyResolver(vendors, owners)
+    elif mode == "all":
+        obj = load_all(data, cache_dir, cache_dir)
     else:
         obj = CloudRanges.load_files(find_files(data))
     elapsed = time.perf_counter() - t0
@@ -104,7 +195,14 @@ def _child(mode: str, data: Path, cache_dir: Path, traced: bool) -> dict[str, An
     else:
         rss1, hwm = _rss()
         result.update(rss_delta=rss1 - rss0, peak_rss=hwm, base_rss=rss0)
-    result["ranges"] = len(obj.country_index) + len(obj.asn_index) if "geo" in mode else len(obj)
+    if "geo" in mode:
+        result["ranges"] = len(obj.country_index) + len(obj.asn_index)
+    elif mode == "party":
+        result["ranges"] = len(obj.vendors.entries) + len(obj.owners or ())
+    elif mode == "all":
+        result["ranges"] = 0
+    else:
+        result["ranges"] = len(obj)
     return result
 
 
@@ -161,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--skip-load", action="store_true", help="skip the load/memory table")
     args = ap.parse_args(argv)
 
     if args.child:
@@ -175,15 +274,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="phonehome-bench-") as tmp:
         cache_dir = Path(tmp)
         _run_child("geo-warm", args.data, cache_dir, traced=False)  # writes the cache
+        synth_rng = random.Random(args.seed)
+        write_ip2asn(cache_dir / "ip2asn-combined.tsv.gz", synth_rng)
+        write_owners(cache_dir / "owners.json", synth_rng)
         print(
             "\nload (each in a fresh process)       time    RSS +   peak RSS   heap kept  heap peak"
         )
         total_kept = 0
-        for mode in ("geo-cold", "geo-warm", "cloud"):
+        modes = () if args.skip_load else ("geo-cold", "geo-warm", "cloud", "asn", "party", "all")
+        all_kept = 0
+        for mode in modes:
             plain = _run_child(mode, args.data, cache_dir, traced=False)
             traced = _run_child(mode, args.data, cache_dir, traced=True)
-            if mode != "geo-cold":
+            if mode in ("geo-warm", "cloud"):
                 total_kept += plain["rss_delta"]
+            if mode == "all":
+                all_kept = plain["rss_delta"]
             print(
                 f"  {mode:<10} {plain['ranges']:>9} ranges  {plain['load_s']:6.2f} s"
                 f" {plain['rss_delta'] / mb:7.1f} MB {plain['peak_rss'] / mb:7.1f} MB"
@@ -193,6 +299,14 @@ def main(argv: list[str] | None = None) -> int:
             f"  geo (warm) + cloud: {total_kept / mb:.1f} MB RSS growth"
             f" (goal < {GOAL_MB} MB: {'met' if total_kept < GOAL_MB * mb else 'NOT met'})"
         )
+        print(
+            f"  every dataset (Enricher: geo, cloud, asn, party, cloud ASes):"
+            f" {all_kept / mb:.1f} MB RSS growth"
+            f" (goal < {GOAL_MB} MB: {'met' if all_kept < GOAL_MB * mb else 'NOT met'})"
+        )
+        enricher = load_all(args.data, cache_dir, cache_dir)
+        cold = load_all(args.data, cache_dir, cache_dir)
+        cold.geo = GeoDB(embedded=cold.geo.embedded, asn_data=cold.geo.asn_data, cache_size=0)
 
         rss0, _ = _rss()
         geo_nocache = GeoDB(embedded=EmbeddedGeo.load(cache_dir=cache_dir), cache_size=0)
@@ -225,7 +339,70 @@ def main(argv: list[str] | None = None) -> int:
     for label, value in results:
         mark = "" if value >= GOAL_RATE else f"  (below the {GOAL_RATE:,}/s goal)"
         print(f"  {label:<26} {value:>12,.0f} /s{mark}")
+
+    # issue 19: one flow = geo + cloud + ASN + party, every dataset loaded
+    flows = flow_workload(ips, enricher, rng)
+    distinct_flows = flows[: max(1, len(flows) // 8)]
+    repeated_flows = [rng.choice(distinct_flows) for _ in range(len(flows))]
+    fresh = [(ip, f"{n}.{i}.fresh-{i}.example" if n else None) for i, (ip, n) in enumerate(flows)]
+
+    def flow_rate(e: Enricher, work: Sequence[tuple[str, str | None]]) -> float:
+        lookup = e._destination
+        if work is repeated_flows:
+            for ip, name in distinct_flows:  # warm, as above
+                lookup(ip, name)
+        t0 = time.perf_counter()
+        for ip, name in work:
+            lookup(ip, name)
+        return len(work) / (time.perf_counter() - t0)
+
+    def daemon_rate(e: Enricher, work: Sequence[tuple[str, str | None]]) -> float:
+        lookup = e.destination
+        for ip, name in distinct_flows:  # a running daemon has met its servers before
+            lookup(ip, 443, name)
+        t0 = time.perf_counter()
+        for ip, name in work:
+            lookup(ip, 443, name)
+        return len(work) / (time.perf_counter() - t0)
+
+    flow_results = [
+        ("daemon path, flows repeat", daemon_rate(enricher, repeated_flows)),
+        ("no destination cache, repeats", flow_rate(enricher, repeated_flows)),
+        ("cold: no geo cache, new names", flow_rate(cold, fresh)),
+    ]
+    dests = [enricher._destination(ip, n) for ip, n in flows[:20_000]]
+    with_asn = sum(d.asn is not None for d in dests)
+    with_party = sum(d.party is not None for d in dests)
+    print(
+        f"\nper flow: geo + cloud + ASN + party, every dataset loaded ({len(flows)} flows;"
+        f" of 20,000: {with_asn} with an AS number, {with_party} with a party)"
+    )
+    for label, value in flow_results:
+        mark = "" if value >= GOAL_RATE else f"  (below the {GOAL_RATE:,}/s goal)"
+        print(f"  {label:<30} {value:>12,.0f} /s{mark}")
     return 0
+
+
+def flow_workload(
+    ips: Sequence[str], enricher: Enricher, rng: random.Random
+) -> list[tuple[str, str | None]]:
+    """(address, server name) pairs: a fifth without a name, the rest names below the vendor
+    map's domains, the owner dataset's hosts, or unknown domains (4:4:4)."""
+    mapped = sorted(enricher.vendors.entries)
+    owned = sorted(enricher.parties.owners.owners) if enricher.parties.owners else mapped
+    out: list[tuple[str, str | None]] = []
+    for i, ip in enumerate(ips):
+        r = i % 15
+        if r < 3:
+            name = None
+        elif r < 7:
+            name = f"api{i % 7}.{rng.choice(mapped)}"
+        elif r < 11:
+            name = f"e{i % 5}.{rng.choice(owned)}"
+        else:
+            name = f"cdn{i % 3}.site{rng.randrange(50_000)}.com"
+        out.append((ip, name))
+    return out
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ than a slice; flows that end while a scrape runs are settled by `flow_ended` alo
 Cardinality is bounded
 ----------------------
 Per family: at most `max_devices` devices (the rest are ``device="other"``), per device the top
-`top_vendors` vendors and `top_countries` countries by bytes (resp. by exposures; the rest are
+`top_vendors` parties and `top_countries` countries by bytes (resp. by exposures; the rest are
 ``"other"``), and at most `max_series_per_device` label sets per device (beyond it, all labels
 ``"other"``). Membership is sticky: a value outside the top set collects weight as a candidate
 and takes the place of the lightest member once it outweighs it. The member's series are then
@@ -30,6 +30,11 @@ no longer exported (stale to Prometheus, never a counter reset); what they count
 last scrape moves to the matching "other" series, so every byte appears in exactly one
 series' increase; bytes already counted under "other" stay there. Unknown values are
 ``"unknown"``.
+
+Destination families label the `party` (the organisation behind the server name,
+sensor.enrich.party; "unknown" for servers reached without a name, whose hosting side the
+`provider` label and the alerts still tell); `vendor` is only the device maker, on
+``phonehome_device_info``.
 
 Identifiers never appear: device labels are the owner's name, else the DHCP host name, else the
 MAC, with anything shaped like an identifier (long digit runs, e-mail addresses, long hex runs,
@@ -168,7 +173,9 @@ class MetricsConfig:
     max_devices: int = 64
     """Devices with series of their own per family; the rest are device="other"."""
     top_vendors: int = 10
-    """Vendors with series of their own per device (by bytes, resp. exposures)."""
+    """Parties (the `party` label: the company behind the server name) with series of their
+    own per device, by bytes (resp. exposures); the rest, the long tail of bare registrable
+    domains among them, are "other". (The key keeps its old name.)"""
     top_countries: int = 10
     """Destination countries with series of their own per device."""
     max_series_per_device: int = 50
@@ -531,14 +538,14 @@ class Exporter:
             cfg.max_devices,
             cfg.max_series_per_device,
         )
-        """(vendor, provider, cloud_region, dst_country) -> [bytes up, bytes down, flows]."""
+        """(party, provider, cloud_region, dst_country) -> [bytes up, bytes down, flows]."""
         self._exposures = Table(
             1,
             (None, None, cfg.top_countries, cfg.top_vendors),
             cfg.max_devices,
             cfg.max_series_per_device,
         )
-        """(identifier, encoding, dst_country, vendor) -> [exposures]."""
+        """(identifier, encoding, dst_country, party) -> [exposures]."""
         self._alerts = Table(1, (None, None), cfg.max_devices, cfg.max_series_per_device)
         """(rule, severity) -> [alerts delivered]."""
         self._live: dict[str, list[Any]] = {}
@@ -614,7 +621,7 @@ class Exporter:
                 _vocab(obs.identifier, _KINDS),
                 _vocab(obs.encoding, _ENCODINGS),
                 safe_label(obs.dst.country) or UNKNOWN,
-                safe_label(obs.dst.vendor) or UNKNOWN,
+                safe_label(obs.dst.party) or UNKNOWN,
             )
             with self._lock:
                 dev = self._device_key(obs.device.mac, obs.device.name)
@@ -851,7 +858,7 @@ class Exporter:
         with self._lock:
             rows = self._traffic.snapshot()
         names = self._device_labels({d for d, _, _ in rows})
-        labels = ["device", "vendor", "provider", "cloud_region", "dst_country"]
+        labels = ["device", "party", "provider", "cloud_region", "dst_country"]
         up = CounterMetricFamily(
             "phonehome_upload_bytes",
             "Bytes LAN devices sent (IP length), by destination",
@@ -873,8 +880,8 @@ class Exporter:
         yield down
         fam = CounterMetricFamily(
             "phonehome_flows",
-            "Flows seen (counted when first seen), by device, vendor and country",
-            labels=["device", "vendor", "dst_country"],
+            "Flows seen (counted when first seen), by device, party and country",
+            labels=["device", "party", "dst_country"],
         )
         for fkey, n in flows.items():
             fam.add_metric(list(fkey), n)
@@ -892,7 +899,7 @@ class Exporter:
         fam = CounterMetricFamily(
             "phonehome_identifier_exposures",
             "Identifiers seen leaving in cleartext (every sighting, suppressed repeats too)",
-            labels=["device", "identifier", "encoding", "dst_country", "vendor"],
+            labels=["device", "identifier", "encoding", "dst_country", "party"],
         )
         for dev, key, (n,) in rows:
             fam.add_metric([names[dev], *key], n)
@@ -1354,7 +1361,7 @@ class Exporter:
             try:
                 d = enricher.destination(ip, 0, name)
                 hit = (
-                    safe_label(d.vendor) or UNKNOWN,
+                    safe_label(d.party) or UNKNOWN,
                     safe_label(d.provider) or UNKNOWN,
                     safe_label(d.region) or UNKNOWN,
                     safe_label(d.country) or UNKNOWN,
@@ -1371,7 +1378,7 @@ class Exporter:
         x = flow.extra
         if "country" in x:  # enriched by the stages
             return (
-                safe_label(x.get("vendor")) or UNKNOWN,
+                safe_label(x.get("party")) or UNKNOWN,
                 safe_label(x.get("provider")) or UNKNOWN,
                 safe_label(x.get("region")) or UNKNOWN,
                 safe_label(x.get("country")) or UNKNOWN,
@@ -1384,7 +1391,7 @@ class Exporter:
         except Exception:
             return (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN)
         return (
-            safe_label(d.vendor) or UNKNOWN,
+            safe_label(d.party) or UNKNOWN,
             safe_label(d.provider) or UNKNOWN,
             safe_label(d.region) or UNKNOWN,
             safe_label(d.country) or UNKNOWN,

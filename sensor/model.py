@@ -148,6 +148,8 @@ class Destination:
     port: int
     server_name: str | None = None
     vendor: str | None = None
+    """Deprecated, the old name of `party`: the company from the server name, else the one
+    the AS organisation names (which for clouds and CDNs is the host, not the party)."""
     provider: str | None = None
     region: str | None = None
     country: str | None = None
@@ -156,6 +158,10 @@ class Destination:
     abroad: bool | None = None
     """True/False against site.home_country; None when either country is unknown."""
     city: str | None = None
+    party: str | None = None
+    """The organisation behind the server name (sensor.enrich.party); None without a name."""
+    party_source: str | None = None
+    """"map" (vendor map), "dataset" (fetched domain owners) or "domain" (the name itself)."""
 
 
 @dataclass(frozen=True, slots=True)

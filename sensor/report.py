@@ -457,11 +457,8 @@ class SummarySink:
         scope = self.scope(flow.dst_ip)
         name = flow.server_name or flow.dst_ip
         if scope is None:
-            where = " ".join(
-                str(v) for v in (x.get("provider"), x.get("region"), x.get("city")) if v
-            )
-            party = str(x.get("vendor") or x.get("asn_org") or "")
-            key: _Key = (str(x.get("country") or "--"), where, party, name)
+            party = str(x.get("party") or "-")  # no name: no party, the host column speaks
+            key: _Key = (str(x.get("country") or "--"), _host(x), party, name)
             table = self.usage[dev]
         else:
             key = (scope, "", str(x.get("app") or ""), name)
@@ -563,9 +560,18 @@ def _local_line(key: _Key, row: list[int]) -> str:
 
 
 _HEADER = (
-    f"  {'country':<7} {'provider region city':<30} {'party':<18} {'server':<34} "
+    f"  {'country':<7} {'host: provider region city':<30} {'party':<18} {'server':<34} "
     f"{'flows':>5} {'up':>9} {'down':>9}\n"
 )
+
+
+def _host(x: dict[str, object]) -> str:
+    """Who hosts the server and where: cloud provider, region and city, else the AS
+    organisation and city (the party column says whose name it is)."""
+    first = (x.get("provider"), x.get("region")) if x.get("provider") else (x.get("asn_org"),)
+    return " ".join(str(v) for v in (*first, x.get("city")) if v)
+
+
 _LOCAL_HEADER = f"  {'local':<9} {'app':<8} {'address':<74} {'flows':>5} {'up':>9} {'down':>9}\n"
 
 

@@ -220,6 +220,7 @@ def alert_fields(alert: Alert) -> dict[str, Any]:
         "dst_ip": dst.ip,
         "dst_port": dst.port,
         "server_name": dst.server_name,
+        "party": dst.party,
         "vendor": dst.vendor,
         "provider": dst.provider,
         "country": dst.country,

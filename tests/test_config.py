@@ -514,7 +514,7 @@ def test_more_bad_prefixes(tmp_path: Path, net: str) -> None:
          "unknown key"),
         ("[metrics]\ntls = { cert = 'x' }\n", "metrics.tls", "unknown key"),
         ("[update.urls]\nnonesuch = 'https://example.com/x'\n", "update.urls.nonesuch",
-         "unknown source (known: aws, azure,"),
+         "unknown source (known: asn, aws, azure,"),
         ("[update.urls]\naws = 'file:///etc/passwd'\n", "update.urls.aws", "must be an http"),
         ('[flows]\n"max\\nflows" = 1\n', 'flows."max\\nflows"', "unknown key"),
         ('"\\u001b[31mred" = 1\n', '"\\u001b[31mred"', "unknown section"),

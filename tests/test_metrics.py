@@ -228,6 +228,7 @@ class FakeEnricher:
             port=port,
             server_name=name,
             vendor=vendor,
+            party=vendor,
             provider=f"cloud{h % 3}",
             region=f"region-{h // 7 % nr}",
             country=country,
@@ -256,7 +257,7 @@ class FakeSensor:
     def _on_end(self, entry: FlowEntry, reason: str) -> None:
         flow = entry.sync()
         d = self.enricher.destination(flow.dst_ip, flow.dst_port, flow.server_name)
-        flow.extra.update(vendor=d.vendor, provider=d.provider, region=d.region, country=d.country)
+        flow.extra.update(party=d.party, provider=d.provider, region=d.region, country=d.country)
         self.exporter.flow_ended(flow)
 
     def open(self, mac: str | None, dst_ip: str, name: str | None = None) -> FlowEntry:
@@ -388,7 +389,7 @@ def test_sample_home_families(wired: Wired, tmp_path: Path) -> None:
     assert total(live, "phonehome_download_bytes_total") == sum(e.down.nbytes for e in entries)
     assert total(live, "phonehome_flows_total") == len(entries) == 9
     phone = {"device": "Redmi phone"}
-    assert values(live, "phonehome_upload_bytes_total", vendor="Xiaomi", dst_country="CN",
+    assert values(live, "phonehome_upload_bytes_total", party="Xiaomi", dst_country="CN",
                   **phone) == [614.0]  # fmt: skip
     assert total(live, "phonehome_upload_bytes_total", dst_country="SG", **phone) == 206317.0
     # ... and nothing changes when they end (idle sweep, end of capture).
@@ -411,7 +412,7 @@ def test_sample_home_families(wired: Wired, tmp_path: Path) -> None:
         identifier="imei",
         encoding="plain",
         dst_country="CN",
-        vendor="Xiaomi",
+        party="Xiaomi",
         **phone,
     ) == [1.0]
     assert values(
@@ -591,7 +592,7 @@ def test_a_flood_of_devices_and_destinations_stays_bounded() -> None:
         dst = Destination(
             ip="192.0.2.1",
             port=80,
-            vendor=f"Vendor{rng.randrange(1000)}",
+            party=f"Vendor{rng.randrange(1000)}",
             country=f"{rng.randrange(26 * 26):03d}",
         )
         s.exporter.observation(
@@ -643,8 +644,8 @@ def test_a_flood_of_devices_and_destinations_stays_bounded() -> None:
     assert set(heavy) <= label_values(final, "phonehome_upload_bytes_total", "device")
     assert OTHER in label_values(final, "phonehome_upload_bytes_total", "device")
     for (name, labels), _ in final.items():
-        if name.startswith("phonehome_") and "vendor" in dict(labels):
-            assert not dict(labels)["vendor"].startswith("bogus")
+        if name.startswith("phonehome_") and "party" in dict(labels):
+            assert not dict(labels)["party"].startswith("bogus")
     ident = label_values(final, "phonehome_identifier_exposures_total", "identifier")
     assert ident <= {"imei", "phone", "email", OTHER}
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
@@ -672,7 +673,7 @@ def test_per_device_limits() -> None:
     got = s.scrape()
     rows = [dict(ls) for (n, ls) in got if n == "phonehome_upload_bytes_total"]
     assert len(rows) <= 6
-    assert len({r["vendor"] for r in rows} - {OTHER}) <= 2
+    assert len({r["party"] for r in rows} - {OTHER}) <= 2
     assert len({r["dst_country"] for r in rows} - {OTHER}) <= 2
     assert increase({}, got, "phonehome_upload_bytes_total") == s.sent_up
     # Later traffic: still every byte in an increase, series never lower.

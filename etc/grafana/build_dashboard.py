@@ -437,16 +437,17 @@ def panels() -> list[Json]:
             },
         ),
         bargauge(
-            "Upload by vendor",
+            "Upload by party",
             targets(
-                (f"topk(15, sum by (vendor) (increase({up}[$__range])))", "{{vendor}}"),
+                (f"topk(15, sum by (party) (increase({up}[$__range])))", "{{party}}"),
                 instant=True,
             ),
             "decbytes",
             w=6,
             h=12,
-            description="Whose servers the bytes went to (vendors.toml; unknown = no known "
-            "vendor; other = beyond a device's top vendors).",
+            description="The company behind the server names the bytes went to (vendor map, "
+            "domain-owner dataset, else the registrable domain; unknown = no server name; "
+            "other = beyond a device's top parties). Who hosts them: the next panel.",
         ),
         bargauge(
             "Upload by cloud provider and region",
@@ -461,11 +462,12 @@ def panels() -> list[Json]:
             "decbytes",
             w=6,
             h=12,
-            description="Bytes to addresses in the cloud providers' published ranges.",
+            description="Bytes to addresses in the cloud providers' published ranges, or "
+            "announced from a cloud's AS (Alibaba, Tencent, ...: no region there).",
         ),
         timeseries(
-            "Upload by vendor",
-            targets((f"sum by (vendor) (rate({up}[$__rate_interval]))", "{{vendor}}")),
+            "Upload by party",
+            targets((f"sum by (party) (rate({up}[$__rate_interval]))", "{{party}}")),
             "Bps",
             w=12,
             stack=True,
@@ -489,7 +491,7 @@ def panels() -> list[Json]:
             "Identifier exposures",
             targets(
                 (
-                    "sum by (device, identifier, encoding, dst_country, vendor) "
+                    "sum by (device, identifier, encoding, dst_country, party) "
                     f"(increase({exposures}[$__range])) > 0",
                     "",
                 ),

@@ -17,9 +17,11 @@ Regions map to a country and city through `sensor/data/cloud_regions.toml`; RFC 
 from __future__ import annotations
 
 import csv
+import functools
 import ipaddress
 import json
 import logging
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -689,3 +691,92 @@ def _geofeed_owner(rows: Sequence[str]) -> str | None:
     if hits[best] == 0 or hits[best] * 2 <= sum(hits.values()):
         return None
     return best
+
+
+# --- clouds without range files -----------------------------------------------------------------
+
+ASN_TABLE: Final = "data/cloud_asns.toml"
+
+
+class CloudAsns:
+    """AS number or AS organisation -> provider, for clouds that publish no range file
+    (sensor/data/cloud_asns.toml). Only for addresses no range file covers."""
+
+    def __init__(
+        self,
+        by_asn: Mapping[int, str],
+        patterns: Sequence[tuple[str, str]] = (),
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """`by_asn`: AS number -> provider; `patterns`: (regex, provider), tried in order."""
+        self.by_asn = dict(by_asn)
+        self.labels = dict(labels or {})
+        self._patterns = [(re.compile(p, re.IGNORECASE), prov) for p, prov in patterns]
+        self._org = functools.lru_cache(maxsize=4096)(self._lookup_org)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> CloudAsns:
+        """Read and check the table (default: the copy in the package); CloudDataError names
+        the entry and what is wrong."""
+        source = str(path) if path is not None else f"sensor/{ASN_TABLE}"
+        try:
+            if path is None:
+                raw = resources.files("sensor").joinpath(ASN_TABLE).read_bytes()
+            else:
+                raw = Path(path).read_bytes()
+            doc = tomllib.loads(raw.decode("utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise CloudDataError(f"{source}: {exc}") from None
+        if doc.get("format") != 1 or set(doc) - {"format", "provider"}:
+            raise CloudDataError(f"{source}: expected format = 1 and [[provider]] tables only")
+        by_asn: dict[int, str] = {}
+        patterns: list[tuple[str, str]] = []
+        labels: dict[str, str] = {}
+        for i, entry in enumerate(doc.get("provider", [])):
+            where = f"{source}: provider[{i}]"
+            if not isinstance(entry, dict) or set(entry) - {
+                "name",
+                "label",
+                "asns",
+                "orgs",
+                "source",
+            }:
+                raise CloudDataError(f"{where}: expected name, label, asns, orgs, source")
+            name, label, src = entry.get("name"), entry.get("label"), entry.get("source")
+            if not all(isinstance(v, str) and v for v in (name, label, src)):
+                raise CloudDataError(f"{where}: name, label and source must be non-empty strings")
+            assert isinstance(name, str) and isinstance(label, str)
+            labels[name] = label
+            asns = entry.get("asns", [])
+            if not isinstance(asns, list) or not all(
+                isinstance(a, int) and not isinstance(a, bool) and 0 < a < 1 << 32 for a in asns
+            ):
+                raise CloudDataError(f"{where}.asns: expected a list of AS numbers")
+            for a in asns:
+                if a in by_asn:
+                    raise CloudDataError(f"{where}.asns: AS{a} is listed twice")
+                by_asn[a] = name
+            orgs = entry.get("orgs", [])
+            if not isinstance(orgs, list) or not all(isinstance(o, str) for o in orgs):
+                raise CloudDataError(f"{where}.orgs: expected a list of strings")
+            for o in orgs:
+                try:
+                    re.compile(o)
+                except re.error as exc:
+                    raise CloudDataError(f"{where}.orgs: bad pattern {o!r}: {exc}") from None
+                patterns.append((o, name))
+        return cls(by_asn, patterns, labels)
+
+    def provider_for(self, asn: int | None, asn_org: str | None) -> str | None:
+        """The provider by AS number, else by organisation name; None if neither matches."""
+        if asn is not None:
+            return self.by_asn.get(asn)  # a known number that is not a cloud: no name guess
+        if asn_org:
+            return self._org(asn_org)
+        return None
+
+    def _lookup_org(self, asn_org: str) -> str | None:
+        for pattern, provider in self._patterns:
+            if pattern.search(asn_org):
+                return provider
+        return None

@@ -1,4 +1,13 @@
-"""`phonehome update-data`: fetch the cloud providers' range files into `<state_dir>/data/`.
+"""`phonehome update-data`: fetch the cloud providers' range files, a free IP-to-ASN dataset
+and a domain-owner dataset into `<state_dir>/data/`.
+
+Besides the range files (`cloud.CLOUD_SOURCES`) there are two more sources (`EXTRA_SOURCES`):
+`asn`, iptoasn.com's ip2asn-combined.tsv.gz (public domain; or DB-IP's ASN Lite CSV through
+`[update.urls] asn`, CC BY 4.0 with attribution) for AS numbers without a MaxMind database
+(asn.py), and `owners`, Exodus Privacy's tracker list (ODbL 1.0) naming the company behind
+the hosts of mobile tracking SDKs (party.py). A Disconnect or DuckDuckGo entity list may be
+set as the `owners` URL instead; they are licensed for non-commercial use only, so that is the
+owner's choice, never the default. Both follow the same rules as the range files.
 
 Each source (`cloud.CLOUD_SOURCES`) is downloaded with urllib from its default URL or the one
 `[update.urls]` sets, or imported from a local folder (`--from DIR`, for routers without
@@ -36,7 +45,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -44,14 +53,10 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urljoin, urlsplit
 
 from sensor.config import one_line
-from sensor.enrich.cloud import (
-    CLOUD_SOURCES,
-    SOURCES_BY_NAME,
-    CloudDataError,
-    CloudSource,
-    identify,
-)
+from sensor.enrich import asn as asn_data
+from sensor.enrich.cloud import CLOUD_SOURCES, CloudSource, identify
 from sensor.enrich.geo import EmbeddedGeo, GeoDataError, geo_cache_dir
+from sensor.enrich.party import MAX_OWNERS, OWNERS_FILE, DomainOwners
 from sensor.files import write_atomically
 
 if TYPE_CHECKING:
@@ -81,6 +86,8 @@ DEFAULT_URLS: Final[Mapping[str, str]] = {
     "linode": "https://geoip.linode.com/",
     "vultr": "https://geofeed.constant.com/?json",
     "huawei": "https://res-static.hc-cdn.cn/cloudbu-site/china/zh-cn/IP-location/google-geo-feed.csv",
+    "asn": "https://iptoasn.com/data/ip2asn-combined.tsv.gz",
+    "owners": "https://etip.exodus-privacy.eu.org/trackers/export",
 }
 """Where each source is published (overridable per source in `[update.urls]`)."""
 
@@ -94,6 +101,55 @@ _IPV6_LITERAL: Final = re.compile(rb":[0-9A-Fa-f]{0,4}:")
 Status = Literal["updated", "unchanged", "failed", "skipped"]
 ProgressFn = Callable[[str, int, int | None], None]
 """progress(source name, bytes so far, total bytes if known)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataSource:
+    """A data file that is not a cloud range file; the same fields `CloudSource` has that
+    update-data uses, plus its own record limit and unit."""
+
+    name: str
+    filename: str
+    parse: Callable[[bytes], Sized]
+    import_names: tuple[str, ...]
+    max_records: int
+    unit: str
+
+
+EXTRA_SOURCES: Final[tuple[DataSource, ...]] = (
+    DataSource(
+        "asn",
+        asn_data.ASN_FILE,
+        asn_data.parse,
+        (
+            "ip2asn-combined.tsv.gz",
+            "ip2asn-combined.tsv",
+            "dbip-asn-lite-*.csv.gz",
+            "dbip-asn-lite-*.csv",
+        ),
+        asn_data.MAX_ROWS,
+        "ranges",
+    ),
+    DataSource(
+        "owners",
+        OWNERS_FILE,
+        DomainOwners.parse,
+        (OWNERS_FILE, "trackers.json", "entity_map.json", "disconnect-entitylist.json"),
+        MAX_OWNERS,
+        "names",
+    ),
+)
+Source = CloudSource | DataSource
+ALL_SOURCES: Final[tuple[Source, ...]] = (*CLOUD_SOURCES, *EXTRA_SOURCES)
+SOURCES_BY_NAME: Final[Mapping[str, Source]] = {s.name: s for s in ALL_SOURCES}
+
+
+def _limit(src: Source) -> int:
+    return src.max_records if isinstance(src, DataSource) else MAX_PREFIXES
+
+
+def _unit(src: Source) -> str:
+    return src.unit if isinstance(src, DataSource) else "prefixes"
 
 
 class UpdateError(Exception):
@@ -335,7 +391,7 @@ def find_service_tags_link(page: bytes, page_url: str) -> str | None:
 
 
 def _fetch_source(
-    src: CloudSource, url: str, *, timeout: float, max_bytes: int, progress: ProgressFn | None
+    src: Source, url: str, *, timeout: float, max_bytes: int, progress: ProgressFn | None
 ) -> tuple[bytes, str]:
     data = download(url, name=src.name, timeout=timeout, max_bytes=max_bytes, progress=progress)
     if src.name == "azure" and data.lstrip()[:1] != b"{":
@@ -374,10 +430,10 @@ def recognise_dir(from_dir: Path, max_bytes: int) -> dict[str, list[Path]]:
 
 
 def _import_source(
-    src: CloudSource, from_dir: Path, max_bytes: int, by_content: Mapping[str, list[Path]]
+    src: Source, from_dir: Path, max_bytes: int, by_content: Mapping[str, list[Path]]
 ) -> tuple[bytes, str] | None:
     """The provider's own file name first (the newest of dated Azure files), else a file
-    recognised by its content."""
+    recognised by its content (cloud range files; the ASN and domain-owner datasets by name)."""
     matches = sorted(
         {p for pattern in src.import_names for p in from_dir.glob(pattern) if p.is_file()},
         key=lambda p: p.name,
@@ -467,14 +523,14 @@ def update(
     allow_shrink: bool = False,
 ) -> list[SourceResult]:
     """Fetch (or with `from_dir`, import) every source, or those named in `sources`, into
-    `<state_dir>/data/`. One result per source, in `CLOUD_SOURCES` order; a failure in one
+    `<state_dir>/data/`. One result per source, in `ALL_SOURCES` order; a failure in one
     source never stops the others. UpdateError if nothing can be attempted at all."""
     urls = source_urls(urls_override)
     if sources is not None:
         unknown = [n for n in sources if n not in SOURCES_BY_NAME]
         if unknown:
             raise UpdateError(f"unknown source {unknown[0]!r}")
-    chosen = [s for s in CLOUD_SOURCES if sources is None or s.name in sources]
+    chosen = [s for s in ALL_SOURCES if sources is None or s.name in sources]
     import_dir = Path(from_dir) if from_dir is not None else None
     if import_dir is not None and not import_dir.is_dir():
         raise UpdateError(f"--from {import_dir}: not a directory")
@@ -509,7 +565,7 @@ def update(
 
 
 def _update_one(
-    src: CloudSource,
+    src: Source,
     url: str,
     import_dir: Path | None,
     by_content: Mapping[str, list[Path]],
@@ -541,8 +597,8 @@ def _update_one(
                 prev_records = _count(src, target)  # the manifest was lost: ask the copy itself
             if prev_records is not None and records < prev_records * SHRINK_LIMIT:
                 raise FetchError(
-                    f"only {records} prefixes where the current copy has {prev_records}: looks "
-                    "truncated (--force accepts it)"
+                    f"only {records} {_unit(src)} where the current copy has {prev_records}: "
+                    "looks truncated (--force accepts it)"
                 )
         digest = hashlib.sha256(data).hexdigest()
         unchanged = kept and previous.get("sha256") == digest and target.stat().st_size == len(data)
@@ -581,28 +637,30 @@ def _update_one(
     )
 
 
-def _validate(src: CloudSource, data: bytes) -> int:
-    """The prefix count of `data` as the real parser reads it; FetchError if it is not a valid
+def _validate(src: Source, data: bytes) -> int:
+    """The record count of `data` as the real parser reads it; FetchError if it is not a valid
     file of this source, or an absurdly big one (counted before parsing: parsing is what
     costs memory)."""
-    n = 0
-    for pattern in (_IPV4_LITERAL, _IPV6_LITERAL):
-        n += sum(1 for _ in islice(pattern.finditer(data), MAX_PREFIXES + 1 - n))
-        if n > MAX_PREFIXES:
-            raise FetchError(f"more than {MAX_PREFIXES} addresses: not a {src.filename}")
+    limit = _limit(src)
+    if isinstance(src, CloudSource):
+        n = 0
+        for pattern in (_IPV4_LITERAL, _IPV6_LITERAL):
+            n += sum(1 for _ in islice(pattern.finditer(data), limit + 1 - n))
+            if n > limit:
+                raise FetchError(f"more than {limit} addresses: not a {src.filename}")
     try:
         records = len(src.parse(data))
-    except CloudDataError as exc:
+    except ValueError as exc:  # CloudDataError, AsnDataError, OwnersDataError
         raise FetchError(f"not a valid {src.filename}: {exc}") from None
-    if records > MAX_PREFIXES:
-        raise FetchError(f"{records} prefixes, more than the limit of {MAX_PREFIXES}")
+    if records > limit:
+        raise FetchError(f"{records} {_unit(src)}, more than the limit of {limit}")
     return records
 
 
-def _count(src: CloudSource, path: Path) -> int | None:
+def _count(src: Source, path: Path) -> int | None:
     try:
         return len(src.parse(path.read_bytes()))
-    except (OSError, CloudDataError):
+    except (OSError, ValueError):
         return None
 
 
@@ -651,14 +709,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="from_dir",
         metavar="DIR",
         type=Path,
-        help="import the range files found in DIR instead of downloading; each is recognised "
-        "by its content, whatever its name",
+        help="import the files found in DIR instead of downloading: cloud range files are "
+        "recognised by their content, whatever their names; the ASN and domain-owner datasets "
+        "by their published names (ip2asn-combined.tsv.gz, trackers.json)",
     )
     parser.add_argument(
         "--only",
         metavar="SOURCE",
         action="append",
-        choices=[s.name for s in CLOUD_SOURCES],
+        choices=[s.name for s in ALL_SOURCES],
         help="update only this source (repeatable)",
     )
     parser.add_argument(
@@ -702,7 +761,8 @@ def _size(n: int | None) -> str:
 def format_result(r: SourceResult) -> str:
     """The summary line printed for a source."""
     if r.status in ("updated", "unchanged"):
-        return f"{r.name:<14} {r.status:<9} {r.records:>7} prefixes {_size(r.size):>9}  {r.origin}"
+        unit = _unit(SOURCES_BY_NAME[r.name]) if r.name in SOURCES_BY_NAME else "prefixes"
+        return f"{r.name:<14} {r.status:<9} {r.records:>7} {unit:<8} {_size(r.size):>9}  {r.origin}"
     if r.status == "skipped":
         return f"{r.name:<14} skipped   {r.error}"
     kept = f" (kept previous copy, {r.records} prefixes)" if r.kept_previous else " (no copy)"

@@ -7,9 +7,13 @@ Where the answers come from, first match wins:
 2. Private, documentation and other special-purpose addresses: an empty `GeoInfo`.
 3. MaxMind-format databases named by `GeoConfig.country_db` / `GeoConfig.asn_db` (GeoLite2,
    DB-IP lite, ...), read with `maxminddb`.
-4. The embedded default: the data files the `geoip2fast` package ships (GeoLite2 country and
+4. For the AS (when no MaxMind ASN database is configured): the free IP-to-ASN dataset
+   `phonehome update-data` fetched (iptoasn or DB-IP ASN Lite, `asn.py`), number and
+   organisation together.
+5. The embedded default: the data files the `geoip2fast` package ships (GeoLite2 country and
    ASN, IPv4 and IPv6). They carry the AS organisation but not the AS number, so
-   `GeoInfo.asn` is None unless an ASN database is configured.
+   `GeoInfo.asn` is None unless an ASN database or dataset is there; they also name the
+   organisation where the dataset has a number but no name.
 
 The embedded data is a pickle of per-chunk Python lists. We unpickle it with a loader that
 refuses every global (the file holds only lists, strings and integers), flatten it into sorted
@@ -41,6 +45,7 @@ from sensor.files import write_atomically
 
 if TYPE_CHECKING:
     from sensor.config import GeoConfig
+    from sensor.enrich.asn import AsnData
 
 log = logging.getLogger(__name__)
 
@@ -759,12 +764,14 @@ class GeoDB:
         embedded: EmbeddedGeo | None = None,
         country_db: MaxMindDB | None = None,
         asn_db: MaxMindDB | None = None,
+        asn_data: AsnData | None = None,
         overrides: Sequence[tuple[str, GeoInfo]] = (),
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self.embedded = embedded
         self.country_db = country_db
         self.asn_db = asn_db
+        self.asn_data = asn_data
         self.errors: list[str] = []
         """Problems met while opening the configured data (each also logged)."""
         self._special = _special_index()
@@ -789,6 +796,7 @@ class GeoDB:
         cache_dir: str | Path | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         write_cache: bool = True,
+        asn_data: AsnData | None = None,
     ) -> GeoDB:
         """The databases `cfg` names, the embedded data for whatever they do not cover.
 
@@ -821,6 +829,7 @@ class GeoDB:
             embedded=embedded,
             country_db=country_db,
             asn_db=asn_db,
+            asn_data=asn_data,
             overrides=overrides,
             cache_size=cache_size,
         )
@@ -855,6 +864,8 @@ class GeoDB:
             parts.append(f"country: {self.country_db.path}")
         if self.asn_db is not None:
             parts.append(f"asn: {self.asn_db.path}")
+        elif self.asn_data is not None:
+            parts.append(f"asn: {self.asn_data.kind} dataset, {len(self.asn_data)} ranges")
         if self.embedded is not None:
             parts.append(f"embedded: {EMBEDDED_PACKAGE} {self.embedded.info}")
         return parts
@@ -887,8 +898,12 @@ class GeoDB:
             country = self.embedded.country(key)
         if self.asn_db is not None:
             asn, org = self.asn_db.asn(text if text is not None else key_text(key))
-        elif self.embedded is not None:
-            org = self.embedded.asn_org(key)
+        else:
+            hit = self.asn_data.lookup_key(key) if self.asn_data is not None else None
+            if hit is not None:
+                asn, org = hit
+            if org is None and self.embedded is not None:
+                org = self.embedded.asn_org(key)
         if country is None and asn is None and org is None:
             return EMPTY_GEO
         return GeoInfo(country, asn, org)

@@ -1,8 +1,10 @@
 """The enrichment stage: who a flow's device is, whose cloud its server is, and where it sits.
 
 Loads its data once (`Enricher.load`), then answers from memory: geo (country, ASN), cloud
-ranges (provider, region, the region's country and city), vendor clouds (by server name, else
-by the ASN's organisation), device identity (OUI, DHCP, User-Agents, owner config).
+ranges (provider, region, the region's country and city), clouds without range files by their
+AS (provider only: the geo country stands in for a region), the party behind the server name
+(party.py), the deprecated `vendor` (by server name, else by the ASN's organisation), device
+identity (OUI, DHCP, User-Agents, owner config).
 
 Country precedence: a cloud range's region country wins over the geo database's, because the
 providers register their blocks in one country and announce them from data centres in many
@@ -20,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from sensor.config import Config
-from sensor.enrich.cloud import CloudRanges
+from sensor.enrich.asn import ASN_FILE, AsnData, AsnDataError
+from sensor.enrich.asn import parse as parse_asn
+from sensor.enrich.cloud import CloudAsns, CloudRanges
 from sensor.enrich.device import DeviceIdentifier, DeviceIdentity, OuiRegistry
 from sensor.enrich.geo import GeoDB, geo_cache_dir
+from sensor.enrich.party import OWNERS_FILE, DomainOwners, OwnersDataError, PartyResolver
 from sensor.enrich.vendors import VendorMap
 from sensor.model import Destination, Device, DeviceRef, Flow
 
@@ -49,13 +54,20 @@ class Enricher:
         vendors: VendorMap,
         devices: DeviceIdentifier,
         home_country: str | None = None,
+        *,
+        parties: PartyResolver | None = None,
+        cloud_asns: CloudAsns | None = None,
     ) -> None:
         self.geo = geo
         self.cloud = cloud
         self.vendors = vendors
+        self.parties = parties if parties is not None else PartyResolver(vendors)
+        self.cloud_asns = cloud_asns if cloud_asns is not None else CloudAsns.load()
         self.devices = devices
         self.home_country = home_country
-        self._dest: OrderedDict[tuple[str, str | None], Destination] = OrderedDict()
+        self.errors: list[str] = []
+        """Problems with optional data files (each also logged)."""
+        self._dest: OrderedDict[tuple[str, str | None, int], Destination] = OrderedDict()
         self._identified: OrderedDict[str, tuple[object, ...]] = OrderedDict()
         """What `device_ref` last identified each device (by MAC) from."""
 
@@ -72,19 +84,31 @@ class Enricher:
             write_cache and cache_dir is not None and not _writable_dir(cache_dir)
         ):
             cache_dir = None
+        asn_data, asn_errors = load_asn_data(state / "data") if not cfg.geo.asn_db else (None, [])
         geo = GeoDB.open(
             cfg.geo,
             overrides_path=cfg.geo.overrides,
             cache_dir=cache_dir,
             write_cache=write_cache,
+            asn_data=asn_data,
         )
         cloud = CloudRanges.load_dir(state / "data") if (state / "data").is_dir() else None
         vendors = VendorMap.load()
+        owners, errors = load_owners(state / "data")
         devices = DeviceIdentifier(OuiRegistry(), cfg.devices)
-        return cls(geo, cloud, vendors, devices, cfg.site.home_country)
+        enricher = cls(
+            geo,
+            cloud,
+            vendors,
+            devices,
+            cfg.site.home_country,
+            parties=PartyResolver(vendors, owners),
+        )
+        enricher.errors = asn_errors + errors
+        return enricher
 
     def status(self) -> DataStatus:
-        errors = list(self.geo.errors)
+        errors = list(self.geo.errors) + self.errors
         sources: tuple[str, ...] = ()
         prefixes = 0
         if self.cloud is not None:
@@ -96,21 +120,29 @@ class Enricher:
     # --- destinations -------------------------------------------------------------------------
 
     def destination(self, ip: str, port: int, server_name: str | None) -> Destination:
-        """Where (ip, server_name) is; cached, since flows repeat destinations."""
-        key = (ip, server_name)
+        """Where (ip, server_name) is; cached, since flows repeat destinations (with the port
+        in the key: a server is nearly always reached on one port, and copying a cached
+        answer for another port cost more than the lookup saved)."""
+        key = (ip, server_name, port)
         hit = self._dest.get(key)
         if hit is None:
             hit = self._destination(ip, server_name)
+            if hit.port != port:
+                hit = dataclasses.replace(hit, port=port)
             self._dest[key] = hit
             if len(self._dest) > MAX_DESTINATIONS:
                 self._dest.popitem(last=False)
-        if hit.port != port:
-            return dataclasses.replace(hit, port=port)
         return hit
 
     def _destination(self, ip: str, server_name: str | None) -> Destination:
         g = self.geo.lookup(ip)
         c = self.cloud.lookup(ip) if self.cloud is not None else None
+        provider = region = city = None
+        if c is not None:
+            provider, region, city = c.provider, c.region, c.city
+        else:
+            # clouds without range files, by AS: no region, the geo country stands in for it
+            provider = self.cloud_asns.provider_for(g.asn, g.asn_org)
         country = (c.country if c is not None and c.country else None) or g.country
         vendor = None
         if server_name:
@@ -119,6 +151,9 @@ class Enricher:
                 vendor = m.vendor
         if vendor is None and g.asn_org:
             vendor = self.vendors.vendor_for_asn_org(g.asn_org)
+        # An ECH cover name (issue 16) must never get here as server_name: it names the
+        # client-facing server, not the party.
+        p = self.parties.party_for_name(server_name)
         abroad = None
         if country and self.home_country:
             abroad = country != self.home_country
@@ -127,13 +162,15 @@ class Enricher:
             port=0,
             server_name=server_name,
             vendor=vendor,
-            provider=c.provider if c is not None else None,
-            region=c.region if c is not None else None,
+            provider=provider,
+            region=region,
             country=country,
             asn=g.asn,
             asn_org=g.asn_org,
             abroad=abroad,
-            city=c.city if c is not None else None,
+            city=city,
+            party=p.party if p is not None else None,
+            party_source=p.source if p is not None else None,
         )
 
     def annotate_flow(self, flow: Flow) -> Destination:
@@ -179,8 +216,36 @@ class Enricher:
         )
 
 
+def load_asn_data(data_dir: Path) -> tuple[AsnData | None, list[str]]:
+    """The IP-to-ASN dataset update-data fetched, if any (unused when a MaxMind ASN database
+    is configured: the owner's choice wins)."""
+    path = data_dir / ASN_FILE
+    if not path.is_file():
+        return None, []
+    try:
+        return parse_asn(path.read_bytes()), []
+    except (OSError, AsnDataError) as exc:
+        log.warning("ip-to-asn: %s: %s", path, exc)
+        return None, [f"ip-to-asn: {path}: {exc}"]
+
+
+def load_owners(data_dir: Path) -> tuple[DomainOwners | None, list[str]]:
+    """The domain-owner dataset update-data fetched, if any (a broken one is an error, not
+    fatal: parties then come from the vendor map and the names themselves)."""
+    path = data_dir / OWNERS_FILE
+    if not path.is_file():
+        return None, []
+    try:
+        return DomainOwners.parse(path.read_bytes()), []
+    except (OSError, OwnersDataError) as exc:
+        log.warning("domain owners: %s: %s", path, exc)
+        return None, [f"domain owners: {path}: {exc}"]
+
+
 def destination_fields(d: Destination) -> dict[str, Any]:
     return {
+        "party": d.party,
+        "party_source": d.party_source,
         "vendor": d.vendor,
         "provider": d.provider,
         "region": d.region,

@@ -51,7 +51,13 @@ CATEGORIES = ("api", "push", "telemetry", "cdn", "cloud", "ads", "hosting")
 DATA_FORMAT = 1
 DEFAULT_CACHE_SIZE = 16_384
 
-_VENDOR_KEYS = frozenset({"name", "parent", "note", "asn", "domains", "hosts", *CATEGORIES})
+_VENDOR_KEYS = frozenset(
+    {"name", "parent", "note", "source", "asn", "domains", "hosts", *CATEGORIES}
+)
+SHIPPED_FILES: Final = ("vendors.toml", "vendors_services.toml")
+"""The map's data files in sensor/data: the hand-curated device and platform vendors, then
+the services, SDKs and ad/analytics companies (every block with its `source`). A block in a
+later file whose name is already taken adds domains to that company."""
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _CUT_LABEL: Final = REDACTED + "."
 
@@ -185,8 +191,16 @@ class VendorMap:
             for v in self._vendors.values()
             for p in v.asn_patterns
         ]
+        # One alternation of every pattern screens AS names first: most match none, and one
+        # C-level search is far cheaper than a Python loop over hundreds (the loop, in file
+        # order, then decides between vendors).
+        self._any_asn: re.Pattern[str] | None = (
+            re.compile("|".join(f"(?:{p.pattern})" for p, _ in self._asn), re.IGNORECASE)
+            if self._asn
+            else None
+        )
         self._name_cache = functools.lru_cache(maxsize=cache_size)(self._lookup_name)
-        self._asn_cache = functools.lru_cache(maxsize=max(cache_size // 16, 64))(self._lookup_asn)
+        self._asn_cache = functools.lru_cache(maxsize=max(cache_size // 4, 64))(self._lookup_asn)
 
     # --- construction --------------------------------------------------------------------
 
@@ -198,23 +212,23 @@ class VendorMap:
         psl: PublicSuffixes | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> VendorMap:
-        """Read and validate a vendors.toml; None reads the copy shipped in sensor/data."""
-        if path is None:
-            source = "sensor/data/vendors.toml"
-            raw = resources.files("sensor").joinpath("data/vendors.toml").read_bytes()
-        else:
+        """Read and validate a vendors.toml; None reads the files shipped in sensor/data
+        (`SHIPPED_FILES`)."""
+        if path is not None:
             source = str(path)
             try:
                 raw = Path(path).read_bytes()
             except OSError as exc:
                 raise VendorDataError(source, "-", f"cannot read: {exc.strerror or exc}") from None
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise VendorDataError(source, "-", f"not UTF-8: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise VendorDataError(source, "-", f"invalid TOML: {exc}") from None
-        return cls.from_data(data, source=source, psl=psl, cache_size=cache_size)
+            data = _parse_toml(raw, source)
+            return cls.from_data(data, source=source, psl=psl, cache_size=cache_size)
+        docs = []
+        for name in SHIPPED_FILES:
+            where = f"sensor/data/{name}"
+            raw = resources.files("sensor").joinpath(f"data/{name}").read_bytes()
+            docs.append((where, _parse_toml(raw, where)))
+        source = " + ".join(w for w, _ in docs)
+        return cls.from_data(_combine(docs), source=source, psl=psl, cache_size=cache_size)
 
     @classmethod
     def from_data(
@@ -326,6 +340,10 @@ class VendorMap:
     def entries(self) -> Mapping[str, VendorEntry]:
         return MappingProxyType(self._entries)
 
+    @property
+    def psl(self) -> PublicSuffixes:
+        return self._psl
+
     def cache_info(self) -> dict[str, int]:
         """Hits, misses and sizes of the two lookup caches (for metrics)."""
         n, a = self._name_cache.cache_info(), self._asn_cache.cache_info()
@@ -372,7 +390,7 @@ class VendorMap:
 
     def _lookup_asn(self, asn_org: str) -> str | None:
         text = asn_org.strip()
-        if not text:
+        if not text or self._any_asn is None or self._any_asn.search(text) is None:
             return None
         for pattern, vendor in self._asn:
             if pattern.search(text):
@@ -381,6 +399,59 @@ class VendorMap:
 
 
 # --- validation helpers ----------------------------------------------------------------------
+
+
+def _parse_toml(raw: bytes, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise VendorDataError(source, "-", f"not UTF-8: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise VendorDataError(source, "-", f"invalid TOML: {exc}") from None
+
+
+def _combine(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Several vendor documents as one; a later block whose name an earlier one has adds its
+    name lists to it (it may carry nothing but name, source and name lists)."""
+    blocks: list[dict[str, Any]] = []
+    by_name: dict[str, dict[str, Any]] = {}
+    for where, doc in docs:
+        for key in doc:
+            if key not in ("format", "vendor"):
+                raise VendorDataError(where, key, "unknown key")
+        if doc.get("format") != DATA_FORMAT:
+            raise VendorDataError(where, "format", f"expected {DATA_FORMAT}")
+        vendors = doc.get("vendor")
+        if not isinstance(vendors, list):
+            raise VendorDataError(where, "vendor", "expected an array of tables [[vendor]]")
+        seen: set[str] = set()
+        for i, block in enumerate(vendors):
+            if not isinstance(block, dict):
+                raise VendorDataError(where, f"vendor[{i}]", "expected a table")
+            name = block.get("name")
+            if isinstance(name, str) and name in seen:
+                raise VendorDataError(where, f"vendor[{i}].name", f"duplicate {name!r}")
+            if isinstance(name, str):
+                seen.add(name)
+            earlier = by_name.get(name) if isinstance(name, str) else None
+            if earlier is None:
+                copy = dict(block)
+                blocks.append(copy)
+                if isinstance(name, str):
+                    by_name[name] = copy
+                continue
+            for key, value in block.items():
+                if key in ("name", "source"):
+                    continue
+                if key not in ("domains", *CATEGORIES):
+                    raise VendorDataError(
+                        where,
+                        f"vendor[{i}] ({name}).{key}",
+                        "an addition to a company "
+                        "from an earlier file carries only name, source and name lists",
+                    )
+                earlier[key] = [*earlier.get(key, []), *_str_list(value, where, key)]
+    return {"format": DATA_FORMAT, "vendor": blocks}
 
 
 def _parse_vendor(block: Any, source: str, key: str) -> Vendor:
@@ -398,6 +469,9 @@ def _parse_vendor(block: Any, source: str, key: str) -> Vendor:
     note = block.get("note")
     if note is not None and not isinstance(note, str):
         raise VendorDataError(source, f"{key}.note", "expected a string")
+    where_from = block.get("source")
+    if where_from is not None and (not isinstance(where_from, str) or not where_from.strip()):
+        raise VendorDataError(source, f"{key}.source", "expected a non-empty string")
     patterns = tuple(_str_list(block.get("asn", []), source, f"{key}.asn"))
     for p in patterns:
         try:

@@ -532,3 +532,80 @@ def test_parsers_fail_cleanly_on_odd_json(parser: str, doc: Any) -> None:
 def test_parsers_fail_cleanly_on_odd_bytes(parser: str, data: bytes) -> None:
     with contextlib.suppress(CloudDataError):
         PARSERS[parser](data)
+
+
+# --- clouds without range files, by AS ----------------------------------------------------------
+
+
+def test_shipped_cloud_asn_table() -> None:
+    from sensor.enrich.cloud import CloudAsns
+
+    t = CloudAsns.load()
+    for asn, provider in [
+        (45102, "alibaba"),
+        (37963, "alibaba"),
+        (45090, "tencent"),
+        (132203, "tencent"),
+        (59019, "kingsoft"),
+        (38365, "baidu"),
+        (55967, "baidu"),
+    ]:
+        assert t.provider_for(asn, None) == provider
+    assert t.labels["alibaba"] == "Alibaba Cloud"
+    # a known number that is no cloud: no guess from the name
+    assert t.provider_for(16509, "Tencent Building, Kejizhongyi Avenue") is None
+    # the embedded data's names (no numbers)
+    for org, provider in [
+        ("Hangzhou Alibaba Advertising Co.,Ltd.", "alibaba"),
+        ("Alibaba US Technology Co., Ltd.", "alibaba"),
+        ("Shenzhen Tencent Computer Systems Company Limited", "tencent"),
+        ("Tencent Building, Kejizhongyi Avenue", "tencent"),
+        ("Beijing Kingsoft Cloud Internet Technology Co., Ltd", "kingsoft"),
+        ("Beijing Baidu Netcom Science and Technology Co., Ltd.", "baidu"),
+    ]:
+        assert t.provider_for(None, org) == provider
+    assert t.provider_for(None, "AMAZON-02") is None
+    assert t.provider_for(None, None) is None
+    assert t.provider_for(None, "Alibaba Travel Company (LTD)") is None
+
+
+def test_every_cloud_asn_entry_has_a_source() -> None:
+    import tomllib
+    from importlib import resources
+
+    doc = tomllib.loads(resources.files("sensor").joinpath("data/cloud_asns.toml").read_text())
+    assert len(doc["provider"]) >= 6
+    for entry in doc["provider"]:
+        assert entry["source"].strip() and (entry["asns"] or entry["orgs"])
+        for asn in entry["asns"]:
+            assert f"AS{asn} " in entry["source"], (entry["name"], asn)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("format = 2\n", "format = 1"),
+        ('format = 1\n[[provider]]\nname = "x"\nlabel = "X"\n', "non-empty strings"),
+        (
+            'format = 1\n[[provider]]\nname = "x"\nlabel = "X"\nsource = "s"\nasns = ["1"]\n',
+            "asns: expected a list of AS numbers",
+        ),
+        (
+            'format = 1\n[[provider]]\nname = "x"\nlabel = "X"\nsource = "s"\nasns = [1, 1]\n',
+            "AS1 is listed twice",
+        ),
+        (
+            'format = 1\n[[provider]]\nname = "x"\nlabel = "X"\nsource = "s"\norgs = ["("]\n',
+            "bad pattern",
+        ),
+        ('format = 1\n[[provider]]\nname = "x"\nwhat = 1\n', "expected name, label"),
+        ("format = ", "cloud_asns.toml"),
+    ],
+)
+def test_cloud_asn_table_errors(tmp_path: Path, text: str, message: str) -> None:
+    from sensor.enrich.cloud import CloudAsns, CloudDataError
+
+    p = tmp_path / "cloud_asns.toml"
+    p.write_text(text)
+    with pytest.raises(CloudDataError, match=message):
+        CloudAsns.load(p)

@@ -23,8 +23,9 @@ import pytest
 
 from sensor.config import Config, parse_config
 from sensor.enrich import datafiles
-from sensor.enrich.cloud import CLOUD_SOURCES, CloudRanges
+from sensor.enrich.cloud import CloudRanges
 from sensor.enrich.datafiles import (
+    ALL_SOURCES,
     DATA_SUBDIR,
     LOCK_FILE,
     MANIFEST,
@@ -66,6 +67,22 @@ SMALL_GOOGLE = json.dumps(
     {"prefixes": [{"ipv4Prefix": "34.87.0.0/17", "scope": "asia-southeast1"}]}
 ).encode()
 SMALL_LIST = b"173.245.48.0/20\n103.21.244.0/22\n"
+# iptoasn's ip2asn-combined.tsv layout, gzipped as published (made-up rows in real ranges)
+IP2ASN = gzip.compress(
+    b"1.0.0.0\t1.0.0.255\t13335\tUS\tCLOUDFLARENET\n"
+    b"1.0.1.0\t1.0.3.255\t0\tNone\tNot routed\n"
+    b"47.74.0.0\t47.74.255.255\t45102\tCN\tALIBABA-CN-NET Alibaba US Technology Co., Ltd.\n"
+    b"2400:cb00::\t2400:cb00:ffff:ffff:ffff:ffff:ffff:ffff\t13335\tUS\tCLOUDFLARENET\n"
+)
+# Exodus Privacy's trackers export layout
+EXODUS = json.dumps(
+    {
+        "trackers": {
+            "1": {"name": "Teemo", "network_signature": "databerries\\.com", "id": 1},
+            "2": {"name": "Adjust", "network_signature": "adjust\\.com|adj\\.st", "id": 2},
+        }
+    }
+).encode()
 
 
 def shared_bytes(name: str) -> bytes:
@@ -154,7 +171,7 @@ def no_real_urls(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def loopback_urls(srv: _Server) -> dict[str, str]:
-    return {s.name: srv.url(f"/{s.name}") for s in CLOUD_SOURCES}
+    return {s.name: srv.url(f"/{s.name}") for s in ALL_SOURCES}
 
 
 def serve_everything(srv: _Server) -> dict[str, str]:
@@ -165,6 +182,8 @@ def serve_everything(srv: _Server) -> dict[str, str]:
             srv.serve(f"/{name}", shared_bytes(name))
     srv.serve("/vultr", VULTR)
     srv.serve("/huawei", HUAWEI)
+    srv.serve("/asn", IP2ASN)
+    srv.serve("/owners", EXODUS)
     srv.serve("/dl/ServiceTags_Public_20250721.json", shared_bytes("azure"))
     escaped = f"{srv.base}/dl/ServiceTags_Public_20250721.json".replace("/", "\\/")
     page = (
@@ -187,14 +206,15 @@ def by_name(results: list[SourceResult]) -> dict[str, SourceResult]:
 def test_update_everything(server: _Server, tmp_path: Path) -> None:
     urls = serve_everything(server)
     results = update(tmp_path, urls, timeout=10)
-    assert [r.name for r in results] == [s.name for s in CLOUD_SOURCES]
-    assert {r.name: r.status for r in results} == {s.name: "updated" for s in CLOUD_SOURCES}
+    assert [r.name for r in results] == [s.name for s in ALL_SOURCES]
+    assert {r.name: r.status for r in results} == {s.name: "updated" for s in ALL_SOURCES}
+    assert (by_name(results)["asn"].records, by_name(results)["owners"].records) == (3, 3)
     assert "/dl/ServiceTags_Public_20250714.json" not in server.hits  # the newest link won
 
     data = tmp_path / DATA_SUBDIR
     manifest = json.loads((data / MANIFEST).read_text())
     assert manifest["version"] == 1
-    for src in CLOUD_SOURCES:
+    for src in ALL_SOURCES:
         path = data / src.filename
         entry = manifest["sources"][src.name]
         content = path.read_bytes()
@@ -586,7 +606,7 @@ def test_main_nothing_attempted_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
 def test_config_rejects_unknown_sources_and_bad_urls() -> None:
     from sensor.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"update\.urls\.nonesuch: unknown source \(known: aws"):
+    with pytest.raises(ConfigError, match=r"urls\.nonesuch: unknown source \(known: asn, aws"):
         config(Path("/x"), {"nonesuch": "http://127.0.0.1:9/"})
     for url in ("file:///etc/passwd", "ftp://example.com/x", "http://", "http://[::1"):
         with pytest.raises(ConfigError, match=r"update\.urls\.aws: must be an http"):
@@ -634,3 +654,34 @@ def test_add_arguments() -> None:
     assert args.from_dir == Path("/media/usb") and args.only == ["aws"] and args.force
     with pytest.raises(SystemExit):
         command(["--only", "nonesuch"])
+
+
+def test_asn_and_owner_datasets_keep_the_last_good_copy(server: _Server, tmp_path: Path) -> None:
+    urls = loopback_urls(server)
+    server.serve("/asn", IP2ASN)
+    server.serve("/owners", EXODUS)
+    first = by_name(update(tmp_path, urls, sources=["asn", "owners"]))
+    assert {r.status for r in first.values()} == {"updated"}
+    data = tmp_path / DATA_SUBDIR
+    before = {p.name: p.read_bytes() for p in (data / "ip-to-asn", data / "domain-owners.json")}
+
+    server.serve("/asn", b"1.0.0.0\t1.0.0.255\tAS13335\tUS\tX\n")  # not an AS number
+    server.serve("/owners", b'{"trackers": {}}')  # valid JSON, no names: rejected
+    second = by_name(update(tmp_path, urls, sources=["asn", "owners"]))
+    assert "not a valid ip-to-asn: line 1: not an AS number" in (second["asn"].error or "")
+    assert "no host names" in (second["owners"].error or "")
+    assert all(r.kept_previous and r.status == "failed" for r in second.values())
+    assert {p.name: p.read_bytes() for p in (data / "ip-to-asn", data / "domain-owners.json")} == (
+        before
+    )
+    assert "names" in format_result(first["owners"])
+
+
+def test_import_asn_and_owner_datasets_under_their_published_names(tmp_path: Path) -> None:
+    src = tmp_path / "usb"
+    src.mkdir()
+    (src / "ip2asn-combined.tsv.gz").write_bytes(IP2ASN)
+    (src / "trackers.json").write_bytes(EXODUS)
+    results = by_name(update(tmp_path / "state", from_dir=src, sources=["asn", "owners"]))
+    assert results["asn"].status == results["owners"].status == "updated"
+    assert (tmp_path / "state" / DATA_SUBDIR / "ip-to-asn").read_bytes() == IP2ASN

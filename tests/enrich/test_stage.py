@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from sensor.cli import main
-from sensor.synth import AWS_SG_IP, PHONE, XIAOMI_API_IP, Capture, TcpSession, sample_home
+from sensor.synth import (
+    AWS_SG_IP,
+    PHONE,
+    XIAOMI_API_IP,
+    Capture,
+    TcpSession,
+    client_hello,
+    sample_home,
+)
 from tests.pipeline_helpers import build, flow_to, run_analyze
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
@@ -50,10 +58,14 @@ def test_xiaomi_in_cn_and_aws_singapore(tmp_path: Path, state_with_aws: Path) ->
     assert api["server_name"] == "api.account.xiaomi.com"
     assert (api["vendor"], api["country"]) == ("Xiaomi", "CN")
     assert "Kingsoft" in api["asn_org"]
-    assert api["provider"] is None and api["abroad"] is True
+    # Kingsoft Cloud publishes no range file: its AS names it, the geo country stands in
+    assert (api["provider"], api["region"]) == ("kingsoft", None)
+    assert api["abroad"] is True
+    assert (api["party"], api["party_source"]) == ("Xiaomi", "map")
     sg = flow_to(flows, AWS_SG_IP, 443)
     assert (sg["vendor"], sg["provider"], sg["region"]) == ("Xiaomi", "aws", "ap-southeast-1")
     assert (sg["country"], sg["city"], sg["abroad"]) == ("SG", "Singapore", True)
+    assert (sg["party"], sg["party_source"]) == ("Xiaomi", "map")
     phone = next(d for d in devices if d["mac"] == PHONE.mac)
     assert phone["vendor"] == "Xiaomi"
     assert phone["model"] == "Redmi Note 8 Pro"
@@ -143,3 +155,70 @@ def test_summary_groups_by_device_country_vendor(tmp_path: Path, state_with_aws:
     ]
     assert ["CN", "Xiaomi", "api.account.xiaomi.com"] in [ln[:3] for ln in lines]
     assert "Redmi Note 8 Pro" in text and "[phone]" in text
+
+
+def test_services_on_aws_are_the_party_and_aws_the_host(
+    tmp_path: Path, state_with_aws: Path
+) -> None:
+    """A well-known service hosted on AWS: the service is the party (and the vendor), AWS and
+    the region the hosting side; a service the map does not know is its registrable domain,
+    where the deprecated `vendor` still names the host."""
+    names = {40300: "api.spotify.com", 40301: "api.indie-radio-app.com", 40302: None}
+
+    def scenario(cap: Capture) -> None:
+        for port, name in names.items():
+            s = TcpSession(cap, PHONE, AWS_SG_IP, port, 443)
+            s.open()
+            if name is not None:
+                s.send(client_hello(name))
+            s.close()
+
+    path = build(tmp_path / "aws.pcap", scenario)
+    flows, _, _, _ = run_analyze(path, config=_config(tmp_path, state_with_aws))
+    by_port = {f["src_port"]: f for f in flows if f["dst_ip"] == AWS_SG_IP}
+    spotify, soundcloud, anonymous = by_port[40300], by_port[40301], by_port[40302]
+    for f in (spotify, soundcloud, anonymous):
+        assert (f["provider"], f["region"], f["country"]) == ("aws", "ap-southeast-1", "SG")
+        assert f["asn_org"]
+    assert (spotify["party"], spotify["party_source"], spotify["vendor"]) == (
+        "Spotify",
+        "map",
+        "Spotify",
+    )
+    assert (soundcloud["party"], soundcloud["party_source"]) == ("indie-radio-app.com", "domain")
+    assert soundcloud["vendor"] == "Amazon Web Services"  # the old field: the host
+    assert anonymous["server_name"] is None
+    assert anonymous["party"] is None and anonymous["party_source"] is None
+
+
+def test_clouds_without_range_files_by_as_number_and_by_name() -> None:
+    """Alibaba and Tencent publish no range file: their AS numbers (from the update-data
+    dataset) or, with the embedded data alone, their AS names make them the provider."""
+    from sensor.enrich.asn import parse as parse_asn
+    from sensor.enrich.device import DeviceIdentifier, OuiRegistry
+    from sensor.enrich.geo import EmbeddedGeo, GeoDB
+    from sensor.enrich.stage import Enricher
+    from sensor.enrich.vendors import VendorMap
+
+    tsv = (
+        b"47.74.0.0\t47.74.255.255\t45102\tCN\tALIBABA-CN-NET Alibaba US Technology Co., Ltd.\n"
+        b"119.28.0.0\t119.28.255.255\t132203\tHK\tTENCENT-NET-AP-CN Tencent Building\n"
+        b"120.92.0.0\t120.92.255.255\t59019\tCN\tBJKSCNET Beijing Kingsoft Cloud\n"
+    )
+    vendors = VendorMap.load()
+    devices = DeviceIdentifier(OuiRegistry())
+    embedded = EmbeddedGeo.load()
+    with_numbers = Enricher(
+        GeoDB(embedded=embedded, asn_data=parse_asn(tsv)), None, vendors, devices
+    )
+    names_only = Enricher(GeoDB(embedded=embedded), None, vendors, devices)
+    for enricher in (with_numbers, names_only):
+        ali = enricher.destination("47.74.1.1", 443, "log-sdk.example-app.com")
+        assert (ali.provider, ali.region, ali.party) == ("alibaba", None, "example-app.com")
+        assert ali.country is not None
+        tencent = enricher.destination("119.28.1.1", 443, None)
+        assert (tencent.provider, tencent.party) == ("tencent", None)
+    assert with_numbers.destination("47.74.1.1", 443, None).asn == 45102
+    assert names_only.destination("47.74.1.1", 443, None).asn is None
+    google = with_numbers.destination("8.8.8.8", 443, None)
+    assert google.provider is None  # an AS that is no cloud in the table

@@ -383,3 +383,66 @@ def test_redacted_names_keep_their_domain() -> None:
     assert normalize_name("….d.xiaomi.com") == "d.xiaomi.com"
     assert normalize_name("….….x.example.com") == "x.example.com"
     assert normalize_name("…") is None
+
+
+# --- part 2: services and SDKs ---------------------------------------------------------------
+
+
+def test_services_file_gives_every_company_a_source() -> None:
+    doc = tomllib.loads(
+        resources.files("sensor").joinpath("data/vendors_services.toml").read_text(encoding="utf-8")
+    )
+    for block in doc["vendor"]:
+        assert block.get("source", "").strip(), block["name"]
+
+
+def test_map_size(vm: VendorMap) -> None:
+    # issue 19: at least 300 companies and 3,000 names
+    assert len(vm.vendors) >= 300
+    assert len(vm.entries) >= MIN_NAMES
+
+
+MIN_NAMES = 3000
+
+
+@pytest.mark.parametrize(
+    ("name", "vendor", "category"),
+    [
+        ("api2.branch.io", "Branch", "telemetry"),
+        ("control.kochava.com", "Kochava", "telemetry"),
+        ("api.mixpanel.com", "Mixpanel", "telemetry"),
+        ("api2.amplitude.com", "Amplitude", "telemetry"),
+        ("notify.bugsnag.com", "Bugsnag", "telemetry"),
+        ("ads.inmobi.com", "InMobi", "ads"),
+        ("cdn.cookielaw.org", "OneTrust", "api"),
+        ("www.google.co.id", "Google", None),
+        ("mybucket.myshopify.com", "Shopify", "hosting"),
+    ],
+)
+def test_sdk_and_service_names(vm: VendorMap, name: str, vendor: str, category: str) -> None:
+    m = vm.vendor_for_name(name)
+    assert m is not None and (m.vendor, m.category) == (vendor, category)
+
+
+def test_later_files_add_to_earlier_companies(tmp_path: Path, psl: PublicSuffixes) -> None:
+    from sensor.enrich.vendors import _combine
+
+    first = {"format": 1, "vendor": [{"name": "Acme", "domains": ["acme.example"]}]}
+    second = {
+        "format": 1,
+        "vendor": [
+            {"name": "Acme", "source": "s", "ads": ["acme-ads.example"]},
+            {"name": "Beta", "source": "s", "domains": ["beta.example"]},
+        ],
+    }
+    vm = VendorMap.from_data(_combine([("a", first), ("b", second)]), psl=psl)
+    assert {k: e.vendor for k, e in vm.entries.items()} == {
+        "acme.example": "Acme",
+        "acme-ads.example": "Acme",
+        "beta.example": "Beta",
+    }
+    bad = {"format": 1, "vendor": [{"name": "Acme", "parent": "Beta"}]}
+    with pytest.raises(VendorDataError, match="carries only name, source and name lists"):
+        _combine([("a", first), ("b", bad)])
+    with pytest.raises(VendorDataError, match="duplicate 'Acme'"):
+        _combine([("a", {"format": 1, "vendor": [{"name": "Acme"}, {"name": "Acme"}]})])

@@ -99,7 +99,7 @@ def test_prometheus_scrapes_the_daemon_and_fires_on_the_leak(
                 lab, 'phonehome_identifier_exposures_total{identifier="imei"} > 0', timeout=20
             )
             labels = exposed[0]["metric"]
-            assert labels["dst_country"] == "CN" and labels["vendor"] == "Xiaomi"
+            assert labels["dst_country"] == "CN" and labels["party"] == "Xiaomi"
             assert labels["encoding"] == "plain"
             # Another exposure once the series exists (increase() needs a change it saw).
             time.sleep(2)
