@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sensor.capture import CaptureError, CaptureFile, read_captures
-from sensor.config import ConfigError, load_config
+from sensor.config import ConfigError, load_config, site_name
 from sensor.pipeline import Pipeline
 from sensor.report import JsonLinesSink, SummarySink
 from sensor.sinks import EventLogConfig, JournalConfig, Sink, make_sinks
@@ -51,6 +51,7 @@ def analyze(
         JournalConfig(enabled=False),
         cfg.alertmanager,
         resolve_after=cfg.alerts.suppress_window,
+        site=site_name(cfg),
     )
     try:
         stages = build_stages(cfg, sink, alert_sinks)

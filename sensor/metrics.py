@@ -783,10 +783,16 @@ class Exporter:
         build = InfoMetricFamily("phonehome_build", "Phonehome version and the Python running it")
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield build
-        site = InfoMetricFamily("phonehome_site", "The site's settings that rules join on")
+        site = InfoMetricFamily(
+            "phonehome_site", "The site's name (fleet label) and the settings rules join on"
+        )
         cfg = getattr(self.sensor, "cfg", None)
         home = getattr(getattr(cfg, "site", None), "home_country", None) or ""
-        site.add_metric([], {"home_country": home})
+        # config.py imports this module (MetricsConfig): its helper is looked up late
+        from sensor.config import Config, site_name
+
+        name = site_name(cfg) if isinstance(cfg, Config) else ""
+        site.add_metric([], {"home_country": home, "site": name})
         yield site
 
     def _collect_devices(self) -> Families:

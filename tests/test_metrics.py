@@ -174,7 +174,7 @@ class Wired:
 
 def home_config(state: Path, **extra: Any) -> Config:
     doc: dict[str, Any] = {
-        "site": {"home_country": "ID"},
+        "site": {"home_country": "ID", "name": "home"},
         "paths": {"state_dir": str(state)},
         "identifiers": {"phone": [DEMO_PHONE], "imei": [DEMO_IMEI]},
         "devices": [{"mac": PHONE.mac, "name": "Redmi phone", "kind": "phone"}],
@@ -429,7 +429,7 @@ def test_sample_home_families(wired: Wired, tmp_path: Path) -> None:
         kind="phone",
     ) == [1.0]
     assert values(ended, "phonehome_device_info", device="laptop", mac=LAPTOP.mac) == [1.0]
-    assert values(ended, "phonehome_site_info", home_country="ID") == [1.0]
+    assert values(ended, "phonehome_site_info", home_country="ID", site="home") == [1.0]
     assert values(ended, "phonehome_build_info")
     assert values(ended, "phonehome_packets_read_total") == [261.0]
     assert values(ended, "phonehome_flows_evicted_total", reason="idle") == [0.0]
