@@ -104,3 +104,16 @@ def test_alertmanager_config_validates_and_groups_by_site() -> None:
     assert leak_rules | {"NewCountry"} <= set(re.findall(r"- alert: (\w+)", rules))
     muted = re.search(r'alertname =~ "([^"]+)"', text)
     assert muted and set(muted.group(1).split("|")) == leak_rules | {"NewCountry"}
+
+
+def test_site_settings_load() -> None:
+    from sensor.config import load_config, site_name
+
+    cfg = load_config(FLEET / "phonehome-site.toml")
+    assert site_name(cfg) == "home-1" and len(cfg.alertmanager.targets) == 2
+    agent = (FLEET / "agent" / "prometheus.yml").read_text()
+    assert f"\n    site: {cfg.site.name}\n" in agent  # the agent's external label matches
+    # the profile fleet_bench measures
+    from bench.fleet_bench import FLEET_PROFILE
+
+    assert {k: getattr(cfg.metrics, k) for k in FLEET_PROFILE} == FLEET_PROFILE
