@@ -373,8 +373,16 @@ def simulate(
                  name.endswith("_total"))
                 for name, labels, value in samples
             ]  # fmt: skip
-            up = {"__name__": "up", "job": "phonehome", "instance": "127.0.0.1:14663"}
-            rows.append((encode_series({**up, "site": site}), 1.0, False))
+            # the agent's own series of the target (AGENT_SERIES)
+            target = {"job": "phonehome", "instance": "127.0.0.1:14663", "site": site}
+            for name, value in (
+                ("up", 1.0),
+                ("scrape_duration_seconds", 0.05),
+                ("scrape_samples_scraped", float(len(samples))),
+                ("scrape_samples_post_metric_relabeling", float(len(samples))),
+                ("scrape_series_added", 0.0),
+            ):
+                rows.append((encode_series({**target, "__name__": name}), value, False))
             per_site.append(rows)
         series = sum(len(r) for r in per_site)
         start = time.time() - rounds * 30.0

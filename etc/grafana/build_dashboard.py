@@ -909,13 +909,14 @@ def fleet_panels() -> list[Json]:
             "Active series per site",
             targets(
                 (
-                    'count by (site) ({__name__=~"phonehome_.+|process_.+|up", '
-                    f'job="phonehome", {SITE}}})',
+                    "sum by (site) (scrape_samples_post_metric_relabeling"
+                    f'{{job="phonehome", {SITE}}})',
                     "{{site}}",
                 )
             ),
             "short",
-            description="What each site costs the central Prometheus (goal: under 2,000).",
+            description="Samples per scrape each site's agent sends after its relabelling: "
+            "what the site costs the central Prometheus (goal: under 2,000).",
         ),
     ]
 
