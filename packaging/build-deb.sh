@@ -146,9 +146,10 @@ grep -q "^ExecStart=/usr/bin/phonehome " "$stage/lib/systemd/system/phonehome.se
 install -D -m 0644 "$here/phonehome-sysctl.conf" "$stage/usr/lib/sysctl.d/phonehome.conf"
 install -D -m 0644 "$here/phonehome-modules.conf" "$stage/usr/lib/modules-load.d/phonehome.conf"
 install -D -m 0644 etc/phonehome.toml "$stage/etc/phonehome/phonehome.toml"
-# Prometheus rules and Grafana dashboards, whatever the tree holds now; not the Python that
+# Prometheus rules, Grafana dashboards and the fleet reference configuration (etc/fleet), whatever
+# the tree holds now; not the Python that
 # generates the dashboard JSON (the JSON itself is shipped).
-for part in prometheus grafana; do
+for part in prometheus grafana fleet; do
 	if [ -d "etc/$part" ] && [ -n "$(ls -A "etc/$part")" ]; then
 		mkdir -p "$stage/usr/share/phonehome/$part"
 		tar -C "etc/$part" --exclude='*.py' --exclude=__pycache__ -cf - . |
