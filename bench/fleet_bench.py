@@ -388,6 +388,7 @@ def simulate(
         start = time.time() - rounds * 30.0
         took = 0.0
         sent = 0
+        first = (0, 0.0)
         for r in range(rounds):
             ts = int((start + 30.0 * r) * 1000)
             # Encoded before the clock starts: the figure is the server's ingestion (and
@@ -402,7 +403,10 @@ def simulate(
             t0 = time.perf_counter()
             for body in bodies:
                 central.write(body)
-            took += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            took += dt
+            if r == 0:
+                first = (len(bodies), dt)
         time.sleep(2)
         rss = central.rss()
         at = start + 30.0 * (rounds - 1) + 1
@@ -417,7 +421,7 @@ def simulate(
                 times.append(dt)
             panels.append((f"{title} ({'range' if ranged else 'instant'})", sorted(times)[1], n))
         return {"sites": sites, "series": series, "samples": sent, "seconds": took,
-                "rss": rss, "panels": panels}  # fmt: skip
+                "rss": rss, "panels": panels, "first_seconds": first[1]}  # fmt: skip
     finally:
         central.close()
 
@@ -451,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"series: {res['series']}; "
                   f"samples sent: {res['samples']} in {res['seconds']:.1f} s = "
                   f"{res['samples'] / res['seconds']:.0f} samples/s ingested")  # fmt: skip
+            later = res["seconds"] - res["first_seconds"]
+            print(f"  first scrape (every series new): {res['series'] / res['first_seconds']:.0f}"
+                  f" samples/s; later scrapes (appends): "
+                  f"{(res['samples'] - res['series']) / later:.0f} samples/s")  # fmt: skip
             print(f"central Prometheus RSS after ingest: {res['rss'] / 2**20:.0f} MiB "
                   f"({res['rss'] / res['series'] / 1024:.1f} KiB per series)")  # fmt: skip
             print(f"at a 30 s scrape interval this fleet sends {res['series'] / 30:.0f} samples/s")
