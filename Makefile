@@ -52,6 +52,7 @@ bench: sysdeps-bench venv
 	$(PY) -m bench.live_bench
 	$(PY) -m bench.quic_bench
 	$(PY) -m bench.learn_bench
+	$(PY) -m bench.fleet_bench
 
 # The Debian package (dist/phonehome_*.deb) and its install/boot test alone.
 sysdeps-deb:

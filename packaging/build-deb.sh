@@ -149,9 +149,10 @@ install -D -m 0644 "$here/phonehome-modules.conf" "$stage/usr/lib/modules-load.d
 # none. A conffile would be replaced on upgrade when unedited, and the example sets no home
 # country (the owner must): an upgraded sensor would stop (debian NEWS for 0.2.0).
 install -D -m 0644 etc/phonehome.toml "$stage/usr/share/phonehome/phonehome.toml.example"
-# Prometheus rules and Grafana dashboards, whatever the tree holds now; not the Python that
+# Prometheus rules, Grafana dashboards and the fleet reference configuration (etc/fleet),
+# whatever the tree holds now; not the Python that
 # generates the dashboard JSON (the JSON itself is shipped).
-for part in prometheus grafana; do
+for part in prometheus grafana fleet; do
 	if [ -d "etc/$part" ] && [ -n "$(ls -A "etc/$part")" ]; then
 		mkdir -p "$stage/usr/share/phonehome/$part"
 		tar -C "etc/$part" --exclude='*.py' --exclude=__pycache__ -cf - . |

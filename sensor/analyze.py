@@ -27,6 +27,7 @@ from sensor.config import (
     ConfigError,
     IdentifiersConfig,
     parse_config,
+    site_name,
 )
 from sensor.config import load_config as parse_config_file
 from sensor.decode.link import SUPPORTED_LINKTYPES, linktype_label
@@ -297,6 +298,7 @@ def _analyze(
             JournalConfig(enabled=False),
             cfg.alertmanager,
             resolve_after=cfg.alerts.suppress_window,
+            site=site_name(cfg),
         )
     try:
         stages = build_stages(cfg, report, alert_sinks, record=opts.record)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import socket
 import stat
 import tomllib
 import types
@@ -45,6 +46,9 @@ DEFAULT_LAN_NETWORKS = (
 )
 
 DEVICE_KINDS = ("phone", "tablet", "computer", "tv", "iot", "unknown")
+
+SITE_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+"""A site name: safe as a label value, a file name and a DNS label alike."""
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -101,6 +105,21 @@ def _toml_type(value: object) -> str:
     return _TOML_TYPES.get(type(value), type(value).__name__)
 
 
+def site_name(cfg: Config, hostname: str | None = None) -> str:
+    """The site's name: `site.name`, else the older `alertmanager.labels.site`, else the host
+    name made into one (lower case, other characters as '-', first label only), else
+    "default". Every alert and ``phonehome_site_info`` carry it, so two sensors of a fleet
+    must differ here (docs/FLEET.md says to set `site.name`)."""
+    if cfg.site.name is not None:
+        return cfg.site.name
+    old = cfg.alertmanager.labels.get("site")
+    if old:
+        return old
+    host = (hostname if hostname is not None else socket.gethostname()).split(".")[0].lower()
+    host = re.sub(r"[^a-z0-9._-]", "-", host).lstrip("._-")[:63]
+    return host or "default"
+
+
 def normalize_mac(text: str) -> str:
     """'AA-BB-CC-DD-EE-FF' / 'aabbccddeeff' -> 'aa:bb:cc:dd:ee:ff'; ValueError if not a MAC."""
     t = text.strip().lower()
@@ -116,8 +135,17 @@ class SiteConfig:
     """Prefixes whose hosts are LAN devices (the client side of a flow)."""
     home_country: str | None = None
     """ISO 3166-1 alpha-2 code of the country the network is in; "abroad" is any other."""
+    name: str | None = None
+    """This site's name in a fleet (``phonehome_site_info{site}``, the ``site`` label on every
+    alert): lower-case letters, digits, '.', '_', '-', at most 63. Unset: the host name
+    (`site_name`)."""
 
     def validate(self) -> None:
+        if self.name is not None and not SITE_NAME_RE.fullmatch(self.name):
+            raise ValueError(
+                "name: 1-63 lower-case letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit"
+            )
         for net in self.lan_networks:
             try:
                 ipaddress.ip_network(net, strict=False)
@@ -470,7 +498,7 @@ def _build(cls: type[Any], table: Any, source: str, prefix: str) -> Any:
         except ValueError as exc:
             # validate() says "key: reason"; lift the key into the dotted name
             name, sep, reason = str(exc).partition(": ")
-            if sep and name.split(".")[0] in names:
+            if sep and name.split(".")[0].split("[")[0] in names:
                 raise ConfigError(source, f"{prefix}.{name}", reason) from None
             raise ConfigError(source, prefix, str(exc)) from None
     return obj
@@ -499,7 +527,20 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
             sections[key] = _build(_SECTIONS[key], value, source, key)
         else:
             raise ConfigError(source, dotted("", key), "unknown section")
-    return Config(**sections, devices=tuple(devices), source=source)
+    cfg = Config(**sections, devices=tuple(devices), source=source)
+    _check_site_label(cfg)
+    return cfg
+
+
+def _check_site_label(cfg: Config) -> None:
+    """`alertmanager.labels.site` predates `site.name` and is still accepted (it names the
+    site when `site.name` is unset), but the two must not disagree: alerts would carry one,
+    series the other."""
+    old = cfg.alertmanager.labels.get("site")
+    if old is not None and cfg.site.name is not None and old != cfg.site.name:
+        raise ConfigError(
+            cfg.source, "alertmanager.labels.site", "differs from site.name; set site.name only"
+        )
 
 
 def load_config(path: str | Path | None) -> Config:

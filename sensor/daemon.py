@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import __version__
-from sensor.config import Config, ConfigError
+from sensor.config import Config, ConfigError, site_name
 from sensor.files import errno_name, write_atomically
 from sensor.metrics import Exporter, MetricsError
 from sensor.model import Device, Flow
@@ -273,6 +273,7 @@ class Daemon:
             cfg.journal,
             cfg.alertmanager,
             resolve_after=cfg.alerts.suppress_window,
+            site=site_name(cfg),
         )
         sinks.append(self.metrics.alert_sink())
         return sinks

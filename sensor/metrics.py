@@ -793,10 +793,16 @@ class Exporter:
         build = InfoMetricFamily("phonehome_build", "Phonehome version and the Python running it")
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield build
-        site = InfoMetricFamily("phonehome_site", "The site's settings that rules join on")
+        site = InfoMetricFamily(
+            "phonehome_site", "The site's name (fleet label) and the settings rules join on"
+        )
         cfg = getattr(self.sensor, "cfg", None)
         home = getattr(getattr(cfg, "site", None), "home_country", None) or ""
-        site.add_metric([], {"home_country": home})
+        # config.py imports this module (MetricsConfig): its helper is looked up late
+        from sensor.config import Config, site_name
+
+        name = site_name(cfg) if isinstance(cfg, Config) else ""
+        site.add_metric([], {"home_country": home, "site": name})
         yield site
         # The upload thresholds the sensor alerts on, so the shipped Prometheus rules follow
         # the owner's settings: ForeignUploadHigh is off while foreign_upload is.
@@ -936,6 +942,46 @@ class Exporter:
         for sink, n in sorted(_fold_keys(stats.get("sink_errors") or {}).items()):
             fam.add_metric([safe_label(sink)], carry.value(("sink_errors", sink), n))
         yield fam
+        yield from self._alertmanager_families(stage, stats, carry)
+
+    def _alertmanager_families(
+        self, stage: Any, stats: Mapping[str, Any], carry: _Carry
+    ) -> Families:
+        """Per Alertmanager the sensor pushes to (each of an HA pair has its own sender):
+        alerts by outcome and the queue length, so one unreachable member shows."""
+        sinks = stats.get("sinks") or {}
+        fam = CounterMetricFamily(
+            "phonehome_alertmanager_alerts",
+            "Alerts pushed to each Alertmanager, by outcome (sent; failed after every retry; "
+            "rejected with a 4xx answer; dropped: queue full, or unsent at shutdown)",
+            labels=["alertmanager", "outcome"],
+        )
+        qlen = GaugeMetricFamily(
+            "phonehome_alertmanager_queue_length",
+            "Alerts waiting for an Alertmanager's sender",
+            labels=["alertmanager"],
+        )
+        for sink in list(getattr(stage, "sinks", ()))[:MAX_REASONS]:
+            endpoint = getattr(sink, "endpoint", None)
+            st = sinks.get(getattr(sink, "name", None))
+            if not isinstance(endpoint, str) or not isinstance(st, Mapping):
+                continue
+            am = safe_label(endpoint)
+            for outcome, n in (
+                ("sent", st.get("sent", 0)),
+                ("failed", st.get("failed", 0)),
+                ("rejected", st.get("rejected", 0)),
+                (
+                    "dropped",
+                    st.get("dropped_queue_full", 0)
+                    + st.get("dropped_closed", 0)
+                    + st.get("unsent_at_close", 0),
+                ),
+            ):
+                fam.add_metric([am, outcome], carry.value(("am", am, outcome), float(n)))
+            qlen.add_metric([am], float(st.get("queue_length", 0)))
+        yield fam
+        yield qlen
 
     def _collect_pipeline(self) -> Families:
         p = getattr(self.sensor, "pipeline", None)

@@ -131,7 +131,12 @@ AM_BUILTIN_LABELS: Final = frozenset(
 @dataclass(frozen=True, slots=True)
 class AlertmanagerConfig:
     url: str | None = None
-    """Alertmanager's base URL, e.g. ``http://127.0.0.1:9093``; unset disables the sink."""
+    """Alertmanager's base URL, e.g. ``http://127.0.0.1:9093``; unset (and no `urls`)
+    disables the sink."""
+    urls: tuple[str, ...] = ()
+    """Every Alertmanager of an HA cluster: each gets every alert (its own queue, retries and
+    counters, so a dead one holds nothing back) and the cluster deduplicates. Use either
+    `url` or `urls`, not both."""
     timeout: float = 5.0
     """Seconds for one POST (connect and response)."""
     labels: dict[str, str] = field(default_factory=dict)
@@ -148,11 +153,22 @@ class AlertmanagerConfig:
     """Seconds before the first retry; doubled each time, up to `backoff_max`."""
     backoff_max: float = 60.0
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The Alertmanager URLs alerts go to: `urls`, or `url` alone; empty: none."""
+        return self.urls or ((self.url,) if self.url is not None else ())
+
     def validate(self) -> None:
         if self.url is not None:
-            parts = urllib.parse.urlsplit(self.url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("url: must be an http:// or https:// URL with a host")
+            if self.urls:
+                raise ValueError("urls: set either url or urls, not both")
+            _check_am_url("url", self.url)
+        for i, url in enumerate(self.urls):
+            _check_am_url(f"urls[{i}]", url)
+        if len(self.urls) > 16:
+            raise ValueError("urls: at most 16 Alertmanagers")
+        if len({_am_endpoint(u) for u in self.urls}) != len(self.urls):
+            raise ValueError("urls: the same Alertmanager twice")
         if not 0 < self.timeout <= 300:
             raise ValueError("timeout: must be between 0 and 300 seconds")
         for name in self.labels:
@@ -168,6 +184,27 @@ class AlertmanagerConfig:
             raise ValueError("retries: must be between 0 and 100")
         if self.backoff < 0 or self.backoff_max < self.backoff:
             raise ValueError("backoff: must be >= 0 and not above backoff_max")
+
+
+def _check_am_url(key: str, url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"{key}: bad port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{key}: must be an http:// or https:// URL with a host")
+
+
+def _am_endpoint(url: str) -> str:
+    """``host:port/path`` of an Alertmanager URL, without credentials: for logs, metrics and
+    telling two URLs apart."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}{parts.path.rstrip('/')}"
 
 
 # --- shared helpers ---------------------------------------------------------------------------
@@ -733,12 +770,32 @@ class AlertmanagerSink:
 
     name = "alertmanager"
 
-    def __init__(self, cfg: AlertmanagerConfig, resolve_after: float = 3600.0) -> None:
-        if cfg.url is None:
-            raise ValueError("url: Alertmanager sink needs a URL")
+    def __init__(
+        self,
+        cfg: AlertmanagerConfig,
+        resolve_after: float = 3600.0,
+        *,
+        url: str | None = None,
+        site: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        """One Alertmanager: `url` (default: the configured one, when there is only one).
+        `site` becomes the ``site`` label of every alert unless ``labels.site`` is set (which
+        config validation keeps equal to `site.name`). `name` keys its stats."""
+        if url is None:
+            if len(cfg.targets) != 1:
+                raise ValueError("url: Alertmanager sink needs one URL")
+            url = cfg.targets[0]
         self.cfg = cfg
         self.resolve_after = resolve_after
-        parts = urllib.parse.urlsplit(cfg.url)
+        self.endpoint = _am_endpoint(url)
+        """``host:port/path``, no credentials."""
+        if name is not None:
+            self.name = name
+        self._labels = dict(cfg.labels)
+        if site:
+            self._labels.setdefault("site", site)
+        parts = urllib.parse.urlsplit(url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port
@@ -762,7 +819,7 @@ class AlertmanagerSink:
         self.unsent = 0
         self._closed = False
         self._thread = threading.Thread(
-            target=self._run, name="phonehome-alertmanager", daemon=True
+            target=self._run, name=f"phonehome-am-{self.endpoint}"[:60], daemon=True
         )
         self._thread.start()
 
@@ -772,14 +829,14 @@ class AlertmanagerSink:
         if self._closed:
             self.dropped_closed += 1
             return
-        item = alertmanager_alert(
-            alert, self.resolve_after, self.cfg.labels, self.cfg.generator_url
-        )
+        item = alertmanager_alert(alert, self.resolve_after, self._labels, self.cfg.generator_url)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             self.dropped_full += 1
-            self._limiter.warning("full", "alertmanager: queue full, alert dropped")
+            self._limiter.warning(
+                "full", "alertmanager %s: queue full, alert dropped", self.endpoint
+            )
             return
         self.queued += 1
 
@@ -936,11 +993,16 @@ def make_sinks(
     journal: JournalConfig | None = None,
     alertmanager: AlertmanagerConfig | None = None,
     resolve_after: float = 3600.0,
+    site: str | None = None,
 ) -> list[Sink]:
     """The sinks the settings switch on, in delivery order: the event log first, so that
     every other sink (and anything appended after these) only sees an alert once its record
     is on disk (see `EventLog`). `resolve_after` should be the alert stage's suppression
-    window."""
+    window; `site` the site's name, labelled on every alert to Alertmanager.
+
+    One `AlertmanagerSink` per Alertmanager URL (an HA cluster wants every alert at every
+    member and deduplicates itself): each has its own queue, so a dead member only fills its
+    own. Named ``alertmanager`` when there is one, ``alertmanager@host:port`` when several."""
     eventlog = eventlog or EventLogConfig()
     journal = journal or JournalConfig()
     alertmanager = alertmanager or AlertmanagerConfig()
@@ -949,6 +1011,8 @@ def make_sinks(
         sinks.append(EventLog.from_config(eventlog, state_dir))
     if journal.enabled:
         sinks.append(JournalSink(journal))
-    if alertmanager.url is not None:
-        sinks.append(AlertmanagerSink(alertmanager, resolve_after))
+    targets = alertmanager.targets
+    for url in targets:
+        name = "alertmanager" if len(targets) == 1 else f"alertmanager@{_am_endpoint(url)}"
+        sinks.append(AlertmanagerSink(alertmanager, resolve_after, url=url, site=site, name=name))
     return sinks

@@ -906,3 +906,37 @@ def test_check_reports_broken_data_files_without_a_traceback(tmp_path: Path) -> 
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "  data manifest unreadable: no sources table\n" in proc.stdout
     assert f"  data error: aws: {data}/ip-ranges.json: not JSON" in proc.stdout
+
+
+def test_site_name(tmp_path: Path) -> None:
+    from sensor.config import site_name
+
+    cfg = load_config(write(tmp_path, "[site]\nname = 'branch-07.north'\n"))
+    assert cfg.site.name == "branch-07.north" and site_name(cfg) == "branch-07.north"
+    for bad in ("", "Home", "-x", "a b", "x" * 64, "café"):
+        err = error(tmp_path, f"[site]\nname = {bad!r}\n")
+        assert err.key == "site.name" and "lower-case" in err.reason
+    # unset: the older alertmanager.labels.site, else the host name made into a site name
+    old = load_config(write(tmp_path, "[alertmanager]\nlabels = { site = 'Old Home' }\n"))
+    assert site_name(old) == "Old Home"
+    assert site_name(Config(), hostname="Router_1.lan") == "router_1"
+    assert site_name(Config(), hostname="ÄÖ.x") == "default"
+    err = error(tmp_path, "[site]\nname = 'a'\n[alertmanager]\nlabels = { site = 'b' }\n")
+    assert (err.key, err.reason) == (
+        "alertmanager.labels.site",
+        "differs from site.name; set site.name only",
+    )
+    same = "[site]\nname = 'a'\n[alertmanager]\nlabels = { site = 'a' }\n"
+    assert load_config(write(tmp_path, same)).site.name == "a"
+
+
+def test_alertmanager_urls(tmp_path: Path) -> None:
+    text = "[alertmanager]\nurls = ['http://10.0.0.1:9093', 'http://10.0.0.2:9093']\n"
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.alertmanager.targets == ("http://10.0.0.1:9093", "http://10.0.0.2:9093")
+    err = error(tmp_path, "[alertmanager]\nurl = 'http://a:1'\nurls = ['http://b:1']\n")
+    assert (err.key, err.reason) == ("alertmanager.urls", "set either url or urls, not both")
+    err = error(tmp_path, "[alertmanager]\nurls = ['http://a:1', 'ftp://b']\n")
+    assert err.key == "alertmanager.urls[1]"
+    err = error(tmp_path, "[alertmanager]\nurls = 'http://a:1'\n")
+    assert err.key == "alertmanager.urls" and "expected a list" in err.reason

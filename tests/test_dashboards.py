@@ -46,6 +46,7 @@ RULE_TESTS = ROOT / "etc" / "prometheus" / "phonehome.rules.test.yml"
 SCRAPE = ROOT / "etc" / "prometheus" / "scrape.yml"
 GRAFANA = ROOT / "etc" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "phonehome.json"
+FLEET_DASHBOARD = GRAFANA / "dashboards" / "phonehome-fleet.json"
 PROVIDER = GRAFANA / "provisioning" / "dashboards" / "phonehome.yml"
 
 GRAFANA_VARIABLES = {
@@ -57,6 +58,7 @@ GRAFANA_VARIABLES = {
     "job": "phonehome",
     "instance": ".*",
     "device": ".*",
+    "site": ".*",
 }
 
 
@@ -82,13 +84,22 @@ def dashboard() -> dict[str, Any]:
     return doc
 
 
-def panel_targets() -> list[tuple[str, str, dict[str, Any]]]:
+def panel_targets(board: dict[str, Any] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
     return [
         (p["title"], t["refId"], t)
-        for p in dashboard()["panels"]
+        for p in (board or dashboard())["panels"]
         if p["type"] != "row"
         for t in p["targets"]
     ]
+
+
+def fleet_dashboard() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(FLEET_DASHBOARD.read_text())
+    return doc
+
+
+def fleet_targets() -> list[tuple[str, str, dict[str, Any]]]:
+    return panel_targets(fleet_dashboard())
 
 
 # --- the dashboard file -----------------------------------------------------------------------
@@ -154,6 +165,29 @@ def test_dashboard_is_ready_for_file_provisioning() -> None:
     assert geo["targets"][0]["format"] == "table" and geo["targets"][0]["instant"]
 
 
+def test_fleet_dashboard_has_site_on_every_panel() -> None:
+    d = fleet_dashboard()
+    assert d["id"] is None and d["uid"] == "phonehome-fleet"
+    assert d["uid"] != dashboard()["uid"]
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert set(variables) == {"datasource", "site"}
+    assert variables["site"]["includeAll"] and variables["site"]["allValue"] == ".*"
+    assert "phonehome_site_info, site" in variables["site"]["definition"]
+    titles = set()
+    for title, ref, t in fleet_targets():
+        titles.add(title)
+        # every selector in the query narrows by site
+        selectors = re.findall(r"\b[a-zA-Z_:]\w*\{[^}]*\}|\{__name__[^}]*\}", t["expr"])
+        assert selectors, (title, ref)
+        for sel in selectors:
+            assert 'site=~"$site"' in sel, (title, ref, sel)
+    assert {
+        "Sites",
+        "Sensor alerts per site",
+        "Devices exposing identifiers, across the fleet",
+    } <= titles
+
+
 def test_provisioning_provider() -> None:
     text = PROVIDER.read_text()
     assert text.startswith("#") and "\napiVersion: 1\n" in text
@@ -183,9 +217,11 @@ def test_names_in_dashboard_and_rules_exist(tmp_path: Path) -> None:
         served = set(re.findall(r"^(\w+)", w.exporter.render().decode(), re.M))
     finally:
         w.close()
+    # served only with Alertmanagers configured (tests/test_metrics.py shows them)
+    served |= {"phonehome_alertmanager_alerts_total", "phonehome_alertmanager_queue_length"}
     recorded = set(re.findall(r"record: (\S+)", RULES.read_text()))
     used = set()
-    for _, _, t in panel_targets():
+    for _, _, t in panel_targets() + fleet_targets():
         used |= set(re.findall(r"\b(phonehome_\w+|process_\w+)", t["expr"]))
     used |= set(re.findall(r"\b(phonehome_\w+)", RULES.read_text()))
     missing = {n for n in used if n not in served and n not in recorded}
@@ -231,7 +267,7 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
                 "name": "dashboard",
                 "rules": [
                     {"record": f"dashboard:q{i}", "expr": substitute(t["expr"])}
-                    for i, (_, _, t) in enumerate(panel_targets())
+                    for i, (_, _, t) in enumerate(panel_targets() + fleet_targets())
                 ],
             }
         ]

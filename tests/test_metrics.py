@@ -174,7 +174,7 @@ class Wired:
 
 def home_config(state: Path, **extra: Any) -> Config:
     doc: dict[str, Any] = {
-        "site": {"home_country": "ID"},
+        "site": {"home_country": "ID", "name": "home"},
         "paths": {"state_dir": str(state)},
         "identifiers": {"phone": [DEMO_PHONE], "imei": [DEMO_IMEI]},
         "devices": [{"mac": PHONE.mac, "name": "Redmi phone", "kind": "phone"}],
@@ -430,7 +430,7 @@ def test_sample_home_families(wired: Wired, tmp_path: Path) -> None:
         kind="phone",
     ) == [1.0]
     assert values(ended, "phonehome_device_info", device="laptop", mac=LAPTOP.mac) == [1.0]
-    assert values(ended, "phonehome_site_info", home_country="ID") == [1.0]
+    assert values(ended, "phonehome_site_info", home_country="ID", site="home") == [1.0]
     assert values(ended, "phonehome_build_info")
     assert values(ended, "phonehome_packets_read_total") == [261.0]
     assert values(ended, "phonehome_flows_evicted_total", reason="idle") == [0.0]
@@ -563,6 +563,35 @@ def test_alert_stage_counters_carry_over_a_reload() -> None:
     s.stages.detector = SimpleNamespace(alerts=new)  # a reload built new stages
     second = s.scrape()
     assert values(second, "phonehome_alerts_suppressed_total", rule="new_country") == [7.0]
+
+
+def test_each_alertmanager_has_its_own_counters_carried_over_a_reload() -> None:
+    def am(endpoint: str, name: str, sent: int, failed: int, queued: int) -> SimpleNamespace:
+        st = {"sent": sent, "failed": failed, "dropped_queue_full": 1, "queue_length": queued}
+        return SimpleNamespace(endpoint=endpoint, name=name, stats=lambda: st)
+
+    def stage(*sinks: SimpleNamespace) -> SimpleNamespace:
+        return SimpleNamespace(
+            sinks=list(sinks), stats=lambda: {"sinks": {x.name: x.stats() for x in sinks}}
+        )
+
+    s = FakeSensor()
+    a1, b1 = am("10.0.0.1:9093", "alertmanager@a", 4, 0, 0), am("b:9093", "alertmanager@b", 0, 4, 3)
+    s.stages.detector = SimpleNamespace(alerts=stage(a1, b1))
+    first = s.scrape()
+    got = values(first, "phonehome_alertmanager_alerts_total", alertmanager="10.0.0.1:9093")
+    assert sorted(got) == [0.0, 0.0, 1.0, 4.0]
+    assert values(
+        first, "phonehome_alertmanager_alerts_total", alertmanager="b:9093", outcome="failed"
+    ) == [4.0]
+    assert values(first, "phonehome_alertmanager_queue_length", alertmanager="b:9093") == [3.0]
+    a2 = am("10.0.0.1:9093", "alertmanager@a", 1, 0, 0)
+    s.stages.detector = SimpleNamespace(alerts=stage(a2))  # a reload built new sinks
+    second = s.scrape()
+    sent = values(
+        second, "phonehome_alertmanager_alerts_total", alertmanager="10.0.0.1:9093", outcome="sent"
+    )
+    assert sent == [5.0]
 
 
 # --- cardinality ------------------------------------------------------------------------------

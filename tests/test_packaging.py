@@ -278,7 +278,7 @@ def test_deb_contents(deb_file: Path) -> None:
         f"{PREFIX}/lib/python3.11/site-packages/sensor/data/vendors.toml",
     ]
     # Rules and dashboards: whatever the tree holds at build time.
-    for part in ("prometheus", "grafana"):
+    for part in ("prometheus", "grafana", "fleet"):
         src = REPO / "etc" / part
         if src.is_dir():
             expected += [

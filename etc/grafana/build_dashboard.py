@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Build etc/grafana/dashboards/phonehome.json, the Phonehome dashboard, from this file.
+"""Build etc/grafana/dashboards/phonehome.json, the Phonehome dashboard, and
+phonehome-fleet.json, the fleet view (many sites in one Prometheus), from this file.
 
     python3 etc/grafana/build_dashboard.py           # write the JSON
     python3 etc/grafana/build_dashboard.py --check   # exit 1 if the JSON is not what we build
@@ -8,6 +9,8 @@ Standard library only: the dashboard is plain Grafana JSON (schema 39, Grafana 1
 ready for file provisioning (etc/grafana/provisioning/dashboards/phonehome.yml). It has no
 ``__inputs``: the Prometheus data source is a template variable (``$datasource``), so the same
 file works on every Grafana. ``$job``, ``$instance`` and ``$device`` narrow every query.
+In the fleet view, ``$site`` (the agents' external label, the sensors' site.name) narrows every
+query (docs/FLEET.md).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 UID = "phonehome-overview"
 OUT = Path(__file__).resolve().parent / "dashboards" / "phonehome.json"
+FLEET_UID = "phonehome-fleet"
+FLEET_OUT = OUT.with_name("phonehome-fleet.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
 SEL = 'job="$job", instance=~"$instance"'
@@ -671,12 +676,38 @@ def panels() -> list[Json]:
 
 
 def dashboard() -> Json:
+    return _frame(
+        UID,
+        "Phonehome",
+        "Which LAN device phones home to which cloud, where, how much it "
+        "uploads, which identifiers leave in cleartext; and the sensor's own health.",
+        [
+            variable("job", "Job", "label_values(phonehome_build_info, job)"),
+            variable(
+                "instance",
+                "Sensor",
+                'label_values(phonehome_build_info{job="$job"}, instance)',
+                multi=True,
+            ),
+            variable(
+                "device",
+                "Device",
+                f"label_values(phonehome_device_info{{{SEL}}}, device)",
+                multi=True,
+            ),
+        ],
+        panels(),
+    )
+
+
+def _frame(
+    uid: str, title: str, description: str, variables: list[Json], items: list[Json]
+) -> Json:
     return {
         "id": None,
-        "uid": UID,
-        "title": "Phonehome",
-        "description": "Which LAN device phones home to which cloud, where, how much it "
-        "uploads, which identifiers leave in cleartext; and the sensor's own health.",
+        "uid": uid,
+        "title": title,
+        "description": description,
         "tags": ["phonehome", "network", "privacy"],
         "editable": True,
         "graphTooltip": 1,
@@ -716,44 +747,217 @@ def dashboard() -> Json:
                     "current": {},
                     "options": [],
                 },
-                variable("job", "Job", "label_values(phonehome_build_info, job)"),
-                variable(
-                    "instance",
-                    "Sensor",
-                    'label_values(phonehome_build_info{job="$job"}, instance)',
-                    multi=True,
-                ),
-                variable(
-                    "device",
-                    "Device",
-                    f"label_values(phonehome_device_info{{{SEL}}}, device)",
-                    multi=True,
-                ),
+                *variables,
             ]
         },
-        "panels": layout(panels()),
+        "panels": layout(items),
     }
 
 
-def render() -> str:
-    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+SITE = 'site=~"$site"'
+"""The fleet view's selector: every query has it (the agents' external label)."""
+
+
+def fleet_panels() -> list[Json]:
+    exposures = f'phonehome_identifier_exposures_total{{job="phonehome", {SITE}}}'
+    return [
+        row("Sites"),
+        stat(
+            "Sites reporting",
+            targets((f"count(count by (site) (phonehome_site_info{{{SITE}}}))", "")),
+            w=4,
+            description="Sites whose sensor's series are current in Prometheus.",
+        ),
+        stat(
+            "Sites silent",
+            targets(
+                (
+                    "count(group by (site) "
+                    f"(last_over_time(phonehome_site_info{{{SITE}}}[7d])) unless on (site) "
+                    f"group by (site) (phonehome_site_info{{{SITE}}})) or vector(0)",
+                    "",
+                )
+            ),
+            w=4,
+            thresholds=[(None, "green"), (1, "red")],
+            description="Sites that reported in the last 7 days but not now "
+            "(PhonehomeSiteSilent fires after 10 minutes of this).",
+        ),
+        stat(
+            "Devices across the fleet",
+            targets((f'count(phonehome_device_info{{job="phonehome", {SITE}}})', "")),
+            w=4,
+        ),
+        stat(
+            "Identifier exposures",
+            targets((f"sum(increase({exposures}[$__range]))", "")),
+            w=4,
+            thresholds=[(None, "green"), (1, "red")],
+        ),
+        stat(
+            "Sensor alerts",
+            targets(
+                (f'sum(increase(phonehome_alerts_total{{job="phonehome", {SITE}}}[$__range]))', "")
+            ),
+            w=4,
+        ),
+        stat(
+            "Alertmanager deliveries failing",
+            targets(
+                (
+                    "sum(increase(phonehome_alertmanager_alerts_total"
+                    f'{{{SITE}, outcome=~"failed|rejected|dropped"}}[$__range])) or vector(0)',
+                    "",
+                )
+            ),
+            w=4,
+            thresholds=[(None, "green"), (1, "orange")],
+            description="Alerts a sensor could not hand to one of the Alertmanagers it sends "
+            "to (with a pair, the other one still got them).",
+        ),
+        table(
+            "Sites",
+            targets(
+                (
+                    f"max by (site, home_country) (phonehome_site_info{{{SITE}}})",
+                    "",
+                ),
+                (f'count by (site) (phonehome_device_info{{job="phonehome", {SITE}}})', ""),
+                (f'max by (site) (up{{job="phonehome", {SITE}}})', ""),
+                instant=True,
+                table=True,
+            ),
+            w=24,
+            h=7,
+            transformations=[
+                {"id": "merge", "options": {}},
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "Value #A": True},
+                        "renameByName": {
+                            "site": "Site",
+                            "home_country": "Home country",
+                            "Value #B": "Devices",
+                            "Value #C": "Sensor up",
+                        },
+                    },
+                },
+            ],
+        ),
+        row("Alerts and identifiers"),
+        bargauge(
+            "Sensor alerts per site",
+            targets(
+                (
+                    "sort_desc(sum by (site) (increase(phonehome_alerts_total"
+                    f'{{job="phonehome", {SITE}}}[$__range])))',
+                    "{{site}}",
+                ),
+                instant=True,
+            ),
+            "short",
+            w=12,
+            h=9,
+        ),
+        bargauge(
+            "Prometheus alerts firing per site",
+            targets(
+                (
+                    f'sort_desc(count by (site) (ALERTS{{alertstate="firing", {SITE}}}))',
+                    "{{site}}",
+                ),
+                instant=True,
+            ),
+            "short",
+            w=12,
+            h=9,
+        ),
+        table(
+            "Devices exposing identifiers, across the fleet",
+            targets(
+                (
+                    "sort_desc(sum by (site, device, identifier, encoding, vendor, dst_country) "
+                    f"(increase({exposures}[$__range])) > 0)",
+                    "",
+                ),
+                instant=True,
+                table=True,
+            ),
+            h=10,
+            transformations=[
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True},
+                        "renameByName": {"Value": "Exposures"},
+                    },
+                }
+            ],
+        ),
+        row("Traffic"),
+        timeseries(
+            "Upload per site",
+            targets(
+                (
+                    "sum by (site) (rate(phonehome_upload_bytes_total"
+                    f'{{job="phonehome", {SITE}}}[$__rate_interval]))',
+                    "{{site}}",
+                )
+            ),
+            "Bps",
+        ),
+        timeseries(
+            "Active series per site",
+            targets(
+                (
+                    "sum by (site) (scrape_samples_post_metric_relabeling"
+                    f'{{job="phonehome", {SITE}}})',
+                    "{{site}}",
+                )
+            ),
+            "short",
+            description="Samples per scrape each site's agent sends after its relabelling: "
+            "what the site costs the central Prometheus (goal: under 2,000).",
+        ),
+    ]
+
+
+def fleet_dashboard() -> Json:
+    return _frame(
+        FLEET_UID,
+        "Phonehome fleet",
+        "Many Phonehome sites in one Prometheus: which sites report, their alerts, and the "
+        "devices exposing identifiers across the fleet. `site` narrows every panel.",
+        [
+            variable("site", "Site", "label_values(phonehome_site_info, site)", multi=True),
+        ],
+        fleet_panels(),
+    )
+
+
+def render(board: Json | None = None) -> str:
+    return json.dumps(board or dashboard(), indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare instead of writing")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--fleet-out", type=Path, default=FLEET_OUT)
     args = ap.parse_args(argv)
-    text = render()
-    if args.check:
-        current = args.out.read_text() if args.out.is_file() else ""
-        if current != text:
-            print(f"{args.out} is out of date: run {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    return 0
+    status = 0
+    for out, board in ((args.out, dashboard()), (args.fleet_out, fleet_dashboard())):
+        text = render(board)
+        if args.check:
+            current = out.read_text() if out.is_file() else ""
+            if current != text:
+                print(f"{out} is out of date: run {Path(__file__).name}", file=sys.stderr)
+                status = 1
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return status
 
 
 if __name__ == "__main__":
