@@ -87,6 +87,10 @@ class FlowEntry:
         return f
 
 
+MAX_ENDING = 1024
+"""Ended connections waiting for late packets at most: under a flood of short connections the
+grace must not hold the table (and the memory bound) full of them."""
+
 EndReason = str
 """Why a flow left the table: "idle", "evicted" (size cap) or "end" (shutdown/end of capture)."""
 
@@ -177,6 +181,10 @@ class FlowTable:
         table[entry.key_up] = late_up
         table[entry.key_down] = late_down
         self.ending[entry.key_up] = (entry, due)
+        if len(self.ending) > MAX_ENDING:
+            # A flood of short connections: the oldest waiting end goes at once.
+            oldest, _ = next(iter(self.ending.values()))
+            self.end(oldest, "end")
 
     def end_due(self, now: float) -> int:
         """End the connections whose grace ran out; returns how many."""

@@ -82,14 +82,14 @@ def summed(monkeypatch: pytest.MonkeyPatch) -> Summed:
 
 
 def analyze_both(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *paths: Path) -> dict[str, Any]:
-    """`phonehome analyze --json` with numpy and without; asserts identical output. Each run
-    gets a fresh state directory (the event log and learned identifiers live there)."""
+    """`phonehome analyze --json` with numpy and without; asserts identical output. Both runs
+    share one state directory: `analyze` without --record writes nothing there."""
     outs = []
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'[paths]\nstate_dir = "{state}"\n')
     for pure in (False, True):
-        state = tmp_path / f"state-{int(pure)}"
-        state.mkdir()
-        cfg = tmp_path / f"cfg-{int(pure)}.toml"
-        cfg.write_text(f'[paths]\nstate_dir = "{state}"\n')
         with monkeypatch.context() as m:
             if pure:
                 m.setattr(pipeline, "_fastpath_available", lambda: False)

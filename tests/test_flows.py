@@ -5,7 +5,9 @@ its counters stay conntrack's final ones. The gateway's own connections are not 
 from __future__ import annotations
 
 import dpkt
+import pytest
 
+from sensor import flows
 from sensor.config import Config, FlowsConfig
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
@@ -136,3 +138,15 @@ def test_the_gateways_own_connections_are_not_accounted() -> None:
     p.finish()
     assert [(f.src_ip, f.dst_port) for f in sink.flows] == [(PHONE, 53)]
     assert p.stats()["conntrack_not_lan"] == 3
+
+
+def test_a_flood_of_ends_waits_no_longer_than_the_table_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(flows, "MAX_ENDING", 2)
+    p, sink = _pipeline()
+    for port in (40001, 40002, 40003):
+        p.account_conntrack("tcp", PHONE, port, SERVER, 80, 60, 1, 40, 1, T0, True)
+    assert [f.src_port for f in sink.flows] == [40001]  # the oldest waiting end went at once
+    p.advance(T0 + 1)
+    assert [f.src_port for f in sink.flows] == [40001, 40002, 40003]
