@@ -55,7 +55,9 @@ def _iccid(rng: random.Random) -> str:
 
 def _values(rng: random.Random, i: int) -> list[tuple[str, str]]:
     """Nine distinct identifiers, as form fields."""
-    mac = ":".join(f"{rng.randrange(256):02x}" for _ in range(6))
+    # A unicast MAC: group-bit MACs are placeholders (never identifiers, never learned).
+    octets = [rng.randrange(256) & 0xFE, *(rng.randrange(256) for _ in range(5))]
+    mac = ":".join(f"{b:02x}" for b in octets)
     return [
         ("imei", _imei(rng)),
         ("meid", _imei(rng)),
