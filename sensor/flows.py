@@ -140,9 +140,15 @@ class FlowTable:
         return self._evict_oldest(len(self.entries) - self.cap)
 
     def _evict_oldest(self, count: int) -> int:
-        """End the `count` oldest flows (the size cap's evictions); returns how many."""
+        """End the `count` oldest flows (the size cap's evictions); returns how many. Ended
+        connections waiting for late packets go first: they are over, and a flood of short
+        connections must not push live flows out."""
         entries = self.entries
         ended = 0
+        while ended < count and self.ending:
+            oldest, _ = next(iter(self.ending.values()))
+            self.end(oldest, "end")
+            ended += 1
         while ended < count and entries:
             _, victim = entries.popitem(last=False)
             self.evicted_cap += 1

@@ -150,3 +150,14 @@ def test_a_flood_of_ends_waits_no_longer_than_the_table_allows(
     assert [f.src_port for f in sink.flows] == [40001]  # the oldest waiting end went at once
     p.advance(T0 + 1)
     assert [f.src_port for f in sink.flows] == [40001, 40002, 40003]
+
+
+def test_at_the_size_cap_waiting_ends_go_before_live_flows() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=16)), sink)
+    p.run_packets([(T0, 1, _frame(True, dpkt.tcp.TH_SYN, 5, sport=39999))])  # a live flow
+    for port in range(40001, 40031):  # a flood of short connections, each ended at once
+        p.account_conntrack("tcp", PHONE, port, SERVER, 80, 60, 1, 40, 1, T0 + 0.001, True)
+    assert len(p.flows) <= 16
+    assert 39999 not in [f.src_port for f in sink.flows]  # the live flow stayed
+    assert p.flows.evicted_cap == 0
