@@ -8,7 +8,7 @@ answers. The hosting side comes from addresses (cloud ranges -> `provider`/`regi
 2. a domain-owner dataset that `phonehome update-data` fetches (`DomainOwners`): by default
    Exodus Privacy's tracker list (Android SDKs and the hosts they talk to; ODbL 1.0 as the
    projects that ship it state, which allows redistribution and commercial use with
-   attribution; see docs/party.md), or any file in the Disconnect
+   attribution; see docs/PARTY.md), or any file in the Disconnect
    "entities" / DuckDuckGo "entity_map" layout from a URL the owner configures (those two are
    CC BY-NC-SA, non-commercial, so never the default);
 3. the registrable domain of the name itself per the Public Suffix List ("soundcloud.com"); on
