@@ -416,3 +416,97 @@ class Enforcer:
                 events.append(PolicyEvent(rule.rule.name, rule.rule.action, dev, dp))
         self._raw = raw
         return events
+
+
+# --- `phonehome policy` -------------------------------------------------------------------------
+
+
+def main(action: str, config_path: str | None, args: Sequence[str], out: object) -> int:
+    """`phonehome policy list | explain DEVICE DEST | clear [--force]`; 2 on a config error."""
+    import sys
+
+    from sensor.config import ConfigError, load_config
+    from sensor.enrich.stage import Enricher
+    from sensor.policy import DestinationFacts, compile_policy, explain
+
+    write = getattr(out, "write", sys.stdout.write)
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        sys.stderr.write(f"phonehome: config error: {exc}\n")
+        return 2
+    p = cfg.policy
+    if action == "clear":
+        # ExecStopPost: the daemon may have crashed with its rules loaded.
+        if p.fail == "closed" and "--force" not in args:
+            write(f"policy.fail = closed: table inet {POLICY_TABLE} kept (--force removes it)\n")
+            return 0
+        try:
+            remove()
+        except EnforceError as exc:
+            sys.stderr.write(f"phonehome: {exc}\n")
+            return 1
+        write(f"table inet {POLICY_TABLE} removed (if it was there)\n")
+        return 0
+    enricher = Enricher.load(cfg)
+    if action == "list":
+        now = time.time()
+        compiled = compile_policy(p, cfg.devices, ["lan"], EnricherData(enricher), now)
+        counters = read_counters() or {}
+        state = "loaded" if counters or exists() else "not loaded"
+        write(f"table inet {POLICY_TABLE}: {state}; fail {p.fail}; {len(p.rules)} rules\n")
+        for r in compiled.rules:
+            rule = r.rule
+            flag = " (expired)" if r.expired else ""
+            write(
+                f"{r.index + 1}. {rule.name}: {rule.action}{flag}, "
+                f"devices {', '.join(rule.devices)}\n"
+            )
+            for c, (_, dev) in ((c, compiled.counters[c]) for c in r.counters):
+                pk, by = counters.get(c, (0, 0))
+                write(f"     {dev}: {pk} packets, {by} bytes\n")
+        for set_, size in sorted(compiled.class_sizes.items()):
+            write(f"   set {set_}: {size} intervals\n")
+        return 0
+    if action == "explain":
+        if len(args) != 2:
+            sys.stderr.write("phonehome policy explain DEVICE DEST (MAC/name/IP, IP/name)\n")
+            return 2
+        who, dest = args
+        mac: str | None = next(
+            (c.mac for c in cfg.devices if who.lower() in (c.mac, (c.name or "").lower())),
+            who.lower() if ":" in who and len(who) == 17 else None,
+        )
+        ip: str | None = dest if ip_key(dest) is not None else None
+        name: str | None = None if ip is not None else dest
+        d = enricher.destination(ip, 0, name) if ip is not None else None
+        party: str | None = d.vendor if d is not None else None
+        if name is not None:
+            m = enricher.vendors.vendor_for_name(name)
+            party = m.vendor if m is not None else None
+        facts = DestinationFacts(
+            ip=ip,
+            name=name,
+            country=d.country if d else None,
+            provider=d.provider if d else None,
+            region=d.region if d else None,
+            asn=d.asn if d else None,
+            party=party,
+        )
+        data = EnricherData(enricher)
+        parties = {x: data.party_domains(x) for r in p.rules for x in r.parties}
+        e = explain(p, cfg.devices, mac, facts, time.time(), parties)
+        write(
+            f"{who} -> {dest}: {e.action}" + (f" by rule {e.rule.name!r}" if e.rule else "") + "\n"
+        )
+        write(
+            f"  destination: country {facts.country}, cloud {facts.provider}:{facts.region}, "
+            f"AS{facts.asn}, party {facts.party}\n"
+        )
+        for line in e.lines:
+            write(f"  {line}\n")
+        if e.would_block:
+            write(f"  dry-run rules that would block: {', '.join(e.would_block)}\n")
+        return 0
+    sys.stderr.write(f"phonehome policy: unknown action {action!r}\n")
+    return 2
