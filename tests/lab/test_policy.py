@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from sensor.daemon import RULES_CHECK
 from sensor.lab import Lab, LabError, post_leak
 from sensor.policy import POLICY_TABLE
 from tests.lab.test_daemon import Daemon
@@ -266,6 +267,22 @@ def test_identifier_abroad_blocks_that_pair_after_the_alert(lab: Lab, daemon: Da
     assert not _blocked(lab, "laptop", CN4)  # the pair, not the destination
 
 
+def test_a_firewall_reload_puts_the_policy_back(
+    lab: Lab, daemon: Daemon, owners_table: str
+) -> None:
+    """The owner's `nft -f` with `flush ruleset` (a restart of nftables.service) takes the
+    policy table with it; the daemon loads it again, and the Redmi is blocked again."""
+    reload = "flush ruleset\n" + owners_table
+    lab.gw_exec(["nft", "-f", "-"], input=reload, text=True, check=True)
+    assert not _table(lab)
+    daemon.wait_for("the policy table back", lambda: _table(lab), RULES_CHECK + LIVENESS)
+    assert _blocked(lab, "xiaomi", CN4)
+    assert not _blocked(lab, "laptop", CN4)
+    # Dynamic elements come back too: the earlier identifier_abroad block, the DNS answers.
+    assert "192.168.77.24 . 203.0.113.10" in _set_elements(lab, "r3_abroad_4")
+    assert SG4 in _set_elements(lab, "r2_dns_4")
+
+
 def test_kill_9_then_the_units_cleanup_leaves_nothing(
     lab: Lab, daemon: Daemon, tmp_path: Path
 ) -> None:
@@ -289,3 +306,25 @@ def test_kill_9_then_the_units_cleanup_leaves_nothing(
     finally:
         d.stop()
         lab.gw_exec(["nft", "delete", "table", "inet", "phonehome"])  # the capture table
+
+
+def test_fail_closed_keeps_the_rules_after_stop(lab: Lab, daemon: Daemon, tmp_path: Path) -> None:
+    """policy.fail = "closed": the block rules outlive the daemon (and the unit's clean-up);
+    only `phonehome policy clear --force` removes them."""
+    if daemon.proc.poll() is None:
+        daemon.stop()
+    d = Daemon(lab, tmp_path, extra=POLICY.replace("[policy]\n", '[policy]\nfail = "closed"\n'))
+    try:
+        d.wait_notify("READY=1", timeout=30)
+        assert d.stop() == 0
+        assert _table(lab)
+        assert _blocked(lab, "xiaomi", CN4)
+        clear = [sys.executable, "-m", "sensor", "policy", "clear", "--config", str(d.config)]
+        assert lab.gw_exec(clear).returncode == 0
+        assert _table(lab)
+        assert lab.gw_exec([*clear, "--force"]).returncode == 0
+        assert not _table(lab)
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+        lab.gw_exec(["nft", "delete", "table", "inet", POLICY_TABLE])
