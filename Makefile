@@ -48,6 +48,7 @@ bench: sysdeps-bench venv
 	$(PY) -m bench.lookup_bench
 	$(PY) -m bench.scanner_bench
 	$(PY) -m bench.live_bench
+	$(PY) -m bench.policy_bench
 
 # The Debian package (dist/phonehome_*.deb) and its install/boot test alone.
 sysdeps-deb:
