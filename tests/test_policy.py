@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import pytest
 
 from sensor.config import ConfigError, parse_config
@@ -123,3 +126,25 @@ def test_interval_arithmetic() -> None:
     assert merge_intervals([(5, 9), (1, 3), (4, 4), (20, 30)]) == [(1, 9), (20, 30)]
     assert subtract_intervals([(0, 100)], [(10, 19), (50, 200)]) == [(0, 9), (20, 49)]
     assert subtract_intervals([(0, 5)], []) == [(0, 5)]
+
+
+def test_check_names_rules_that_can_never_match(tmp_path: Path) -> None:
+    from sensor.check import _check_policy
+
+    c = parse_config(
+        {
+            "paths": {"state_dir": str(tmp_path)},
+            "devices": DEVICES,
+            "policy": {
+                "rules": [
+                    {"name": "ok", "action": "block", "devices": ["Redmi"], "countries": ["CN"]},
+                    {"name": "nobody", "parties": ["Nokla"], "asns": [4134]},
+                ]
+            },
+        }
+    )
+    out = io.StringIO()
+    assert _check_policy(c, out) == 2
+    text = out.getvalue()
+    assert "policy: 2 rules, enforced, fail open" in text
+    assert "party 'Nokla': not in vendors.toml" in text and "asn_4134: no addresses" in text
