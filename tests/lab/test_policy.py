@@ -6,6 +6,7 @@ own (root namespace) ruleset and conntrack table stay as they were."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,9 @@ LIVENESS = 10.0
 CN4, CN6 = "203.0.113.10", "2001:db8:203::10"
 SG4 = "198.51.100.20"
 HOME4 = "192.0.2.80"
+GW4 = "192.168.77.1"
+XIAOMI4 = "192.168.77.23"
+LAPTOP = "3c:22:fb:77:00:42"
 REDMI = "64:09:80:77:00:23"
 SAMSUNG = "8c:77:12:77:00:24"
 LAB_ADDRESSES = ("203.0.113.", "198.51.100.", "192.0.2.", "192.168.77.", "2001:db8:", "fd00:77:")
@@ -91,6 +95,15 @@ while True:
     an.ip = socket.inet_aton("192.0.2.80")
     q.an = [an]
     s.sendto(bytes(q), peer)
+"""
+
+# Accepts TCP connections on argv[1]:argv[2] (a stand-in for a service such as SSH).
+LISTEN = r"""
+import socket, sys
+s = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    s.accept()[0].close()
 """
 
 # In a device namespace: sends 1 KiB every 20 ms to argv[1]:9000 until a send fails.
@@ -281,6 +294,59 @@ def test_a_firewall_reload_puts_the_policy_back(
     # Dynamic elements come back too: the earlier identifier_abroad block, the DNS answers.
     assert "192.168.77.24 . 203.0.113.10" in _set_elements(lab, "r3_abroad_4")
     assert SG4 in _set_elements(lab, "r2_dns_4")
+
+
+def _connects(lab: Lab, device: str, address: str, port: int) -> bool:
+    code = f"import socket; socket.create_connection(({address!r}, {port}), timeout=3).close()"
+    return lab.exec(device, [sys.executable, "-c", code], timeout=30).returncode == 0
+
+
+def test_quarantine_by_reload_keeps_lan_and_gateway_only(lab: Lab, daemon: Daemon) -> None:
+    """SIGHUP with a quarantine rule for the laptop: it keeps the gateway's own services (a
+    listener on the gateway's LAN address, as SSH would be) and the LAN (another device), and
+    loses everything beyond. A second SIGHUP without the rule gives it back."""
+    listeners = [
+        lab.gw_popen(
+            [sys.executable, "-c", LISTEN, GW4, "2222"], stdout=subprocess.PIPE, text=True
+        ),
+        lab.popen(
+            "xiaomi",
+            [sys.executable, "-c", LISTEN, XIAOMI4, "2223"],
+            stdout=subprocess.PIPE,
+            text=True,
+        ),
+    ]
+    original = daemon.config.read_text()
+    try:
+        for proc in listeners:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        # Where br_netfilter is loaded, bridged frames pass the forward hook too, and the lab's
+        # own firewall (forward policy drop) decides about LAN-to-LAN: the quarantine must
+        # leave that as it was.
+        lan_before = _connects(lab, "laptop", XIAOMI4, 2223)
+        quarantine = '[[policy.rules]]\nname = "laptop-quarantine"\naction = "quarantine"\n'
+        daemon.config.write_text(original + quarantine + f'devices = ["{LAPTOP}"]\n')
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for(
+            "the quarantine rule loaded",
+            lambda: (
+                "r4_d"
+                in lab.gw_exec(["nft", "list", "counters", "table", "inet", POLICY_TABLE]).stdout
+            ),
+            LIVENESS,
+        )
+        assert _connects(lab, "laptop", GW4, 2222)  # the gateway's own service
+        assert _connects(lab, "laptop", XIAOMI4, 2223) == lan_before  # the LAN
+        assert _blocked(lab, "laptop", HOME4)  # nothing beyond
+        assert not _blocked(lab, "samsung", HOME4)
+        daemon.config.write_text(original)
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for("the laptop released", lambda: not _blocked(lab, "laptop", HOME4), LIVENESS)
+    finally:
+        daemon.config.write_text(original)
+        for proc in listeners:
+            proc.kill()
+            proc.wait()
 
 
 def test_kill_9_then_the_units_cleanup_leaves_nothing(
