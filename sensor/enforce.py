@@ -144,6 +144,18 @@ def read_counters(
     return out
 
 
+def _refresh(table: str, set_name: str, element: str, seconds: int) -> str:
+    """Lines that put `element` in the set with a timeout of `seconds`, also when it is there
+    already: `add element` leaves an existing element's timeout alone, so it is added (a no-op
+    if present), deleted and added again, in the one transaction of the nft call."""
+    where = f"inet {table} {set_name}"
+    return (
+        f"add element {where} {{ {element} }}\n"
+        f"delete element {where} {{ {element} }}\n"
+        f"add element {where} {{ {element} timeout {seconds}s }}"
+    )
+
+
 def _family(ip: str) -> int | None:
     key = ip_key(ip)
     if key is None:
@@ -314,7 +326,7 @@ class Enforcer:
         if fam is None or ttl <= 0:
             return ""
         name = rule.domain_sets[0 if fam == 4 else 1]
-        return f"add element inet {self.compiled.table} {name} {{ {ip} timeout {ttl}s }}"
+        return _refresh(self.compiled.table, name, ip, ttl)
 
     def dns_answer(self, resolver: str, name: str, address: str, ttl: int) -> int:
         """A DNS answer seen by the sensor: `name` (the question) resolves to `address`.
@@ -354,9 +366,7 @@ class Enforcer:
         if fam is None or fam != _family(srv):
             return ""
         name = rule.abroad_sets[0 if fam == 4 else 1]
-        return (
-            f"add element inet {self.compiled.table} {name} {{ {dev} . {srv} timeout {seconds}s }}"
-        )
+        return _refresh(self.compiled.table, name, f"{dev} . {srv}", seconds)
 
     def identifier_abroad(self, mac: str | None, device_ip: str, server_ip: str) -> int:
         """An identifier_abroad alert: block that device → server pair under every rule that
