@@ -214,8 +214,8 @@ class Enforcer:
         self.nft = nft
         self._now = now
         self.stats = EnforcerStats()
-        self.neighbours: dict[str, set[str]] = {}
-        """MAC -> addresses seen for it (only MACs a rule names)."""
+        self.neighbours: dict[str, dict[str, None]] = {}
+        """MAC -> addresses seen for it, oldest first (only MACs a rule names)."""
         self._abroad: dict[tuple[int, str, str], float] = {}
         """(rule index, device address, server address) -> when the block ends."""
         self._dns: dict[tuple[int, str], float] = {}
@@ -239,7 +239,7 @@ class Enforcer:
         self.missing = False
         now = self._now()
         for mac, addrs in self.neighbours.items():
-            self._add_device_addresses(mac, sorted(addrs))
+            self._add_device_addresses(mac, list(addrs))
         self._dns = {k: t for k, t in self._dns.items() if t > now}
         self._abroad = {k: t for k, t in self._abroad.items() if t > now}
         lines = [
@@ -297,27 +297,40 @@ class Enforcer:
                 log.warning("policy set update failed: %s", exc)
 
     def learn_neighbour(self, ip: str, mac: str) -> None:
-        """An address of a device some rule names (others are ignored)."""
+        """An address of a device some rule names (others are ignored): packets to it go to
+        that device's chains (the `to_dev_4`/`to_dev_6` maps)."""
         mac = mac.lower()
-        if mac not in self.compiled.device_sets:
+        fam = _family(ip)
+        lines: list[str] = []
+        for other, addrs in self.neighbours.items():
+            if other != mac and ip in addrs:  # the address moved to another device
+                del addrs[ip]
+                lines.append(self._map_line("delete", ip, None))
+        if mac not in self.compiled.device_sets or fam is None:
+            self._apply(lines)
             return
-        known = self.neighbours.setdefault(mac, set())
-        if ip in known or _family(ip) is None:
+        known = self.neighbours.setdefault(mac, {})
+        if ip in known:
+            self._apply(lines)
             return
-        known.add(ip)
-        if len(known) > 64:  # IPv6 privacy addresses come and go: keep the newest few
-            known.discard(next(iter(known)))
-        self._add_device_addresses(mac, [ip])
+        known[ip] = None
+        if len(known) > 64:  # IPv6 privacy addresses come and go: keep the newest
+            old = next(iter(known))
+            del known[old]
+            lines.append(self._map_line("delete", old, None))
+        lines.append(self._map_line("add", ip, mac))
+        self._apply(lines)
+
+    def _map_line(self, verb: str, ip: str, mac: str | None) -> str:
+        fam = 4 if _family(ip) == 4 else 6
+        where = f"inet {self.compiled.table} to_dev_{fam}"
+        if mac is None:
+            return f"{verb} element {where} {{ {ip} }}"
+        chain = self.compiled.device_sets[mac][0 if fam == 4 else 1]
+        return f"{verb} element {where} {{ {ip} : goto {chain} }}"
 
     def _add_device_addresses(self, mac: str, ips: Sequence[str]) -> None:
-        s4, s6 = self.compiled.device_sets[mac]
-        t = self.compiled.table
-        lines = []
-        for ip in ips:
-            fam = _family(ip)
-            if fam is not None:
-                lines.append(f"add element inet {t} {s4 if fam == 4 else s6} {{ {ip} }}")
-        self._apply(lines)
+        self._apply([self._map_line("add", ip, mac) for ip in ips if _family(ip) is not None])
 
     def _dns_line(self, rule: CompiledRule, ip: str, ttl: int) -> str:
         if rule.domain_sets is None:

@@ -293,7 +293,8 @@ class CompiledPolicy:
     """`nft -f` input that replaces the table atomically."""
     rules: tuple[CompiledRule, ...]
     device_sets: Mapping[str, tuple[str, str]]
-    """MAC -> its (IPv4, IPv6) address sets."""
+    """MAC -> the (IPv4, IPv6) chains for packets to it: the daemon maps the device's
+    addresses to them (maps `to_dev_4`, `to_dev_6`)."""
     class_sizes: Mapping[str, int]
     """Class set name -> intervals in it (for `policy list` and the benchmark)."""
     next_expiry: float | None
@@ -330,8 +331,7 @@ def compile_policy(
     class_sets: dict[tuple[str, str], tuple[str, str]] = {}
     device_sets: dict[str, tuple[str, str]] = {}
     counters: dict[str, tuple[str, str]] = {}
-    up: list[str] = []
-    down: list[str] = []
+    entries: list[tuple[int, tuple[str, ...] | None, list[tuple[str, str]]]] = []
     compiled: list[CompiledRule] = []
     next_expiry: float | None = None
 
@@ -350,9 +350,7 @@ def compile_policy(
         got = device_sets.get(mac)
         if got is None:
             k = len(device_sets)
-            got = (f"dev{k}_4", f"dev{k}_6")
-            sets.append(f"    set {got[0]} {{ type ipv4_addr; }}\n")
-            sets.append(f"    set {got[1]} {{ type ipv6_addr; }}\n")
+            got = (f"down4_d{k}", f"down6_d{k}")
             device_sets[mac] = got
         return got
 
@@ -412,40 +410,28 @@ def compile_policy(
             )
         if rule.action == "quarantine":
             # Anything forwarded that does not stay on the LAN side.
-            dests = [("oifname != " + lan, "", "iifname != " + lan, "")]
-        up_verdict, down_verdict = _verdicts(rule.action)
-        who: list[tuple[str, str, str, str]] = []  # (counter, up match, down4, down6)
+            out_, in_ = f"oifname != {lan}", f"iifname != {lan}"
+            dests = [(out_, out_, in_, in_)]
+        up_v, down_v = _verdicts(rule.action)
+        templates: list[tuple[str, str]] = []  # (chain prefix, line with the counter to fill)
+        for d_up4, d_up6, d_down4, d_down6 in dests:
+            templates += [
+                ("up4", f"{d_up4} counter name @C {up_v}"),
+                ("up6", f"{d_up6} counter name @C {up_v}"),
+                ("down4", f"{d_down4} counter name @C {down_v}"),
+                ("down6", f"{d_down6} counter name @C {down_v}"),
+            ]
         if macs is None:
             c = f"r{i}_all"
             rule_counters[c] = EVERY
             counters[c] = (rule.name, EVERY)
-            who.append((c, "", "", ""))
         else:
             for mac in macs:
-                s4, s6 = device_set(mac)
-                k = list(device_sets).index(mac)
-                c = f"r{i}_d{k}"
+                device_set(mac)
+                c = f"r{i}_d{list(device_sets).index(mac)}"
                 rule_counters[c] = mac
                 counters[c] = (rule.name, names.get(mac, mac))
-                who.append((c, f"ether saddr {mac} ", f"ip daddr @{s4} ", f"ip6 daddr @{s6} "))
-        for c, w_up, w_down4, w_down6 in who:
-            for d_up4, d_up6, d_down4, d_down6 in dests:
-                if d_up6:
-                    up.append(f"{w_up}{d_up4} counter name {c} {up_verdict}")
-                    up.append(f"{w_up}{d_up6} counter name {c} {up_verdict}")
-                else:  # quarantine: one family-less match
-                    up.append(f"{w_up}{d_up4} counter name {c} {up_verdict}")
-                if macs is None:
-                    if d_down6:
-                        down.append(f"{d_down4} counter name {c} {down_verdict}")
-                        down.append(f"{d_down6} counter name {c} {down_verdict}")
-                    continue
-                if d_down6:
-                    down.append(f"{w_down4}{d_down4} counter name {c} {down_verdict}")
-                    down.append(f"{w_down6}{d_down6} counter name {c} {down_verdict}")
-                else:
-                    down.append(f"{w_down4}{d_down4} counter name {c} {down_verdict}")
-                    down.append(f"{w_down6}{d_down4} counter name {c} {down_verdict}")
+        entries.append((i, macs, templates))
         compiled.append(
             CompiledRule(
                 i,
@@ -458,25 +444,61 @@ def compile_policy(
                 expired=False,
             )
         )
+    # Per device (and one for every other device) a chain per family and direction holding,
+    # in order, the rules that apply to it: a packet walks only its own device's rules.
+    keys = ["all", *(f"d{k}" for k in range(len(device_sets)))]
+    chains: dict[str, list[str]] = {
+        f"{d}{fam}_{key}": [] for key in keys for d in ("up", "down") for fam in (4, 6)
+    }
+    for i, macs, templates in entries:
+        if macs is None:
+            targets = [(key, f"r{i}_all") for key in keys]
+        else:
+            targets = [
+                (f"d{list(device_sets).index(m)}", f"r{i}_d{list(device_sets).index(m)}")
+                for m in macs
+            ]
+        for key, c in targets:
+            for prefix, line in templates:
+                chains[f"{prefix}_{key}"].append(line.replace("@C", c).rstrip())
     counter_decls = "".join(f"    counter {c} {{ }}\n" for c in counters)
-    body_up = "".join(f"        {line.rstrip()}\n" for line in up)
-    body_down = "".join(f"        {line.rstrip()}\n" for line in down)
+    maps = "".join(f"    map to_dev_{fam} {{ type ipv{fam}_addr : verdict; }}\n" for fam in (4, 6))
+    dispatch = {}
+    for fam in (4, 6):
+        pairs = ", ".join(f"{mac} : goto up{fam}_d{k}" for k, mac in enumerate(device_sets))
+        vmap = f"        ether saddr vmap {{ {pairs} }}\n" if pairs else ""
+        dispatch[fam] = f"{vmap}        goto up{fam}_all\n"
+    bodies = "".join(
+        f"    chain {name} {{\n" + "".join(f"        {line}\n" for line in lines) + "    }\n"
+        for name, lines in chains.items()
+    )
     script = f"""\
 table inet {table}
 delete table inet {table}
 table inet {table} {{
-{"".join(sets)}{counter_decls}\
+{"".join(sets)}{maps}{counter_decls}\
     chain forward {{
         type filter hook forward priority {PRIORITY}; policy accept;
         iifname {lan} jump from_lan
         oifname {lan} jump to_lan
     }}
     chain from_lan {{
-{body_up}\
+        meta nfproto ipv4 goto from_lan_4
+        meta nfproto ipv6 goto from_lan_6
+    }}
+    chain from_lan_4 {{
+{dispatch[4]}\
+    }}
+    chain from_lan_6 {{
+{dispatch[6]}\
     }}
     chain to_lan {{
-{body_down}\
+        ip daddr vmap @to_dev_4
+        ip6 daddr vmap @to_dev_6
+        meta nfproto ipv4 goto down4_all
+        meta nfproto ipv6 goto down6_all
     }}
+{bodies}\
     chain refuse {{
         meta l4proto tcp reject with tcp reset
         drop

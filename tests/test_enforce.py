@@ -95,7 +95,7 @@ def test_reinstall_puts_dynamic_elements_back(nft: Path) -> None:
     assert e.check() is True  # the table is gone: loaded again
     again = calls(nft)
     assert "table inet phonehome_policy {" in again
-    assert "dev0_4 { 192.168.1.5 }" in again and "192.168.1.6" not in again
+    assert "to_dev_4 { 192.168.1.5 : goto down4_d0 }" in again and "192.168.1.6" not in again
     assert "r0_dns_4 { 198.51.100.7 timeout 300s }" in again
     assert "r0_abroad_4 { 192.168.1.5 . 203.0.113.1 timeout 600s }" in again
     assert e.stats.restored["ok"] == 1
@@ -138,3 +138,23 @@ def test_counters_become_events_and_survive_a_reload(nft: Path) -> None:
     kernel(2)  # the table was loaded again: its counters start over
     (ev,) = e.poll_counters()
     assert ev.packets == 2 and e.totals["r0_d0"] == (7, 700)
+
+
+def test_an_address_that_moves_to_another_device_is_remapped(nft: Path) -> None:
+    cfg = parse_config(
+        {
+            "devices": DEVICES,
+            "policy": {
+                "rules": [{"name": "r", "devices": ["Redmi", "Telly"], "countries": ["CN"]}]
+            },
+        }
+    )
+    compiled = compile_policy(cfg.policy, cfg.devices, ["br-lan"], Data(), 0.0)
+    e = Enforcer(compiled, resolvers=(), abroad_expiry=60, abroad_max=1, nft=str(nft))
+    e.learn_neighbour("192.168.1.5", REDMI)
+    e.learn_neighbour("192.168.1.5", "00:11:22:33:44:55")
+    text = calls(nft)
+    assert text.index("delete element inet phonehome_policy to_dev_4 { 192.168.1.5 }") < text.index(
+        "to_dev_4 { 192.168.1.5 : goto down4_d1 }"
+    )
+    assert e.neighbours == {REDMI: {}, "00:11:22:33:44:55": {"192.168.1.5": None}}

@@ -43,8 +43,12 @@ def test_worked_example_compiles() -> None:
     assert s.startswith("table inet phonehome_policy\ndelete table inet phonehome_policy\n")
     assert "type filter hook forward priority filter - 5; policy accept;" in s
     assert "elements = { 203.0.113.0/24 }" in s or "203.0.113.0-203.0.113.255" in s
-    assert f"ether saddr {REDMI} ip daddr @country_CN_4 counter name r0_d0 jump refuse" in s
-    assert "ip daddr @dev0_4 ip saddr @country_CN_4 counter name r0_d0 drop" in s
+    # Packets from the Redmi go to its own chains (by MAC), packets to it by its addresses.
+    assert f"ether saddr vmap {{ {REDMI} : goto up4_d0 }}" in s
+    assert "chain up4_d0 {\n        ip daddr @country_CN_4 counter name r0_d0 jump refuse\n" in s
+    assert "chain down6_d0 {\n        ip6 saddr @country_CN_6 counter name r0_d0 drop\n" in s
+    assert "chain up4_all {\n    }" in s  # other devices walk no rule
+    assert "ip daddr vmap @to_dev_4" in s and out.device_sets == {REDMI: ("down4_d0", "down6_d0")}
     assert "meta l4proto tcp reject with tcp reset" in s
     assert out.counters == {"r0_d0": ("no-cn", "Redmi")}
     assert TV not in s
@@ -59,7 +63,14 @@ def test_classes_are_shared_and_alert_is_default() -> None:
     assert out.script.count("set country_CN_4 {") == 1
     assert c.policy.rules[0].action == "alert"
     assert "ip daddr @country_CN_4 counter name r0_d0\n" in out.script
-    assert "iifname" in out.script and "counter name r1_all accept" in out.script
+    # The rule over every device is in each device's chain, after that device's own rules.
+    assert (
+        "chain up4_d0 {\n        ip daddr @country_CN_4 counter name r0_d0\n"
+        "        ip daddr @country_CN_4 counter name r1_all accept\n    }"
+    ) in out.script
+    assert (
+        "chain up4_all {\n        ip daddr @country_CN_4 counter name r1_all accept\n" in out.script
+    )
 
 
 def test_expired_rule_is_left_out() -> None:
@@ -73,7 +84,8 @@ def test_expired_rule_is_left_out() -> None:
 def test_quarantine_allows_lan_only() -> None:
     c = cfg({"name": "q", "action": "quarantine", "devices": [TV]})
     s = compile_policy(c.policy, c.devices, ["br-lan"], Data(), 0.0).script
-    assert f'ether saddr {TV} oifname != {{ "br-lan" }} counter name r0_d0 jump refuse' in s
+    assert 'chain up6_d0 {\n        oifname != { "br-lan" } counter name r0_d0 jump refuse' in s
+    assert 'chain down4_d0 {\n        iifname != { "br-lan" } counter name r0_d0 drop' in s
 
 
 @pytest.mark.parametrize(
