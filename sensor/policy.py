@@ -28,8 +28,10 @@ on stop according to `policy.fail` - none of which the capture table's life shou
   names, each element timing out with the answer's TTL;
 - per rule with identifier_abroad, a set per family of (device address . server address) pairs
   with a default timeout and a size cap;
-- per device named by a rule, a set per family of its addresses (from the neighbour table);
-  packets from the device match by MAC (`ether saddr`), packets to it by these addresses;
+- per device named by a rule, a chain per family and direction holding its rules and those
+  over every device, in order: `ether saddr vmap` sends its packets there by MAC, the maps
+  `to_dev_4`/`to_dev_6` (its addresses, from the neighbour table) packets to it; every other
+  device's packets walk only the rules over every device;
 - one named counter per (rule, device), or per rule for "every device": the metrics and the
   policy events read them (cardinality: configured rules x configured devices).
 
