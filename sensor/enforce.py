@@ -448,7 +448,7 @@ def main(action: str, config_path: str | None, args: Sequence[str], out: object)
     """`phonehome policy list | explain DEVICE DEST | clear [--force]`; 2 on a config error."""
     import sys
 
-    from sensor.config import ConfigError, load_config
+    from sensor.config import Config, ConfigError, load_config
     from sensor.enrich.stage import Enricher
     from sensor.policy import DestinationFacts, compile_policy, explain
 
@@ -457,7 +457,12 @@ def main(action: str, config_path: str | None, args: Sequence[str], out: object)
         cfg = load_config(config_path)
     except ConfigError as exc:
         sys.stderr.write(f"phonehome: config error: {exc}\n")
-        return 2
+        if action != "clear":
+            return 2
+        # The file was edited into a broken state after the start: its fail mode is unknown,
+        # and open (the default) is the one that cannot lock anyone out.
+        sys.stderr.write("phonehome: removing the policy table (fail open)\n")
+        cfg = Config()
     p = cfg.policy
     if action == "clear":
         # ExecStopPost: the daemon may have crashed with its rules loaded.

@@ -363,6 +363,8 @@ def test_kill_9_then_the_units_cleanup_leaves_nothing(
         d.proc.kill()
         d.proc.wait(LIVENESS)
         assert _table(lab)  # a crash leaves it: the clean-up is the unit's job
+        # Even with the file edited into an invalid state since the start: fail open.
+        d.config.write_text(d.config.read_text() + "\n[policy.bogus]\n")
         done = lab.gw_exec(
             [sys.executable, "-m", "sensor", "policy", "clear", "--config", str(d.config)]
         )
