@@ -53,6 +53,7 @@ bench: sysdeps-bench venv
 	$(PY) -m bench.quic_bench
 	$(PY) -m bench.learn_bench
 	$(PY) -m bench.fleet_bench
+	$(PY) -m bench.policy_bench
 
 # The Debian package (dist/phonehome_*.deb) and its install/boot test alone.
 sysdeps-deb:

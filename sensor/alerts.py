@@ -124,6 +124,12 @@ RULES: Final[dict[str, Rule]] = {
             "a device's upload abroad far above its own exponentially weighted baseline",
         ),
         Rule("new_country", "info", "first contact of a device with a country"),
+        Rule("policy_block", "warning", "a policy rule blocked a device's packets"),
+        Rule(
+            "policy_would_block",
+            "info",
+            "a dry-run (alert) policy rule matched a device's packets: it would block them",
+        ),
     )
 }
 
@@ -724,6 +730,26 @@ class AlertStage:
             "foreign_upload_anomaly", ts, device, dst, summary, dev.current, flow_uid
         )
         return self._emit(alert, "*", None, "")
+
+    def policy_event(
+        self, rule_name: str, action: str, device: DeviceRef, packets: int, ts: float
+    ) -> Alert | None:
+        """Packets a policy rule matched (read from its nftables counter): `policy_block` for
+        block and quarantine rules, `policy_would_block` for dry runs; one per rule and device
+        per suppression window."""
+        if action not in ("block", "quarantine", "alert"):
+            return None
+        rule = "policy_would_block" if action == "alert" else "policy_block"
+        verb = "would have blocked" if action == "alert" else "blocked"
+        alert = Alert(
+            rule=rule,
+            severity=RULES[rule].severity,
+            ts=ts,
+            device=device,
+            dst=Destination(ip="", port=0),
+            summary=f"policy rule {rule_name!r} {verb} {packets} packets",
+        )
+        return self._emit(alert, f"policy:{rule_name}", None)
 
     # --- plumbing -----------------------------------------------------------------------------
 

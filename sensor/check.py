@@ -54,6 +54,7 @@ def check(config_path: str | None, out: TextIO, now: float | None = None) -> int
     w(f"config: {cfg.source}: valid\n")
     _check_site(cfg, out)
     broken = _check_data(cfg, out, time.time() if now is None else now)
+    broken += _check_policy(cfg, out)  # rules that can never match
     lacking = _check_live(cfg, out) + _check_privileges(cfg, out)
     if broken:
         w(
@@ -114,6 +115,42 @@ def _check_data(cfg: Config, out: TextIO, now: float) -> int:
     except (OSError, ValueError) as exc:
         write(f"  data: cannot load: {exc}\n")
         problems += 1
+    return problems
+
+
+def _check_policy(cfg: Config, out: TextIO) -> int:
+    """The policy compiled against the data as `run` would load it: a class with no address
+    (an ASN the embedded data cannot place, a cloud region with no range file) or a party
+    vendors.toml does not know is a problem, since such a rule can never match."""
+    write = out.write
+    p = cfg.policy
+    if not p.rules:
+        write("policy: no rules\n")
+        return 0
+    from sensor.enforce import EnricherData
+    from sensor.enrich.stage import Enricher
+    from sensor.policy import compile_policy
+
+    try:
+        data = EnricherData(Enricher.load(cfg))
+        compiled = compile_policy(p, cfg.devices, ["lan"], data, time.time())
+    except (OSError, ValueError) as exc:
+        write(f"policy: cannot compile: {exc}\n")
+        return 1
+    state = "enforced" if p.enabled else "checked only (policy.enabled = false)"
+    write(f"policy: {len(p.rules)} rules, {state}, fail {p.fail}\n")
+    problems = 0
+    for r in compiled.rules:
+        rule = r.rule
+        write(f"  {r.index + 1}. {rule.name}: {rule.action}{' (expired)' if r.expired else ''}\n")
+        for party in rule.parties:
+            if not data.party_domains(party):
+                write(f"     party {party!r}: not in vendors.toml, matches nothing\n")
+                problems += 1
+    for name, size in sorted(compiled.class_sizes.items()):
+        if size == 0 and name.endswith("_4") and compiled.class_sizes.get(name[:-2] + "_6") == 0:
+            write(f"     {name[:-2]}: no addresses in the data, matches nothing\n")
+            problems += 1
     return problems
 
 

@@ -68,6 +68,13 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main()
 
 
+def _policy(args: argparse.Namespace) -> int:
+    from sensor.enforce import main as policy_main
+
+    extra = [*args.args, "--force"] if args.force else list(args.args)
+    return policy_main(args.action, args.config, extra, sys.stdout)
+
+
 def _lab(args: argparse.Namespace) -> int:
     from sensor import lab
 
@@ -186,6 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     datafiles.add_arguments(u)
     u.set_defaults(func=_update_data)
+
+    pol = sub.add_parser(
+        "policy",
+        help="per-device policy: list (rules, counters) | explain DEVICE DEST | clear [--force]",
+    )
+    pol.add_argument("action", choices=("list", "explain", "clear"))
+    pol.add_argument("args", nargs="*", help="explain: DEVICE (MAC or name) DEST (IP or name)")
+    pol.add_argument("--force", action="store_true", help="clear even with policy.fail = closed")
+    pol.add_argument(
+        "--config",
+        metavar="FILE",
+        default="/etc/phonehome/phonehome.toml",
+        help="TOML configuration",
+    )
+    pol.set_defaults(func=_policy)
 
     lab = sub.add_parser(
         "lab",

@@ -33,6 +33,7 @@ from typing import Any, Final
 # names and label sets); the loader treats them like every other section.
 from sensor.alerts import AlertsConfig
 from sensor.metrics import MetricsConfig
+from sensor.policy import PolicyConfig, PolicyRuleConfig, check_policy
 from sensor.sinks import AlertmanagerConfig, EventLogConfig, JournalConfig
 
 DEFAULT_LAN_NETWORKS = (
@@ -407,6 +408,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     devices: tuple[DeviceConfig, ...] = ()
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: str = "<defaults>"
 
 
@@ -523,10 +525,19 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
                 except ValueError as exc:
                     raise ConfigError(source, f"devices[{i}].mac", str(exc)) from None
                 devices.append(dev)
+        elif key == "policy":
+            sections[key] = _parse_policy(value, source)
         elif key in _SECTIONS:
             sections[key] = _build(_SECTIONS[key], value, source, key)
         else:
             raise ConfigError(source, dotted("", key), "unknown section")
+    if "policy" in sections:
+        # Rules name devices: checked once the whole file (its [[devices]] too) is read.
+        try:
+            check_policy(sections["policy"], devices)
+        except ValueError as exc:
+            name, _, reason = str(exc).partition(": ")
+            raise ConfigError(source, f"policy.{name}", reason) from None
     cfg = Config(**sections, devices=tuple(devices), source=source)
     _check_site_label(cfg)
     return cfg
@@ -541,6 +552,32 @@ def _check_site_label(cfg: Config) -> None:
         raise ConfigError(
             cfg.source, "alertmanager.labels.site", "differs from site.name; set site.name only"
         )
+
+
+def _parse_policy(table: Any, source: str) -> PolicyConfig:
+    """`[policy]` with its `[[policy.rules]]`: the rules are tables of their own."""
+    if not isinstance(table, dict):
+        raise ConfigError(source, "policy", f"expected a table, got {_toml_type(table)}")
+    rest = {k: v for k, v in table.items() if k != "rules"}
+    rules_raw = table.get("rules", [])
+    if not isinstance(rules_raw, list):
+        raise ConfigError(
+            source,
+            "policy.rules",
+            f"expected an array of tables [[policy.rules]], got {_toml_type(rules_raw)}",
+        )
+    rules = tuple(
+        _build(PolicyRuleConfig, entry, source, f"policy.rules[{i}]")
+        for i, entry in enumerate(rules_raw)
+    )
+    base = _build(PolicyConfig, rest, source, "policy")
+    policy: PolicyConfig = dataclasses.replace(base, rules=rules)
+    try:
+        policy.validate()
+    except ValueError as exc:
+        name, _, reason = str(exc).partition(": ")
+        raise ConfigError(source, f"policy.{name}", reason) from None
+    return policy
 
 
 def load_config(path: str | Path | None) -> Config:

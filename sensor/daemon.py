@@ -39,7 +39,7 @@ from sensor import __version__
 from sensor.config import Config, ConfigError, site_name
 from sensor.files import errno_name, write_atomically
 from sensor.metrics import Exporter, MetricsError
-from sensor.model import Device, Flow
+from sensor.model import Alert, Device, DeviceRef, Flow
 from sensor.pipeline import Pipeline
 from sensor.report import device_record, flow_record
 from sensor.service import Notifier
@@ -138,6 +138,8 @@ class Daemon:
         """file -> why its last write failed, while it keeps failing (the STATUS line)."""
         self._write_limiter = LogLimiter(log)
         self.conntrack_updates = 0
+        self.enforcer: Any = None
+        """sensor.enforce.Enforcer while a policy is loaded."""
 
     # --- start --------------------------------------------------------------------------------
 
@@ -190,8 +192,11 @@ class Daemon:
             privileges.cut_bounding_set()
         self._build_stages()
         self._note_own_addresses()
+        self._start_policy()
         for ip, mac in netlink.neighbours(interfaces=self.interfaces).items():
             self.pipeline.learn_neighbour(ip, mac)
+            if self.enforcer is not None:
+                self.enforcer.learn_neighbour(ip, mac)
         if cfg.metrics.enabled:
             # Opened as root (it may read key and credential files), served after the drop.
             self.metrics.start(serve=False)
@@ -266,6 +271,107 @@ class Daemon:
             self.rules_missing = missing
             self._next_status = 0.0  # say so now, not at the next periodic STATUS
 
+    # --- policy -------------------------------------------------------------------------------
+
+    def _compile_policy(self, cfg: Config, stages: Stages) -> Any:
+        """The compiled policy of `cfg`, or None when there is nothing to enforce."""
+        from sensor.enforce import EnricherData
+        from sensor.policy import compile_policy
+
+        if not cfg.policy.enabled or not cfg.policy.rules or stages.enricher is None:
+            return None
+        return compile_policy(
+            cfg.policy, cfg.devices, self.interfaces, EnricherData(stages.enricher), time.time()
+        )
+
+    def _start_policy(self) -> None:
+        """Loads the policy table (rules checked by `compile_policy` and by the kernel's
+        all-or-nothing transaction: a bad policy changes nothing and stops the start)."""
+        from sensor import enforce, netlink
+
+        compiled = self._compile_policy(self.cfg, self.stages)
+        if compiled is None:
+            return
+        p = self.cfg.policy
+        resolvers = list(p.resolvers) or netlink.local_addresses(self.interfaces)
+        enforcer = enforce.Enforcer(
+            compiled,
+            resolvers=resolvers,
+            abroad_expiry=p.abroad_expiry,
+            abroad_max=p.abroad_max,
+        )
+        try:
+            enforcer.install()
+        except enforce.EnforceError as exc:
+            raise DaemonError(f"cannot load the policy: {exc}") from None
+        self.enforcer = enforcer
+        self.pipeline.on_dns_answer = enforcer.dns_answer
+        log.info(
+            "policy: %d rules loaded into table inet %s (fail %s); DNS answers trusted from %s",
+            len(compiled.rules),
+            compiled.table,
+            p.fail,
+            ", ".join(resolvers) or "nowhere",
+        )
+
+    def _check_policy(self, now: float) -> None:
+        enforcer = self.enforcer
+        if enforcer is None:
+            return
+        nxt = enforcer.compiled.next_expiry
+        if nxt is not None and now >= nxt:
+            try:
+                compiled = self._compile_policy(self.cfg, self.stages)
+                if compiled is not None:
+                    enforcer.replace(compiled)
+                    log.info("policy: a rule expired; table loaded again")
+            except (OSError, ValueError) as exc:
+                log.warning("policy: reloading after an expiry failed: %s", exc)
+        enforcer.check()
+        detector = self.stages.detector
+        for ev in enforcer.poll_counters():
+            if detector is None or ev.action == "allow":
+                continue
+            mac = None if ev.device == "*" else ev.device
+            dev = self.pipeline.devices.get(mac) if mac is not None else None
+            ip = min(dev.ips) if dev is not None and dev.ips else ""
+            enricher = self.stages.enricher
+            ref = enricher.device_ref(dev, mac, ip) if enricher else DeviceRef(mac=mac, ip=ip)
+            detector.alerts.policy_event(ev.rule, ev.action, ref, ev.packets, now)
+
+    def _reload_policy(self, cfg: Config, stages: Stages) -> None:
+        """The new configuration's policy replaces the old one in one transaction; OSError
+        (nft refused it) or ValueError (it does not compile) leave the old one in force."""
+        compiled = self._compile_policy(cfg, stages)
+        if self.enforcer is None:
+            if compiled is not None:
+                old_cfg, old_stages = self.cfg, self.stages
+                self.cfg, self.stages = cfg, stages
+                try:
+                    self._start_policy()
+                except DaemonError as exc:
+                    raise OSError(str(exc)) from None
+                finally:
+                    self.cfg, self.stages = old_cfg, old_stages
+            return
+        if compiled is None:
+            self.enforcer.remove()
+            self.enforcer = None
+            self.pipeline.on_dns_answer = None
+            return
+        self.enforcer.replace(compiled)
+
+    def _remove_policy(self) -> None:
+        if self.enforcer is None:
+            return
+        if self.cfg.policy.fail == "closed":
+            log.info("policy: fail closed: table inet %s stays", self.enforcer.compiled.table)
+            return
+        try:
+            self.enforcer.remove()
+        except OSError as exc:
+            log.warning("removing the policy table failed: %s", exc)
+
     def _sinks(self, cfg: Config) -> list[Sink]:
         sinks = make_sinks(
             cfg.paths.state_dir,
@@ -276,6 +382,7 @@ class Daemon:
             site=site_name(cfg),
         )
         sinks.append(self.metrics.alert_sink())
+        sinks.append(_PolicySink(self))
         return sinks
 
     def _build_stages(self) -> None:
@@ -392,9 +499,11 @@ class Daemon:
         if now >= self._next_memory:
             self._next_memory = now + MEMORY_CHECK
             self._check_memory()
-        if self.capture_mode == "nflog" and now >= self._next_rules:
+        if now >= self._next_rules:
             self._next_rules = now + RULES_CHECK
-            self._check_rules()
+            if self.capture_mode == "nflog":
+                self._check_rules()
+            self._check_policy(now)
         if now >= self._next_snapshot:
             self._next_snapshot = now + self.cfg.daemon.snapshot_interval
             self.write_snapshot(now)
@@ -494,6 +603,8 @@ class Daemon:
         for ev in self.neigh.read_neighbour_events():
             if ev.kind == "new" and ev.mac:
                 self.pipeline.learn_neighbour(ev.ip, ev.mac)
+                if self.enforcer is not None:
+                    self.enforcer.learn_neighbour(ev.ip, ev.mac)
         for link in self.neigh.read_link_events():
             if link.ifname in self.interfaces:
                 log.info("LAN interface %s is %s", link.ifname, "up" if link.up else "down")
@@ -528,6 +639,13 @@ class Daemon:
                     self.metrics.reconfigure(self.cfg.metrics)
                 except MetricsError as again:
                     log.error("metrics endpoint not restored: %s", again)
+            log.error("reload failed, still running on the old configuration: %s", exc)
+            self.notifier.notify(f"READY=1\nSTATUS=reload failed: {exc}")
+            return False
+        try:
+            self._reload_policy(cfg, stages)
+        except (OSError, ValueError) as exc:
+            stages.close()
             log.error("reload failed, still running on the old configuration: %s", exc)
             self.notifier.notify(f"READY=1\nSTATUS=reload failed: {exc}")
             return False
@@ -572,6 +690,7 @@ class Daemon:
                 livecapture.remove_rules()
             except Exception as exc:
                 log.warning("removing the nftables rules failed: %s", exc)
+        self._remove_policy()
         log.info("stopped")
 
     # --- what we say about ourselves --------------------------------------------------------------
@@ -670,6 +789,25 @@ class Daemon:
         )
 
 
+class _PolicySink:
+    """Hands identifier_abroad alerts to the policy (rules with identifier_abroad block that
+    device → server pair). Looks the enforcer up at each alert: it is made after the sinks."""
+
+    name = "policy"
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def send(self, alert: Alert) -> None:
+        enforcer = self.daemon.enforcer
+        if enforcer is None or alert.rule != "identifier_abroad" or not alert.dst.ip:
+            return
+        enforcer.identifier_abroad(alert.device.mac, alert.device.ip, alert.dst.ip)
+
+    def close(self) -> None:
+        pass
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm", "rb") as fh:
@@ -717,5 +855,6 @@ def main(config_path: str | None) -> int:
             from sensor import livecapture
 
             livecapture.remove_rules()
+        daemon._remove_policy()
         return 1
     return daemon.run()

@@ -816,6 +816,20 @@ def own_addresses(*, netns: str | None = None) -> list[str]:
         return list(dict.fromkeys(str(iface.ip) for _, iface in rtnl.addresses()))
 
 
+def local_addresses(interfaces: Collection[str], *, netns: str | None = None) -> list[str]:
+    """The addresses (no prefix length) the host holds on `interfaces`, link-local left out:
+    where the gateway's own services (its DNS resolver) answer the LAN."""
+    with _Rtnl(netns) as rtnl:
+        links = rtnl.links()
+        addresses = rtnl.addresses()
+    out: list[str] = []
+    for index, iface in addresses:
+        name = links.get(index, (None, 0))[0]
+        if name in interfaces and not iface.ip.is_link_local and str(iface.ip) not in out:
+            out.append(str(iface.ip))
+    return out
+
+
 def interfaces_for_prefixes(prefixes: Iterable[str], *, netns: str | None = None) -> list[str]:
     """Interfaces holding an address inside any of `prefixes` (how a configured LAN prefix
     finds its bridge), in interface-index order. Link-local prefixes are passed over: every

@@ -16,7 +16,7 @@ import logging
 import socket
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sensor.capture import MAX_RECORD, Chunk, Packet, pack_chunks
@@ -144,6 +144,8 @@ class Pipeline:
         self.conntrack_not_lan = 0
         """Conntrack entries passed over as the gateway's own connections."""
         self.last_ts = 0.0
+        self.on_dns_answer: Callable[[str, str, str, int], object] | None = None
+        """(resolver, question name, address, TTL) of every DNS answer (the daemon's policy)."""
 
     # --- the packet loop ------------------------------------------------------------------------
 
@@ -785,6 +787,9 @@ class Pipeline:
             if not dns_dec.is_local_name(qname):
                 shown = asked.get((flow.uid, qname)) or redact_name(qname)
                 self.dns.put(flow.src_ip, address, shown, ttl, ts)
+                if self.on_dns_answer is not None:
+                    # The policy's domain sets; it checks the answering resolver itself.
+                    self.on_dns_answer(flow.dst_ip, qname, address, ttl)
 
     def _dhcp(self, msg: DhcpMessage | Weird, ts: float, fallback_mac: str | None = None) -> None:
         if isinstance(msg, Weird):

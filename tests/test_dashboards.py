@@ -22,7 +22,10 @@ from typing import Any
 import pytest
 
 from sensor.cli import main as cli_main
+from sensor.config import parse_config
+from sensor.enforce import Enforcer
 from sensor.metrics import MetricsConfig
+from sensor.policy import compile_policy
 from sensor.synth import (
     AWS_SG_IP,
     DEMO_IMEI,
@@ -153,7 +156,13 @@ def test_dashboard_is_ready_for_file_provisioning() -> None:
     kinds = {p["type"] for p in d["panels"]}
     assert {"geomap", "table", "timeseries", "stat", "bargauge", "row"} <= kinds
     rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
-    assert rows == ["Devices", "Where uploads go", "Identifiers and alerts", "Sensor health"]
+    assert rows == [
+        "Devices",
+        "Where uploads go",
+        "Identifiers and alerts",
+        "Policy",
+        "Sensor health",
+    ]
     (geo,) = [p for p in d["panels"] if p["type"] == "geomap"]
     layer = geo["options"]["layers"][0]
     assert layer["location"] == {
@@ -196,6 +205,19 @@ def test_provisioning_provider() -> None:
     assert "__inputs" not in text
 
 
+def policy_enforcer() -> Enforcer:
+    """An enforcer over a one-rule policy (never installed: the metrics read its counters)."""
+    cfg = parse_config(
+        {
+            "devices": [{"mac": "64:09:80:00:00:01", "name": "Redmi"}],
+            "policy": {"rules": [{"name": "r", "devices": ["Redmi"], "countries": ["CN"]}]},
+        }
+    )
+    data = SimpleNamespace(ranges=lambda kind, value: ([], []), party_domains=lambda p: [])
+    compiled = compile_policy(cfg.policy, cfg.devices, ["lan"], data, 0.0)
+    return Enforcer(compiled, resolvers=(), abroad_expiry=60, abroad_max=1)
+
+
 def test_names_in_dashboard_and_rules_exist(tmp_path: Path) -> None:
     """Every phonehome_* name the dashboard and the rules use is one the exporter serves."""
     state = tmp_path / "state"
@@ -214,6 +236,7 @@ def test_names_in_dashboard_and_rules_exist(tmp_path: Path) -> None:
         w.feed(icmp_capture(tmp_path / "icmp.pcap", 1_700_000_001.0))
         w.write_errors = {("flows.json", "ENOSPC"): 1}  # served only once a write has failed
         w.capture_mode, w.rules_restored = "nflog", {}  # served for the NFLOG capture only
+        w.enforcer = policy_enforcer()  # served while a policy is loaded
         served = set(re.findall(r"^(\w+)", w.exporter.render().decode(), re.M))
     finally:
         w.close()
@@ -454,6 +477,7 @@ def live(tmp_path: Path) -> Iterator[tuple[Wired, Prometheus, SimpleNamespace]]:
     )
     conntrack = SimpleNamespace(received=0, lost_overruns=0, decode_errors=0)
     w = Wired(home_config(state), mcfg, source=source, conntrack=conntrack)
+    w.enforcer = policy_enforcer()
     w.exporter.start()
     target = w.exporter.url.split("//")[1].split("/")[0]
     config = tmp_path / "prometheus.yml"

@@ -547,6 +547,36 @@ def panels() -> list[Json]:
                 },
             ],
         ),
+        row("Policy"),
+        timeseries(
+            "Policy: packets blocked and would-be-blocked, by rule and device",
+            targets(
+                (
+                    "sum by (rule, device, action) (rate(phonehome_policy_packets_total"
+                    f"{{{SEL}}}[$__rate_interval]))",
+                    "{{rule}} / {{device}} ({{action}})",
+                )
+            ),
+            "pps",
+            w=16,
+            h=8,
+            stack=True,
+            description=(
+                "From the policy table's nftables counters (phonehome policy list). "
+                "Action alert is a dry run: those packets passed."
+            ),
+        ),
+        stat(
+            "Policy rules and blocks",
+            targets(
+                (f"sum by (action) (phonehome_policy_rules{{{SEL}}})", "{{action}} rules"),
+                (f"sum(phonehome_policy_abroad_blocks{{{SEL}}})", "identifier_abroad blocks"),
+                (f"max(phonehome_policy_table_missing{{{SEL}}})", "table missing"),
+                instant=True,
+            ),
+            w=8,
+            h=8,
+        ),
         row("Sensor health"),
         stat(
             "Sensor",

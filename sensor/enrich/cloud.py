@@ -562,6 +562,20 @@ class CloudRanges:
         i = self._index.find(key)
         return self._values[i] if i >= 0 else None
 
+    def intervals(
+        self, provider: str | None = None, region: str | None = None, country: str | None = None
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The IPv4 and IPv6 intervals of one provider (and region), or of every range whose
+        region lies in `country` (for the policy's destination sets)."""
+        ids = {
+            i
+            for i, info in enumerate(self._values)
+            if (provider is None or info.provider == provider)
+            and (region is None or info.region == region)
+            and (country is None or info.country == country)
+        }
+        return self._index.intervals(ids)
+
     @property
     def sources(self) -> list[str]:
         """Names of the sources loaded."""

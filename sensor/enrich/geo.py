@@ -36,7 +36,7 @@ import sys
 import tomllib
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -320,6 +320,21 @@ class RangeIndex:
         } - {n6}:
             raise ValueError("array lengths differ")
         return index
+
+    def intervals(
+        self, wanted: Container[int]
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The IPv4 and IPv6 (first, last) intervals whose value is in `wanted` (for the
+        policy's destination sets)."""
+        v4 = [(s, e) for s, e, v in zip(self._s4, self._e4, self._v4, strict=True) if v in wanted]
+        v6 = [
+            ((shi << 64) | slo, (ehi << 64) | elo)
+            for shi, slo, ehi, elo, v in zip(
+                self._s6hi, self._s6lo, self._e6hi, self._e6lo, self._v6, strict=True
+            )
+            if v in wanted
+        ]
+        return v4, v6
 
     def values(self) -> array[int]:
         """Every value id held, both families (for checks)."""
@@ -752,6 +767,39 @@ def _merge(inner: GeoInfo, outer: GeoInfo | None) -> GeoInfo:
 # --- the lookup service ---------------------------------------------------------------------------
 
 
+def merge_intervals(rows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, overlapping or adjacent intervals joined."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(rows):
+        if out and first <= out[-1][1] + 1:
+            if last > out[-1][1]:
+                out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return out
+
+
+def subtract_intervals(
+    keep: list[tuple[int, int]], cut: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """`keep` minus `cut`; both sorted and disjoint."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for first, last in keep:
+        start = first
+        while j < len(cut) and cut[j][1] < start:
+            j += 1
+        k = j
+        while k < len(cut) and cut[k][0] <= last:
+            if cut[k][0] > start:
+                out.append((start, cut[k][0] - 1))
+            start = max(start, cut[k][1] + 1)
+            k += 1
+        if start <= last:
+            out.append((start, last))
+    return out
+
+
 class GeoDB:
     """Country and ASN for addresses: overrides, then MaxMind databases, then embedded data.
 
@@ -841,6 +889,35 @@ class GeoDB:
     def lookup(self, ip: str) -> GeoInfo:
         """Country and ASN of `ip`; an empty GeoInfo when unknown, special or not an address."""
         return self._cached(ip)
+
+    def intervals(
+        self, *, country: str | None = None, asn: int | None = None
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Every (first, last) interval, IPv4 and IPv6, that `lookup` places in `country` or
+        `asn`, from the overrides and the embedded data (the overrides win where they
+        overlap). MaxMind databases are not enumerated. Unsorted; may touch."""
+        over4: list[tuple[int, int]] = []
+        over6: list[tuple[int, int]] = []
+        hit4: list[tuple[int, int]] = []
+        hit6: list[tuple[int, int]] = []
+        if self._overrides is not None:
+            every = range(len(self._override_values))
+            over4, over6 = self._overrides.intervals(every)
+            ids = {
+                i
+                for i, info in enumerate(self._override_values)
+                if (country is not None and info.country == country)
+                or (asn is not None and info.asn == asn)
+            }
+            hit4, hit6 = self._overrides.intervals(ids)
+        base4: list[tuple[int, int]] = []
+        base6: list[tuple[int, int]] = []
+        if country is not None and self.embedded is not None:
+            ids = {i for i, c in enumerate(self.embedded.countries) if c == country}
+            base4, base6 = self.embedded.country_index.intervals(ids)
+        v4 = subtract_intervals(merge_intervals(base4), merge_intervals(over4)) + hit4
+        v6 = subtract_intervals(merge_intervals(base6), merge_intervals(over6)) + hit6
+        return v4, v6
 
     def cache_clear(self) -> None:
         clear = getattr(self._cached, "cache_clear", None)

@@ -61,7 +61,12 @@ def test_prometheus_scrapes_the_daemon_and_fires_on_the_leak(
     if prometheus is None:
         pytest.skip("prometheus not installed (packaging/system-deps.sh test)")
     with Lab.create(quic=False) as lab:
-        d = Daemon(lab, tmp_path, extra=f"[metrics]\nport = {METRICS_PORT}\n")
+        # A dry-run policy rule: the leak passes and is counted (the "Policy" panels).
+        policy = (
+            '[policy]\n[[policy.rules]]\nname = "redmi-cn-dry-run"\ndevices = ["Redmi phone"]\n'
+            'countries = ["CN"]\n'
+        )
+        d = Daemon(lab, tmp_path, extra=f"[metrics]\nport = {METRICS_PORT}\n" + policy)
         prom_cfg = tmp_path / "prometheus.yml"
         prom_cfg.write_text(
             json.dumps(
@@ -110,6 +115,12 @@ def test_prometheus_scrapes_the_daemon_and_fires_on_the_leak(
                 timeout=30,
             )
             assert firing[0]["metric"]["severity"] == "critical"
+            would = _wait(
+                lab,
+                'phonehome_policy_packets_total{action="alert", device="Redmi phone"} > 0',
+                timeout=20,
+            )
+            assert would[0]["metric"]["rule"] == "redmi-cn-dry-run"
             time.sleep(3)  # a few more scrapes, so rate() and increase() have two points
             empty = {
                 title
