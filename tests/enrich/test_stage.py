@@ -153,7 +153,7 @@ def test_summary_groups_by_device_country_vendor(tmp_path: Path, state_with_aws:
     assert ["SG", "aws", "ap-southeast-1", "Singapore", "Xiaomi", "tracking.intl.miui.com"] in [
         ln[:6] for ln in lines
     ]
-    assert ["CN", "Xiaomi", "api.account.xiaomi.com"] in [ln[:3] for ln in lines]
+    assert ["CN", "kingsoft", "Xiaomi", "api.account.xiaomi.com"] in [ln[:4] for ln in lines]
     assert "Redmi Note 8 Pro" in text and "[phone]" in text
 
 
