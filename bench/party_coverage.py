@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         mark = "met" if value >= GOAL else "NOT met"
         print(f"  party is a company: {value:6.1%} of {label} (goal >= {GOAL:.0%}: {mark})")
     by_source = Counter(f.get("party_source") for f in named)
-    print("  by source: " + ", ".join(f"{k}={v}" for k, v in sorted(by_source.items())))
+    # None: a name with no party at all (an address-like or unparsable name)
+    print("  by source: " + ", ".join(f"{k}={v}" for k, v in sorted(by_source.items(), key=str)))
     bare: Counter[str] = Counter()
     for f in named:
         if f.get("party_source") == "domain":
