@@ -92,13 +92,15 @@ def test_progress_line_on_a_terminal(capture: bytes) -> None:
         assert first is not None, f"no progress line: {seen!r}"
         assert first - started >= 2.0, "progress line earlier than 2 s"
         assert b"\r" in seen and b"kB read" in seen
-        window_start = time.monotonic()
-        seen += _drain(master, 3.5)
+        # It keeps going while the command reads: wait for a second update (liveness only).
+        while seen.count(b"\rphonehome:") < 2 and time.monotonic() < started + DEADLINE:
+            seen += _drain(master, 0.5)
+        seen += _drain(master, 1.5)
         window = time.monotonic() - first
         updates = seen.count(b"\rphonehome:")
-        assert updates >= 2, seen  # it keeps going while the command reads
+        assert updates >= 2, seen
+        # At most once a second: an upper bound, which a slow machine only makes easier.
         assert updates <= window / 1.0 + 2, f"{updates} updates in {window:.1f} s"
-        assert time.monotonic() - window_start < DEADLINE
         proc.stdin.write(capture[5000:])
         proc.stdin.close()
         out = proc.stdout.read()

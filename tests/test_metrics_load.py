@@ -389,7 +389,7 @@ def test_fifty_scrapers_share_collections(loop: PacketLoop) -> None:
         f"(from {threads_before})"
     )
     assert scrapes == {"200": answered}  # every one answered (50 < max_connections)
-    assert answered >= max(100, 10 * collections)  # shared
+    assert answered >= 10 * max(1, collections)  # shared: many answers per collection
     # New connections: ACCEPT_RATE a second at most, plus the backlog (up to 64) and the one
     # connection each scraper may still have queued in the kernel when the clients stop.
     assert answered <= ACCEPT_RATE * 5.5 + 64 + 50

@@ -660,37 +660,29 @@ def test_overrun_is_counted_not_raised(lab: Lab) -> None:
     flush_udp_flows(lab)
 
 
-def test_events_drain_rate(lab: Lab) -> None:
+def test_every_event_of_a_burst_is_drained(lab: Lab) -> None:
+    """A burst of NEW and DESTROY events, none lost (its drain rate is a figure: `make bench`)."""
     server = lab.servers["cn"].ipv4
     flush_udp_flows(lab)
     with ConntrackMonitor(netns=lab.gw_ns) as mon:
         run(lab, UDP_FLOWS, server, "23000", str(THROUGHPUT_FLOWS))
-        started = time.perf_counter()
         flows = [
             e for e in dump(netns=lab.gw_ns) if e.proto == "udp" and e.orig_dport == DISCARD_PORT
         ]
-        dump_seconds = time.perf_counter() - started
         assert len(flows) == THROUGHPUT_FLOWS
         flush_udp_flows(lab)  # the kernel queues one DESTROY per flow
         want = 2 * THROUGHPUT_FLOWS
         events: list[ConntrackEvent] = []
-        started = time.perf_counter()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30  # liveness only
         while len(events) < want and time.monotonic() < deadline:
             batch = mon.read_events()
             if not batch:
                 select.select([mon.fileno()], [], [], 0.2)
             events += batch
-        seconds = time.perf_counter() - started
         assert mon.lost_overruns == 0, f"rcvbuf {mon.rcvbuf} too small for {want} events"
     ours = [e for e in events if e.entry.orig_dport == DISCARD_PORT]
     assert len([e for e in ours if e.kind == "new"]) == THROUGHPUT_FLOWS
     assert len([e for e in ours if e.kind == "destroy"]) == THROUGHPUT_FLOWS
-    rate = len(events) / seconds
-    print(
-        f"\ndrained {len(events)} conntrack events in {seconds:.3f} s: {rate:,.0f} events/s; "
-        f"dump of {len(flows)} entries {dump_seconds * 1000:.0f} ms"
-    )
 
 
 def test_conntrack_idle_until_a_ruleset_uses_it(lab: Lab) -> None:
