@@ -505,16 +505,9 @@ def parse_initial_frames(plaintext: bytes) -> InitialPayload | Weird:
                 return _BAD_FRAME
             pos = skipped
         elif ftype == 0x06:  # CRYPTO
-            offset = read_varint(plaintext, pos)
-            if offset is None:
+            end = _read_crypto(plaintext, pos, crypto)
+            if end is None:
                 return _BAD_FRAME
-            length = read_varint(plaintext, offset[1])
-            if length is None:
-                return _BAD_FRAME
-            end = length[1] + length[0]
-            if end > n:
-                return _BAD_FRAME
-            crypto.append((offset[0], plaintext[length[1] : end]))
             pos = end
         elif ftype in (0x1C, 0x1D):  # CONNECTION_CLOSE (transport, application)
             skipped = _skip_close(plaintext, pos, transport=ftype == 0x1C)
@@ -525,6 +518,22 @@ def parse_initial_frames(plaintext: bytes) -> InitialPayload | Weird:
         else:
             return _UNKNOWN_FRAME
     return InitialPayload(tuple(crypto), closed)
+
+
+def _read_crypto(plaintext: bytes, pos: int, crypto: list[tuple[int, bytes]]) -> int | None:
+    """A CRYPTO frame's body at `pos` (varint offset, varint length, data), appended to
+    `crypto` as (offset, data): where the next frame starts, or None when it is cut short."""
+    offset = read_varint(plaintext, pos)
+    if offset is None:
+        return None
+    length = read_varint(plaintext, offset[1])
+    if length is None:
+        return None
+    end = length[1] + length[0]
+    if end > len(plaintext):
+        return None
+    crypto.append((offset[0], plaintext[length[1] : end]))
+    return end
 
 
 def parse_gquic_frames(
@@ -550,16 +559,9 @@ def parse_gquic_frames(
         if ftype == 0x07:  # PING
             continue
         if ftype == 0x08:  # CRYPTO: varint offset, varint length
-            offset = read_varint(plaintext, pos)
-            if offset is None:
+            end = _read_crypto(plaintext, pos, crypto)
+            if end is None:
                 return _BAD_FRAME
-            length = read_varint(plaintext, offset[1])
-            if length is None:
-                return _BAD_FRAME
-            end = length[1] + length[0]
-            if end > n:
-                return _BAD_FRAME
-            crypto.append((offset[0], plaintext[length[1] : end]))
             pos = end
         elif ftype & 0x80:  # STREAM: 1 F D OOO SS (little-endian fields before Q039)
             id_len = (ftype & 3) + 1
