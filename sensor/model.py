@@ -11,6 +11,13 @@ from typing import Literal
 
 NameSource = Literal["tls", "quic", "http", "dns"]
 
+Visibility = Literal["dns", "tls", "quic", "http", "ech", "relay", "none"]
+"""How much of a flow's destination the sensor can see: named by DNS, TLS SNI, a QUIC Initial or
+HTTP Host; hidden behind an ECH cover name; sent into a relay (Private Relay, Tor, VPN); or
+carrying no name at all. A bounded metric label."""
+
+DnsBypassProtocol = Literal["dot", "doq", "doh"]
+
 
 @dataclass(frozen=True, slots=True)
 class Weird:
@@ -57,6 +64,22 @@ class ClientHello:
     """The ClientHello's legacy_version field (0x0303 for TLS 1.2 and 1.3)."""
     supported_versions: tuple[int, ...] = ()
     alpn: tuple[str, ...] = ()
+    ech: bool = False
+    """The hello carries an Encrypted Client Hello extension (0xfe0d); `sni` is then the outer
+    (cover) name, never the real destination."""
+    ja4: str | None = None
+    """The JA4 fingerprint of this hello (TLS or QUIC)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsBypass:
+    """Evidence that a device resolves names with a resolver the network did not hand out."""
+
+    protocol: DnsBypassProtocol
+    resolver: str
+    """The resolver's address (or its name when known, e.g. "dns.google")."""
+    evidence: str
+    """What showed it, e.g. "tcp/853", "alpn=doq", "sni=dns.google", "doh-list"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +141,15 @@ class Flow:
     quic_version: str | None = None
     """QUIC flows: the version of the client's Initial, gQUIC as its tag ("Q046"), others as
     0x%08x ("0xff00001d")."""
+    ech: bool = False
+    """The client's hello carried ECH: `outer_server_name` is a cover, never the party."""
+    outer_server_name: str | None = None
+    """The ECH outer (cover) SNI, e.g. "cloudflare-ech.com"."""
+    ja4: str | None = None
+    dns_bypass: DnsBypass | None = None
+    relay: str | None = None
+    """The relay the flow goes into ("icloud-private-relay", "tor", "vpn:<name>"), as the
+    gateway sees its ingress."""
     extra: dict[str, object] = field(default_factory=dict)
     """Fields that enrichers add (vendor, country, ...), serialised as-is."""
 
