@@ -9,7 +9,7 @@ want=(python3-venv libsystemd-dev pkg-config gcc)
 case "${1:-test}" in
   demo) want+=(iproute2 nftables conntrack) ;;
   test) want+=(tshark prometheus prometheus-alertmanager systemd-journal-remote iproute2 nftables conntrack
-               python3.11-venv python3.11-dev lintian mmdebstrap systemd-container systemd) ;;
+               python3.11-venv python3.11-dev lintian mmdebstrap systemd-container systemd stress-ng) ;;
   deb) want+=(python3.11-venv python3.11-dev) ;;
   bench) want+=(tshark libndpi-bin iperf3 iproute2 nftables conntrack prometheus) ;;
   *) echo "usage: $0 [test|demo|bench|deb]" >&2; exit 2 ;;
