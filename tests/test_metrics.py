@@ -1199,8 +1199,8 @@ def test_an_oversized_request_is_dropped() -> None:
 
 
 def test_new_connections_are_accepted_at_accept_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics, "ACCEPT_RATE", 20.0)
-    monkeypatch.setattr(metrics, "_ACCEPT_BURST", 5.0)
+    monkeypatch.setattr(metrics.exporter, "ACCEPT_RATE", 20.0)
+    monkeypatch.setattr(metrics.exporter, "_ACCEPT_BURST", 5.0)
     s = FakeSensor(MetricsConfig(port=0, disabled_collectors=QUIET))
     s.exporter.start()
     try:
