@@ -112,7 +112,7 @@ class _Sensor:
         )
         self.stages = build_stages(cfg, _Output(self.exporter), [self.exporter.alert_sink()])
         assert self.stages.detector is not None
-        self.exporter.tap(self.stages.detector.alerts)
+        self.stages.detector.alerts.add_listener(self.exporter.observation)
         self.pipeline = Pipeline(cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
 

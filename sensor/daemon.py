@@ -425,7 +425,7 @@ class Daemon:
         self.pipeline = Pipeline(self.cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
         if self.stages.detector is not None:
-            self.metrics.tap(self.stages.detector.alerts)
+            self.stages.detector.alerts.add_listener(self.metrics.observation)
 
     def _note_own_addresses(self) -> None:
         """The gateway's own addresses, so that its own connections (conntrack sees them all)
@@ -689,7 +689,7 @@ class Daemon:
         self.stages = stages
         stages.devices = self.pipeline.devices
         if stages.detector is not None:
-            self.metrics.tap(stages.detector.alerts)
+            stages.detector.alerts.add_listener(self.metrics.observation)
         self.pipeline.retarget(cfg, stages, stages)
         self._note_own_addresses()
         try:

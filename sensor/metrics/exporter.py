@@ -133,20 +133,6 @@ class Exporter:
         alert stage's sinks."""
         return AlertCounter(self)
 
-    def tap(self, stage: object) -> None:
-        """Count every identifier observation `stage` (a `sensor.alerts.AlertStage`) receives,
-        by wrapping its `observe`. Call again after a reload builds a new stage."""
-        inner = getattr(stage, "observe", None)
-        if inner is None or getattr(inner, "__phonehome_metrics__", None) is self:
-            return
-
-        def observe(obs: Observation) -> object:
-            self.observation(obs)
-            return inner(obs)
-
-        observe.__phonehome_metrics__ = self  # type: ignore[attr-defined]
-        setattr(stage, "observe", observe)  # noqa: B010 (shadows the method, on this object)
-
     # --- the endpoint -------------------------------------------------------------------------
 
     def start(self, serve: bool = True) -> None:
