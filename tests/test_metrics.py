@@ -274,7 +274,9 @@ class FakeSensor:
 
     def __init__(self, cfg: MetricsConfig | None = None, max_flows: int = 1_000_000) -> None:
         self.flows = FlowTable(FlowsConfig(max_flows=max_flows), self._on_end)
-        self.pipeline = SimpleNamespace(flows=self.flows, devices={}, devices_dropped=0)
+        self.pipeline = SimpleNamespace(
+            flows=self.flows, devices={}, devices_dropped=0, not_devices={}
+        )
         self.enricher = FakeEnricher()
         self.stages = SimpleNamespace(enricher=self.enricher, detector=None)
         view = SensorView(

@@ -16,10 +16,11 @@ Where a flow goes
 -----------------
 An ended flow carries its destination (the enrichment stage wrote it into `Flow.extra`). A
 live flow has none yet: it is placed by the enrichment stage's own `destination`, from the one
-destination cache the packet loop fills too (no second cache here; what is kept is only the
-label text made from a destination's fields). Destination families label the `party` (the
-organisation behind the server name; "unknown" for servers reached without a name, whose
-hosting side the `provider` label and the alerts still tell).
+destination cache the packet loop fills too. Nothing here outlives a scrape but the label text
+made from a destination's fields; within a scrape, flows to one destination are placed once.
+Destination families label the `party` (the organisation behind the server name; "unknown"
+for servers reached without a name, whose hosting side the `provider` label and the alerts
+still tell).
 """
 
 from __future__ import annotations
@@ -288,6 +289,8 @@ class Accounting:
         live = self._live  # read without the lock: dict.get is atomic; only this thread adds
         out: list[tuple[str, str, Labels, int, int]] = []
         append = out.append
+        places: dict[tuple[str, int, str | None], Labels] = {}
+        """Destinations placed in this scrape (flows share them), dropped after it."""
         for e in entries:
             f = e.flow
             up, down = e.up.nbytes, e.down.nbytes
@@ -295,7 +298,10 @@ class Accounting:
             if seen is not None and seen[0] == up and seen[1] == down:
                 seen[2] = gen
                 continue
-            labels = self._place(enricher, f.dst_ip, f.dst_port, f.server_name)
+            where = (f.dst_ip, f.dst_port, f.server_name)
+            labels = places.get(where)
+            if labels is None:
+                labels = places[where] = self._place(enricher, *where)
             append((f.uid, f.device_mac or "", labels, up, down))
         return out
 
