@@ -44,7 +44,7 @@ import cramjam
 
 from sensor.capture import CaptureFile, read_captures
 from sensor.config import parse_config
-from sensor.metrics import Exporter
+from sensor.metrics import Exporter, SensorView
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
 from sensor.stages import build as build_stages
@@ -98,10 +98,21 @@ class _Sensor:
         self.conntrack = None
         self.interfaces = ["br-lan"]
         self.conntrack_updates = 0
-        self.exporter = Exporter(cfg.metrics, self)
+        self.exporter = Exporter(
+            cfg.metrics,
+            SensorView(
+                config=lambda: self.cfg,
+                pipeline=lambda: self.pipeline,
+                enricher=lambda: self.stages.enricher,
+                detector=lambda: self.stages.detector,
+                alert_stage=lambda: self.stages.detector.alerts if self.stages.detector else None,
+                interfaces=lambda: self.interfaces,
+                conntrack_updates=lambda: self.conntrack_updates,
+            ),
+        )
         self.stages = build_stages(cfg, _Output(self.exporter), [self.exporter.alert_sink()])
         assert self.stages.detector is not None
-        self.exporter.tap(self.stages.detector.alerts)
+        self.stages.detector.alerts.add_listener(self.exporter.observation)
         self.pipeline = Pipeline(cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
 

@@ -83,7 +83,7 @@ import logging
 import math
 import re
 from collections import Counter, OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -459,11 +459,24 @@ class AlertStage:
         self.learned_parties = 0
         self.values_redacted = 0
         self.resolved = 0
+        self._listeners: list[Callable[[Observation], object]] = []
+
+    def add_listener(self, listener: Callable[[Observation], object]) -> None:
+        """Have `listener` called with every Observation `observe` receives, before the rules,
+        suppression and the rate bound (the metrics count exposures so). Adding one twice is
+        a no-op; one that raises is logged at a bounded rate and the observation goes on."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
 
     # --- inputs -------------------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> Alert | None:
         """Apply the rules to one observation; the alert delivered, if any."""
+        for listener in self._listeners:
+            try:
+                listener(obs)
+            except Exception as exc:
+                self._limiter.warning("listener", "alert stage listener failed: %r", exc)
         self.observations[obs.what] += 1
         if obs.what == "identifier":
             return self._identifier(obs)

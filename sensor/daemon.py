@@ -33,12 +33,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sensor import __version__
 from sensor.config import Config, ConfigError, site_name
 from sensor.files import errno_name, write_atomically
-from sensor.metrics import Exporter, MetricsError
+from sensor.metrics import Exporter, MetricsError, NflogRules, SensorView
 from sensor.model import Alert, Device, DeviceRef, Flow
 from sensor.pipeline import Pipeline
 from sensor.report import device_record, flow_record
@@ -47,6 +47,11 @@ from sensor.sinks import EventLog, LogLimiter, Sink, make_sinks
 from sensor.stages import Stages
 from sensor.stages import build as build_stages
 from sensor.validate import check_files, load_config, require_home_country
+
+if TYPE_CHECKING:
+    from sensor.alerts import AlertStage
+    from sensor.enforce import Enforcer
+    from sensor.netlink import ConntrackMonitor
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +112,7 @@ class Daemon:
         self.reload_requested = False
         self.output = LiveOutput()
         self.source: Any = None
-        self.conntrack: Any = None
+        self.conntrack: ConntrackMonitor | None = None
         self.neigh: Any = None
         self.rules_installed = False
         self.accounting = "capture"
@@ -138,8 +143,37 @@ class Daemon:
         """file -> why its last write failed, while it keeps failing (the STATUS line)."""
         self._write_limiter = LogLimiter(log)
         self.conntrack_updates = 0
-        self.enforcer: Any = None
+        self.enforcer: Enforcer | None = None
         """sensor.enforce.Enforcer while a policy is loaded."""
+
+    def metrics_view(self) -> SensorView:
+        """What the metrics read of the daemon, each read at scrape time (so a reload's new
+        stages and policy are seen). Read only once the stages exist: the endpoint serves
+        after `_build_stages`, and flows end only through them."""
+
+        def alert_stage() -> AlertStage | None:
+            detector = self.stages.detector
+            return detector.alerts if detector is not None else None
+
+        def nflog_rules() -> NflogRules | None:
+            if self.capture_mode != "nflog":
+                return None
+            return NflogRules(restored=self.rules_restored, missing=self.rules_missing)
+
+        return SensorView(
+            config=lambda: self.cfg,
+            pipeline=lambda: self.pipeline,
+            enricher=lambda: self.stages.enricher,
+            detector=lambda: self.stages.detector,
+            alert_stage=alert_stage,
+            capture=lambda: self.source,
+            interfaces=lambda: self.interfaces,
+            nflog_rules=nflog_rules,
+            conntrack=lambda: self.conntrack,
+            conntrack_updates=lambda: self.conntrack_updates,
+            policy=lambda: self.enforcer,
+            write_errors=lambda: self.write_errors,
+        )
 
     # --- start --------------------------------------------------------------------------------
 
@@ -176,7 +210,7 @@ class Daemon:
         if capture == "auto":
             capture = "nflog" if self.accounting == "conntrack" else "packet"
         self.capture_mode = capture
-        self.metrics = Exporter(cfg.metrics, self)
+        self.metrics = Exporter(cfg.metrics, self.metrics_view())
         self.output.metrics = self.metrics
         self._open_source()
         if self.accounting == "conntrack":
@@ -391,7 +425,7 @@ class Daemon:
         self.pipeline = Pipeline(self.cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
         if self.stages.detector is not None:
-            self.metrics.tap(self.stages.detector.alerts)
+            self.stages.detector.alerts.add_listener(self.metrics.observation)
 
     def _note_own_addresses(self) -> None:
         """The gateway's own addresses, so that its own connections (conntrack sees them all)
@@ -546,6 +580,7 @@ class Daemon:
             self.pipeline.run_packets(packets)
 
     def _on_conntrack(self) -> None:
+        assert self.conntrack is not None  # registered with the selector only once opened
         for ev in self.conntrack.read_events():
             self._account(ev.entry, time.time(), final=ev.kind == "destroy")
 
@@ -654,7 +689,7 @@ class Daemon:
         self.stages = stages
         stages.devices = self.pipeline.devices
         if stages.detector is not None:
-            self.metrics.tap(stages.detector.alerts)
+            stages.detector.alerts.add_listener(self.metrics.observation)
         self.pipeline.retarget(cfg, stages, stages)
         self._note_own_addresses()
         try:

@@ -41,6 +41,8 @@ from sensor.metrics import (
     Exporter,
     MetricsConfig,
     MetricsError,
+    NflogRules,
+    SensorView,
     TopK,
     safe_label,
 )
@@ -155,14 +157,46 @@ class Wired:
         self.conntrack = conntrack
         self.interfaces = ["br-lan"]
         self.conntrack_updates = 0
+        self.capture_mode = "packet"
+        self.rules_restored: dict[str, int] = {}
+        self.rules_missing = False
+        self.enforcer: Any = None
+        self.write_errors: dict[tuple[str, str], int] = {}
         out = Output()
-        self.exporter = Exporter(mcfg or MetricsConfig(port=0), self)
+        self.exporter = Exporter(mcfg or MetricsConfig(port=0), self.view())
         out.exporter = self.exporter
         self.stages = build_stages(cfg, out, [self.exporter.alert_sink()])
         assert self.stages.detector is not None
-        self.exporter.tap(self.stages.detector.alerts)
+        self.stages.detector.alerts.add_listener(self.exporter.observation)
         self.pipeline = Pipeline(cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
+
+    def view(self) -> SensorView:
+        """What the daemon's `metrics_view` hands the exporter, read from this object."""
+
+        def alert_stage() -> Any:
+            detector = self.stages.detector
+            return detector.alerts if detector is not None else None
+
+        def nflog_rules() -> NflogRules | None:
+            if self.capture_mode != "nflog":
+                return None
+            return NflogRules(restored=self.rules_restored, missing=self.rules_missing)
+
+        return SensorView(
+            config=lambda: self.cfg,
+            pipeline=lambda: self.pipeline,
+            enricher=lambda: self.stages.enricher,
+            detector=lambda: self.stages.detector,
+            alert_stage=alert_stage,
+            capture=lambda: self.source,
+            interfaces=lambda: self.interfaces,
+            nflog_rules=nflog_rules,
+            conntrack=lambda: self.conntrack,
+            conntrack_updates=lambda: self.conntrack_updates,
+            policy=lambda: self.enforcer,
+            write_errors=lambda: self.write_errors,
+        )
 
     def feed(self, path: Path) -> None:
         self.pipeline.run(read_captures([CaptureFile(str(path))]))
@@ -240,15 +274,22 @@ class FakeSensor:
 
     def __init__(self, cfg: MetricsConfig | None = None, max_flows: int = 1_000_000) -> None:
         self.flows = FlowTable(FlowsConfig(max_flows=max_flows), self._on_end)
-        self.pipeline = SimpleNamespace(flows=self.flows, devices={}, devices_dropped=0)
+        self.pipeline = SimpleNamespace(
+            flows=self.flows, devices={}, devices_dropped=0, not_devices={}
+        )
         self.enricher = FakeEnricher()
         self.stages = SimpleNamespace(enricher=self.enricher, detector=None)
+        view = SensorView(
+            pipeline=lambda: self.pipeline,
+            enricher=lambda: self.stages.enricher,
+            alert_stage=lambda: getattr(self.stages.detector, "alerts", None),
+        )
         self.exporter = Exporter(
             cfg
             or MetricsConfig(
                 port=0, disabled_collectors=("pipeline", "process", "data", "capture")
             ),
-            self,
+            view,
         )
         self.n = 0
         self.sent_up = 0
@@ -555,11 +596,11 @@ def test_monotonic_while_the_packet_loop_runs() -> None:
 
 def test_alert_stage_counters_carry_over_a_reload() -> None:
     s = FakeSensor()
-    old = SimpleNamespace(stats=lambda: {"suppressed": {"new_country": 5}, "dropped": {}})
+    old = SimpleNamespace(sinks=[], stats=lambda: {"suppressed": {"new_country": 5}, "dropped": {}})
     s.stages.detector = SimpleNamespace(alerts=old)
     first = s.scrape()
     assert values(first, "phonehome_alerts_suppressed_total", rule="new_country") == [5.0]
-    new = SimpleNamespace(stats=lambda: {"suppressed": {"new_country": 2}, "dropped": {}})
+    new = SimpleNamespace(sinks=[], stats=lambda: {"suppressed": {"new_country": 2}, "dropped": {}})
     s.stages.detector = SimpleNamespace(alerts=new)  # a reload built new stages
     second = s.scrape()
     assert values(second, "phonehome_alerts_suppressed_total", rule="new_country") == [7.0]
@@ -1199,8 +1240,8 @@ def test_an_oversized_request_is_dropped() -> None:
 
 
 def test_new_connections_are_accepted_at_accept_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics, "ACCEPT_RATE", 20.0)
-    monkeypatch.setattr(metrics, "_ACCEPT_BURST", 5.0)
+    monkeypatch.setattr(metrics.server, "ACCEPT_RATE", 20.0)
+    monkeypatch.setattr(metrics.server, "_ACCEPT_BURST", 5.0)
     s = FakeSensor(MetricsConfig(port=0, disabled_collectors=QUIET))
     s.exporter.start()
     try:
