@@ -7,7 +7,7 @@ table holds `Flow` and `Device`, the reporters serialise them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 NameSource = Literal["tls", "quic", "http", "dns"]
 
@@ -236,10 +236,55 @@ class Observation:
     period: float = 0.0
 
 
+# --- alert vocabulary: the rules and their severities ------------------------------------------
+
+Severity = Literal["critical", "warning", "info"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    severity: Severity
+    description: str
+
+
+RULES: Final[dict[str, Rule]] = {
+    r.name: r
+    for r in (
+        Rule("identifier_abroad", "critical", "identifier sent in cleartext to a server abroad"),
+        Rule(
+            "identifier_cleartext",
+            "warning",
+            "identifier sent in cleartext to a server at home or of unknown country",
+        ),
+        Rule(
+            "new_party_upload",
+            "warning",
+            "new_party_bytes within upload_window to a party abroad unseen for new_party_unseen",
+        ),
+        Rule("foreign_upload", "warning", "more than foreign_upload_bytes to one party abroad"),
+        Rule(
+            "foreign_upload_anomaly",
+            "warning",
+            "a device's upload abroad far above its own exponentially weighted baseline",
+        ),
+        Rule("new_country", "info", "first contact of a device with a country"),
+        Rule("policy_block", "warning", "a policy rule blocked a device's packets"),
+        Rule(
+            "policy_would_block",
+            "info",
+            "a dry-run (alert) policy rule matched a device's packets: it would block them",
+        ),
+    )
+}
+"""Every alert rule by name (`Alert.rule`); `sensor.alerts` implements them, ``[alerts]``
+`disabled_rules` names them, the metrics label alerts with them."""
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     rule: str
-    severity: Literal["critical", "warning", "info"]
+    severity: Severity
     ts: float
     device: DeviceRef
     dst: Destination
