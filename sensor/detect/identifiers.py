@@ -170,9 +170,35 @@ def keyed_hash(key: bytes, kind: str, canonical: str) -> str:
     return hmac.new(key, msg, hashlib.sha256).hexdigest()[:16]
 
 
-UNKNOWN_REGION: Final = "ZZ"
-"""libphonenumber's "unknown region": with no home country configured nothing is assumed, so
-only numbers written with their country code (+CC) are numbers, and no IMSI prefix is home."""
+_PLUS_SIGNS: Final = "+\uff0b"
+"""A plus sign as libphonenumber reads one (ASCII and full-width)."""
+
+
+def has_country_code(text: str) -> bool:
+    """True when a plus sign comes before the first digit of `text`: the number says which
+    country it belongs to, whatever the home country."""
+    for c in text:
+        if c in _PLUS_SIGNS:
+            return True
+        if c.isdigit():
+            return False
+    return False
+
+
+def parse_phone(text: str, home_region: str | None) -> phonenumbers.PhoneNumber | None:
+    """`text` as a phone number, None if it is not one.
+
+    `home_region` is the ISO 3166-1 code national numbers belong to; None (no
+    ``site.home_country``) means unknown, as everywhere else: then only a number written with
+    its +country code is a number. No country is assumed for a national number, nor an
+    international prefix for one starting with 00 (Indonesia dials out with 001, the US with
+    011: "0062..." is not a number abroad in every country)."""
+    if home_region is None and not has_country_code(text):
+        return None
+    try:
+        return phonenumbers.parse(text, home_region)
+    except phonenumbers.NumberParseException:
+        return None
 
 
 def redact(kind: str, canonical: str) -> str:
@@ -184,9 +210,9 @@ def redact(kind: str, canonical: str) -> str:
     return "…" + canonical[-4:]
 
 
-def canonicalize(kind: str, value: str, home_region: str = UNKNOWN_REGION) -> str | None:
+def canonicalize(kind: str, value: str, home_region: str | None = None) -> str | None:
     """The one spelling of an identifier that its keyed hash is computed over, or None if
-    ``value`` is not a plausible identifier of that kind."""
+    ``value`` is not a plausible identifier of that kind. `home_region`: see `parse_phone`."""
     v = value.strip()
     if kind in ("imei", "imsi", "iccid"):
         digits = "".join(c for c in v if c.isdigit())
@@ -201,11 +227,8 @@ def canonicalize(kind: str, value: str, home_region: str = UNKNOWN_REGION) -> st
             return digits[:14] + luhn_check_digit(digits[:14])
         return digits if len(digits) == 15 else None
     if kind == "phone":
-        try:
-            num = phonenumbers.parse(v, home_region)
-        except phonenumbers.NumberParseException:
-            return None
-        if not phonenumbers.is_possible_number(num):
+        num = parse_phone(v, home_region)
+        if num is None or not phonenumbers.is_possible_number(num):
             return None
         return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
     if kind == "mac":
@@ -441,7 +464,9 @@ class _PhoneStart:
 _Entry: TypeAlias = _Variant | _Key | _PhoneStart
 
 
-def _spellings(kind: str, canonical: str, home_region: str) -> tuple[list[str], list[str]]:
+def _spellings(
+    kind: str, canonical: str, home_region: str | None
+) -> tuple[list[str], list[str]]:
     """(plain spellings to search for, spellings an app might hash) of a canonical value."""
     if kind == "imei":
         return [canonical, canonical[:14]], [canonical, canonical[:14]]
@@ -482,7 +507,7 @@ def _b64_inner(raw: bytes, align: int, urlsafe: bool) -> bytes:
     return enc[start:end]
 
 
-def _variants(ident: _Ident, home_region: str) -> list[tuple[bytes, _Variant]]:
+def _variants(ident: _Ident, home_region: str | None) -> list[tuple[bytes, _Variant]]:
     plain, hashed = _spellings(ident.kind, ident.canonical, home_region)
     out: list[tuple[bytes, _Variant]] = []
 
@@ -531,11 +556,12 @@ class KnownIdentifiers:
     refused and counted in `rejected`. Each value may belong to a device (``owner``).
     """
 
-    def __init__(self, key: bytes, home_region: str = UNKNOWN_REGION) -> None:
+    def __init__(self, key: bytes, home_region: str | None = None) -> None:
         if not key:
             raise ValueError("the keyed-hash key must not be empty")
         self.key: Final = key
-        self.home_region: Final = home_region.upper()
+        self.home_region: Final = home_region.upper() if home_region else None
+        """The home country national numbers belong to; None: unknown (`parse_phone`)."""
         self.rejected = 0
         """Values refused by `add` (not an identifier of that kind, or too short)."""
         self._items: OrderedDict[tuple[str, str, str | None], list[tuple[bytes, _Variant]]] = (
@@ -550,7 +576,7 @@ class KnownIdentifiers:
         values: Mapping[str, Iterable[str]],
         *,
         key: bytes,
-        home_region: str = UNKNOWN_REGION,
+        home_region: str | None = None,
         devices: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
     ) -> KnownIdentifiers:
         """Build from ``{kind: [values]}`` (the install's own) and
@@ -653,7 +679,7 @@ class LearnedIdentifiers:
     searched for, ``unsearched`` before (a flood outpaced the compile budget).
     """
 
-    def __init__(self, key: bytes, home_region: str, capacity: int) -> None:
+    def __init__(self, key: bytes, home_region: str | None, capacity: int) -> None:
         self.key: Final = key
         self.home_region: Final = home_region
         self.capacity = capacity
@@ -922,16 +948,22 @@ class Scanner:
         self._contacts_min = contacts_min
         self._auto_learn = auto_learn
         self._fixed = _fixed_patterns()
-        cc = phonenumbers.country_code_for_region(self._region)
-        self._nanp = cc == 1
-        self._imsi_home = _HOME_IMSI_PREFIXES.get(self._region, ())
-        meta = phonenumbers.PhoneMetadata.metadata_for_region(self._region)
+        # No home country: no national number plan, no home operators.
+        region = self._region
+        self._nanp = region is not None and phonenumbers.country_code_for_region(region) == 1
+        self._imsi_home = _HOME_IMSI_PREFIXES.get(region, ()) if region is not None else ()
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region) if region else None
         general = meta.general_desc if meta is not None else None
         lengths = general.possible_length if general is not None else None
         self._nsn_lengths = frozenset(lengths or range(7, 16))
         prefix = meta.national_prefix if meta is not None else None
         self._national_prefix = (prefix or "").encode()
         self._automaton: _Automaton | None = None
+
+    @property
+    def home_region(self) -> str | None:
+        """The home country national numbers belong to; None: unknown (`parse_phone`)."""
+        return self._region
 
     # -- learning --
 
@@ -1334,11 +1366,8 @@ class Scanner:
         return last
 
     def _valid_number(self, text: str) -> str | None:
-        try:
-            num = phonenumbers.parse(text, self._region)
-        except phonenumbers.NumberParseException:
-            return None
-        if not phonenumbers.is_valid_number(num):
+        num = parse_phone(text, self._region)
+        if num is None or not phonenumbers.is_valid_number(num):
             return None
         return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
 

@@ -21,7 +21,6 @@ from sensor.alerts import AlertStage
 from sensor.config import Config
 from sensor.detect import extract, placeholders
 from sensor.detect.identifiers import (
-    UNKNOWN_REGION,
     Finding,
     KnownIdentifiers,
     Location,
@@ -117,10 +116,13 @@ class Detector:
         self.cfg = cfg
         self.alerts = alerts
         self.enricher = enricher
-        region = cfg.site.home_country or UNKNOWN_REGION
         per_device = {d.mac: d.identifiers for d in cfg.devices if d.identifiers}
+        # No home country stays unknown here as in enrich: only +CC numbers are numbers.
         known = KnownIdentifiers.from_mapping(
-            cfg.identifiers.as_mapping(), key=key, home_region=region, devices=per_device
+            cfg.identifiers.as_mapping(),
+            key=key,
+            home_region=cfg.site.home_country,
+            devices=per_device,
         )
         if known.rejected:
             log.warning("%d configured identifiers could not be used", known.rejected)
