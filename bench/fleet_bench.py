@@ -100,8 +100,8 @@ class _Sensor:
         self.conntrack_updates = 0
         self.exporter = Exporter(cfg.metrics, self)
         self.stages = build_stages(cfg, _Output(self.exporter), [self.exporter.alert_sink()])
-        assert self.stages.detector is not None
-        self.exporter.tap(self.stages.detector.alerts)
+        assert self.stages.alerts is not None
+        self.exporter.tap(self.stages.alerts)
         self.pipeline = Pipeline(cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
 

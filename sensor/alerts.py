@@ -24,9 +24,9 @@ Rules
     ``new_party_learning`` (default one day) after the stage first sees a device, its parties
     are learned silently. The party is the destination's vendor, else its cloud provider,
     else its AS organisation, else its server name, else its address; upload state is kept
-    per (device, party, jurisdiction). Fed by `AlertStage.account_upload` (the pipeline calls
-    it with the bytes each flow abroad sent since the last call) and by "upload"
-    observations, whose ``bytes_up`` is taken the same way: as new bytes.
+    per (device, party, jurisdiction). Fed by "upload" observations (the detector makes one
+    with the bytes each flow abroad sent since the last one), whose ``bytes_up`` is taken as
+    new bytes (`AlertStage.account_upload`).
 ``foreign_upload`` (warning, off unless ``foreign_upload_bytes`` is set)
     More than ``foreign_upload_bytes`` went from one device to one party abroad within a
     sliding ``upload_window`` (kept in ``UPLOAD_BUCKETS`` slices, so the window is exact to a
@@ -48,8 +48,8 @@ Rules
     keeps near-silent devices from alerting on a few hundred kilobytes. It is a rule of its
     own (not a form of ``foreign_upload``) so it can be switched off and filtered alone.
 ``new_country`` (info)
-    A device talked to a country for the first time (`AlertStage.account_contact`, or a
-    "country" observation). For ``new_country_learning`` seconds (default one hour) after the
+    A device talked to a country for the first time (a "country" observation,
+    `AlertStage.account_contact`). For ``new_country_learning`` seconds (default one hour) after the
     stage first sees a device, its countries are learned silently: long enough for a device's
     start-up and periodic check-ins, so a fresh install does not alert on every CDN; short
     enough that a new device is watched the same day. The home country (``abroad is False``)
@@ -93,7 +93,7 @@ from sensor.model import Alert, Destination, DeviceRef, Observation
 from sensor.model import Rule as Rule
 from sensor.model import Severity as Severity
 from sensor.names import dns_name_text
-from sensor.sinks import Coverage, LogLimiter, ResolvingSink, Sink
+from sensor.sinks import AlertSink, Coverage, LogLimiter, ResolvingSink
 
 log = logging.getLogger(__name__)
 
@@ -297,9 +297,9 @@ def _period(seconds: float) -> str:
 class AlertStage:
     """Rules, suppression, rate bound and delivery (see the module docstring)."""
 
-    def __init__(self, cfg: AlertsConfig | None = None, sinks: Sequence[Sink] = ()) -> None:
+    def __init__(self, cfg: AlertsConfig | None = None, sinks: Sequence[AlertSink] = ()) -> None:
         self.cfg = cfg or AlertsConfig()
-        self.sinks: list[Sink] = list(sinks)
+        self.sinks: list[AlertSink] = list(sinks)
         self._disabled = frozenset(self.cfg.disabled_rules)
         self._bucket = TokenBucket(self.cfg.rate_per_second, self.cfg.rate_burst)
         self._slice = self.cfg.upload_window / UPLOAD_BUCKETS
@@ -326,7 +326,8 @@ class AlertStage:
     # --- inputs -------------------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> Alert | None:
-        """Apply the rules to one observation; the alert delivered, if any."""
+        """Apply the rules to one observation; the alert delivered, if any. The stage's one
+        way in from the detectors (`sensor.stages` hands every Observation here)."""
         self.observations[obs.what] += 1
         if obs.what == "identifier":
             return self._identifier(obs)

@@ -43,7 +43,7 @@ from sensor.model import Alert, Device, DeviceRef, Flow
 from sensor.pipeline import Pipeline
 from sensor.report import device_record, flow_record
 from sensor.service import Notifier
-from sensor.sinks import EventLog, LogLimiter, Sink, make_sinks
+from sensor.sinks import AlertSink, EventLog, LogLimiter, make_sinks
 from sensor.stages import Stages
 from sensor.stages import build as build_stages
 from sensor.validate import check_files, load_config, require_home_country
@@ -328,16 +328,16 @@ class Daemon:
             except (OSError, ValueError) as exc:
                 log.warning("policy: reloading after an expiry failed: %s", exc)
         enforcer.check()
-        detector = self.stages.detector
+        alerts = self.stages.alerts
         for ev in enforcer.poll_counters():
-            if detector is None or ev.action == "allow":
+            if alerts is None or ev.action == "allow":
                 continue
             mac = None if ev.device == "*" else ev.device
             dev = self.pipeline.devices.get(mac) if mac is not None else None
             ip = min(dev.ips) if dev is not None and dev.ips else ""
             enricher = self.stages.enricher
             ref = enricher.device_ref(dev, mac, ip) if enricher else DeviceRef(mac=mac, ip=ip)
-            detector.alerts.policy_event(ev.rule, ev.action, ref, ev.packets, now)
+            alerts.policy_event(ev.rule, ev.action, ref, ev.packets, now)
 
     def _reload_policy(self, cfg: Config, stages: Stages) -> None:
         """The new configuration's policy replaces the old one in one transaction; OSError
@@ -372,7 +372,7 @@ class Daemon:
         except OSError as exc:
             log.warning("removing the policy table failed: %s", exc)
 
-    def _sinks(self, cfg: Config) -> list[Sink]:
+    def _sinks(self, cfg: Config) -> list[AlertSink]:
         sinks = make_sinks(
             cfg.paths.state_dir,
             cfg.eventlog,
@@ -390,8 +390,8 @@ class Daemon:
         self.stages = build_stages(self.cfg, self.output, self._sinks(self.cfg))
         self.pipeline = Pipeline(self.cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
-        if self.stages.detector is not None:
-            self.metrics.tap(self.stages.detector.alerts)
+        if self.stages.alerts is not None:
+            self.metrics.tap(self.stages.alerts)
 
     def _note_own_addresses(self) -> None:
         """The gateway's own addresses, so that its own connections (conntrack sees them all)
@@ -620,7 +620,7 @@ class Daemon:
     def reload(self) -> bool:
         """Validate the new configuration and data first; keep the old ones on any error."""
         self.notifier.reloading()
-        sinks: list[Sink] = []
+        sinks: list[AlertSink] = []
         try:
             cfg = load_config(self.config_path)
             require_home_country(cfg)
@@ -653,8 +653,8 @@ class Daemon:
         self.cfg = cfg
         self.stages = stages
         stages.devices = self.pipeline.devices
-        if stages.detector is not None:
-            self.metrics.tap(stages.detector.alerts)
+        if stages.alerts is not None:
+            self.metrics.tap(stages.alerts)
         self.pipeline.retarget(cfg, stages, stages)
         self._note_own_addresses()
         try:
@@ -716,8 +716,8 @@ class Daemon:
         return line
 
     def _event_log(self) -> EventLog | None:
-        detector = self.stages.detector
-        sinks = detector.alerts.sinks if detector is not None else ()
+        alerts = self.stages.alerts
+        sinks = alerts.sinks if alerts is not None else ()
         return next((s for s in sinks if isinstance(s, EventLog)), None)
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -736,7 +736,8 @@ class Daemon:
         stats["memory"] = dict(self.memory, flow_cap=p.flows.cap)
         if self.stages.detector is not None:
             stats["detect"] = self.stages.detector.stats()
-            stats["alerts"] = self.stages.detector.alerts.stats()
+        if self.stages.alerts is not None:
+            stats["alerts"] = self.stages.alerts.stats()
         return {
             "ts": now,
             "version": __version__,

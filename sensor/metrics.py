@@ -389,7 +389,7 @@ class Exporter:
     `sensor` is read at every scrape, by attribute, so a reload's new stages are seen: the
     daemon passes itself. Attributes used when present (a missing one is a feature absent,
     not an error): ``pipeline`` (sensor.pipeline.Pipeline), ``stages`` (sensor.stages.Stages:
-    its ``enricher`` places live flows, ``detector.alerts`` has the alert counters), ``source``
+    its ``enricher`` places live flows, ``alerts`` has the alert counters), ``source``
     (live capture, ``stats()``), ``interfaces``, ``conntrack`` (netlink.ConntrackMonitor),
     ``conntrack_updates``, ``cfg`` (sensor.config.Config: state directory, home country),
     ``write_errors`` (failed state-file writes by (file, errno name)).
@@ -516,7 +516,7 @@ class Exporter:
             self._limiter.warning("alert", "metrics: counting an alert failed: %r", exc)
 
     def alert_sink(self) -> AlertCounter:
-        """An alert sink (`sensor.sinks.Sink`) that counts delivered alerts here: add it to the
+        """An alert sink (`sensor.sinks.AlertSink`) that counts delivered alerts here: add it to the
         alert stage's sinks."""
         return AlertCounter(self)
 
@@ -1458,9 +1458,8 @@ class Exporter:
     # --- helpers ------------------------------------------------------------------------------
 
     def _alert_stage(self) -> Any:
-        """The sensor's alert stage (``stages.detector.alerts``), None when it has none."""
-        detector = getattr(getattr(self.sensor, "stages", None), "detector", None)
-        return getattr(detector, "alerts", None)
+        """The sensor's alert stage (``stages.alerts``), None when it has none."""
+        return getattr(getattr(self.sensor, "stages", None), "alerts", None)
 
     def _alert_stats(self) -> tuple[Any, Mapping[str, Any]]:
         """The alert stage and its `stats()`, read once per collection (two collectors use

@@ -1,6 +1,6 @@
 """Where alerts go: the event log, the systemd journal and Alertmanager.
 
-Every sink has the one-method-and-close shape of `Sink`. A sink never raises on delivery
+Every sink has the one-method-and-close shape of `AlertSink`. A sink never raises on delivery
 trouble: it counts the failure (`stats()`), logs it at a bounded rate and carries on, so a full
 disk or a dead Alertmanager cannot stop the packet loop or the other sinks. (The alert stage
 guards against sinks that break this promise anyway.)
@@ -53,8 +53,9 @@ EVENTLOG_NAME: Final = "events.jsonl"
 # --- the sink protocol ------------------------------------------------------------------------
 
 
-class Sink(Protocol):
-    """Delivers alerts somewhere. `send` must not block for long and should not raise."""
+class AlertSink(Protocol):
+    """Delivers alerts somewhere. `send` must not block for long and should not raise. (The
+    pipeline's flow and device consumer is `sensor.pipeline.FlowSink`.)"""
 
     def send(self, alert: Alert) -> None: ...
 
@@ -240,7 +241,7 @@ class EventLog:
         path = Path(cfg.path) if cfg.path is not None else Path(state_dir) / EVENTLOG_NAME
         return cls(path, max_bytes=cfg.max_bytes, keep=cfg.keep, fsync=cfg.fsync)
 
-    # -- Sink
+    # -- AlertSink
 
     def send(self, alert: Alert) -> None:
         if self._write(alert_fields(alert)):
@@ -698,7 +699,7 @@ class AlertmanagerSink:
         )
         self._thread.start()
 
-    # -- Sink
+    # -- AlertSink
 
     def send(self, alert: Alert) -> None:
         if self._closed:
@@ -869,7 +870,7 @@ def make_sinks(
     alertmanager: AlertmanagerConfig | None = None,
     resolve_after: float = 3600.0,
     site: str | None = None,
-) -> list[Sink]:
+) -> list[AlertSink]:
     """The sinks the settings switch on, in delivery order: the event log first, so that
     every other sink (and anything appended after these) only sees an alert once its record
     is on disk (see `EventLog`). `resolve_after` should be the alert stage's suppression
@@ -881,7 +882,7 @@ def make_sinks(
     eventlog = eventlog or EventLogConfig()
     journal = journal or JournalConfig()
     alertmanager = alertmanager or AlertmanagerConfig()
-    sinks: list[Sink] = []
+    sinks: list[AlertSink] = []
     if eventlog.enabled:
         sinks.append(EventLog.from_config(eventlog, state_dir))
     if journal.enabled:

@@ -159,8 +159,8 @@ class Wired:
         self.exporter = Exporter(mcfg or MetricsConfig(port=0), self)
         out.exporter = self.exporter
         self.stages = build_stages(cfg, out, [self.exporter.alert_sink()])
-        assert self.stages.detector is not None
-        self.exporter.tap(self.stages.detector.alerts)
+        assert self.stages.alerts is not None
+        self.exporter.tap(self.stages.alerts)
         self.pipeline = Pipeline(cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
 
@@ -242,7 +242,7 @@ class FakeSensor:
         self.flows = FlowTable(FlowsConfig(max_flows=max_flows), self._on_end)
         self.pipeline = SimpleNamespace(flows=self.flows, devices={}, devices_dropped=0)
         self.enricher = FakeEnricher()
-        self.stages = SimpleNamespace(enricher=self.enricher, detector=None)
+        self.stages = SimpleNamespace(enricher=self.enricher, detector=None, alerts=None)
         self.exporter = Exporter(
             cfg
             or MetricsConfig(
@@ -556,11 +556,11 @@ def test_monotonic_while_the_packet_loop_runs() -> None:
 def test_alert_stage_counters_carry_over_a_reload() -> None:
     s = FakeSensor()
     old = SimpleNamespace(stats=lambda: {"suppressed": {"new_country": 5}, "dropped": {}})
-    s.stages.detector = SimpleNamespace(alerts=old)
+    s.stages.alerts = old
     first = s.scrape()
     assert values(first, "phonehome_alerts_suppressed_total", rule="new_country") == [5.0]
     new = SimpleNamespace(stats=lambda: {"suppressed": {"new_country": 2}, "dropped": {}})
-    s.stages.detector = SimpleNamespace(alerts=new)  # a reload built new stages
+    s.stages.alerts = new  # a reload built new stages
     second = s.scrape()
     assert values(second, "phonehome_alerts_suppressed_total", rule="new_country") == [7.0]
 
@@ -577,7 +577,7 @@ def test_each_alertmanager_has_its_own_counters_carried_over_a_reload() -> None:
 
     s = FakeSensor()
     a1, b1 = am("10.0.0.1:9093", "alertmanager@a", 4, 0, 0), am("b:9093", "alertmanager@b", 0, 4, 3)
-    s.stages.detector = SimpleNamespace(alerts=stage(a1, b1))
+    s.stages.alerts = stage(a1, b1)
     first = s.scrape()
     got = values(first, "phonehome_alertmanager_alerts_total", alertmanager="10.0.0.1:9093")
     assert sorted(got) == [0.0, 0.0, 1.0, 4.0]
@@ -586,7 +586,7 @@ def test_each_alertmanager_has_its_own_counters_carried_over_a_reload() -> None:
     ) == [4.0]
     assert values(first, "phonehome_alertmanager_queue_length", alertmanager="b:9093") == [3.0]
     a2 = am("10.0.0.1:9093", "alertmanager@a", 1, 0, 0)
-    s.stages.detector = SimpleNamespace(alerts=stage(a2))  # a reload built new sinks
+    s.stages.alerts = stage(a2)  # a reload built new sinks
     second = s.scrape()
     sent = values(
         second, "phonehome_alertmanager_alerts_total", alertmanager="10.0.0.1:9093", outcome="sent"

@@ -457,11 +457,10 @@ def test_no_home_country_assumes_none() -> None:
 def test_unknown_home_country_is_none_as_in_enrich() -> None:
     """No site.home_country is None in detect as in enrich (no stand-in region code): the
     detector reads only +CC numbers, for configured values as for what it finds."""
-    from sensor.alerts import AlertStage
     from sensor.config import Config
     from sensor.detect.stage import Detector
 
-    detector = Detector(Config(), KEY, AlertStage(), None)
+    detector = Detector(Config(), KEY, None)
     assert detector.scanner.home_region is None
     known = KnownIdentifiers.from_mapping(
         {"phone": ["+44 20 7946 0123", "020 7946 0124"]}, key=KEY, home_region=None
