@@ -21,7 +21,6 @@ from typing import Any, TextIO
 
 from sensor.capture import CaptureError, CaptureFile, read_captures
 from sensor.config import (
-    IDENTIFIER_KINDS,
     MAX_CONFIG_BYTES,
     Config,
     ConfigError,
@@ -31,6 +30,7 @@ from sensor.config import (
 )
 from sensor.config import load_config as parse_config_file
 from sensor.decode.link import SUPPORTED_LINKTYPES, linktype_label
+from sensor.model import VALUE_KINDS
 from sensor.pipeline import Pipeline
 from sensor.report import (
     DEFAULT_TOP,
@@ -139,7 +139,7 @@ def load_identifiers_file(path: str) -> IdentifiersConfig:
 
 
 def _merge_identifiers(a: IdentifiersConfig, b: IdentifiersConfig) -> IdentifiersConfig:
-    merged = {k: tuple(dict.fromkeys(getattr(a, k) + getattr(b, k))) for k in IDENTIFIER_KINDS}
+    merged = {k: tuple(dict.fromkeys(getattr(a, k) + getattr(b, k))) for k in VALUE_KINDS}
     return IdentifiersConfig(**merged)
 
 

@@ -120,8 +120,7 @@ from sensor.config.outputs import COLLECTORS as COLLECTORS  # the settings live 
 from sensor.config.outputs import DEFAULT_PORT as DEFAULT_PORT
 from sensor.config.outputs import MetricsConfig as MetricsConfig
 from sensor.detect import placeholders
-from sensor.detect.identifiers import ENCODINGS, KINDS
-from sensor.model import Alert, Flow, Observation
+from sensor.model import ENCODINGS, IDENTIFIER_KINDS, Alert, Flow, Observation
 from sensor.sinks import LogLimiter
 
 log = logging.getLogger(__name__)
@@ -170,7 +169,7 @@ def _vocab(value: str | None, allowed: frozenset[str]) -> str:
     return value if value in allowed else OTHER
 
 
-_KINDS: Final = frozenset(KINDS)
+_KINDS: Final = frozenset(IDENTIFIER_KINDS)
 _ENCODINGS: Final = frozenset(ENCODINGS)
 _RULES: Final = frozenset(RULES)
 

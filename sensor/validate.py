@@ -21,9 +21,10 @@ from typing import Final
 
 import iso3166
 
-from sensor.config import IDENTIFIER_KINDS, Config, ConfigError, dotted, normalize_mac
+from sensor.config import Config, ConfigError, dotted, normalize_mac
 from sensor.config import load_config as parse_config_file
 from sensor.detect.identifiers import canonicalize, has_country_code, luhn_valid
+from sensor.model import VALUE_KINDS
 
 # Codes people write that ISO 3166-1 spells otherwise (or reserves without assigning).
 _COMMON_MISTAKES: Final[dict[str, str]] = {
@@ -127,8 +128,8 @@ def check_identifiers(
     identifier of its kind (for `[identifiers]`, `[[devices]]` and identifier files)."""
     for kind, values in table.items():
         key = f"{prefix}.{kind}" if prefix else kind  # an identifiers file has no prefix
-        if kind not in IDENTIFIER_KINDS:
-            known = ", ".join(IDENTIFIER_KINDS)
+        if kind not in VALUE_KINDS:
+            known = ", ".join(VALUE_KINDS)
             raise ConfigError(source, key, f"unknown identifier kind ({known})")
         for i, value in enumerate(values):
             problem = identifier_problem(kind, value, home_country)

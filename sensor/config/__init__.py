@@ -35,7 +35,6 @@ from sensor.config.policy import PolicyConfig as PolicyConfig
 from sensor.config.policy import PolicyRuleConfig as PolicyRuleConfig
 from sensor.config.sections import DEFAULT_LAN_NETWORKS as DEFAULT_LAN_NETWORKS
 from sensor.config.sections import DEVICE_KINDS as DEVICE_KINDS
-from sensor.config.sections import IDENTIFIER_KINDS as IDENTIFIER_KINDS
 from sensor.config.sections import SITE_NAME_RE as SITE_NAME_RE
 from sensor.config.sections import DaemonConfig as DaemonConfig
 from sensor.config.sections import DetectConfig as DetectConfig

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sensor.config.common import dotted
+from sensor.model import VALUE_KINDS
 
 DEFAULT_LAN_NETWORKS = (
     "10.0.0.0/8",
@@ -150,22 +151,9 @@ class UpdateConfig:
                 )
 
 
-IDENTIFIER_KINDS = (
-    "imei",
-    "imsi",
-    "iccid",
-    "phone",
-    "mac",
-    "serial",
-    "email",
-    "android_id",
-    "ad_id",
-)
-
-
 def _validate_identifiers(table: dict[str, tuple[str, ...]], prefix: str = "") -> None:
     for kind, values in table.items():
-        if kind not in IDENTIFIER_KINDS:
+        if kind not in VALUE_KINDS:
             raise ValueError(f"{prefix}{kind}: unknown identifier kind")
         for v in values:
             if not v.strip():
@@ -174,7 +162,8 @@ def _validate_identifiers(table: dict[str, tuple[str, ...]], prefix: str = "") -
 
 @dataclass(frozen=True, slots=True)
 class IdentifiersConfig:
-    """The owner's own identifiers, matched in every encoding (never logged or exported)."""
+    """The owner's own identifiers, matched in every encoding (never logged or exported). One
+    field per `sensor.model.VALUE_KINDS` (tests/test_vocabulary.py holds them together)."""
 
     imei: tuple[str, ...] = ()
     imsi: tuple[str, ...] = ()
@@ -187,7 +176,7 @@ class IdentifiersConfig:
     ad_id: tuple[str, ...] = ()
 
     def as_mapping(self) -> dict[str, tuple[str, ...]]:
-        return {k: getattr(self, k) for k in IDENTIFIER_KINDS if getattr(self, k)}
+        return {k: getattr(self, k) for k in VALUE_KINDS if getattr(self, k)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,76 +44,15 @@ from typing import Final, Literal, TypeAlias
 import ahocorasick_rs
 import phonenumbers
 
-Kind: TypeAlias = Literal[
-    "imei",
-    "imsi",
-    "iccid",
-    "phone",
-    "mac",
-    "serial",
-    "email",
-    "android_id",
-    "ad_id",
-    "contacts",
-]
-KINDS: Final[tuple[Kind, ...]] = (
-    "imei",
-    "imsi",
-    "iccid",
-    "phone",
-    "mac",
-    "serial",
-    "email",
-    "android_id",
-    "ad_id",
-    "contacts",
-)
+from sensor.model import ENCODINGS as ENCODINGS  # the vocabulary is the model's
+from sensor.model import IDENTIFIER_KINDS, VALUE_KINDS, IdentifierKind
+from sensor.model import Encoding as Encoding
+from sensor.model import Location as Location
 
-Encoding: TypeAlias = Literal[
-    "plain",
-    "hex",
-    "hex_upper",
-    "base64",
-    "base64url",
-    "url",
-    "md5",
-    "sha1",
-    "sha256",
-    "md5_base64",
-    "sha1_base64",
-    "sha256_base64",
-]
-ENCODINGS: Final[tuple[Encoding, ...]] = (
-    "plain",
-    "hex",
-    "hex_upper",
-    "base64",
-    "base64url",
-    "url",
-    "md5",
-    "sha1",
-    "sha256",
-    "md5_base64",
-    "sha1_base64",
-    "sha256_base64",
-)
-"""How an identifier appeared.
+Kind: TypeAlias = IdentifierKind
+KINDS: Final = IDENTIFIER_KINDS
 
-``plain``: as text, in any of the identifier's usual spellings (e.g. a phone number in E.164,
-national or digits-only form, a MAC with ``:``, ``-`` or no separator). ``hex`` / ``hex_upper``:
-ASCII hex of such a spelling (when the hex has no letters it is reported as ``hex``).
-``base64`` / ``base64url``: standard or URL-safe base64 of a spelling, anywhere inside a longer
-base64 blob (when both alphabets give the same text it is reported as ``base64``). ``url``:
-percent-encoded (only when that differs from the plain spelling). ``md5`` / ``sha1`` /
-``sha256``: hex digest of a spelling, either case. ``*_base64``: base64 (either alphabet, with or
-without padding) of the raw digest.
-"""
-
-Location: TypeAlias = Literal["url", "header", "cookie", "body", "dns", "payload"]
-
-LEARNABLE_KINDS: Final[frozenset[str]] = frozenset(
-    {"imei", "imsi", "iccid", "phone", "mac", "serial", "email", "android_id", "ad_id"}
-)
+LEARNABLE_KINDS: Final[frozenset[str]] = frozenset(VALUE_KINDS)
 """Kinds that `KnownIdentifiers` accepts (everything but ``contacts``)."""
 
 
