@@ -105,14 +105,14 @@ class _Sensor:
                 pipeline=lambda: self.pipeline,
                 enricher=lambda: self.stages.enricher,
                 detector=lambda: self.stages.detector,
-                alert_stage=lambda: self.stages.detector.alerts if self.stages.detector else None,
+                alert_stage=lambda: self.stages.alerts,
                 interfaces=lambda: self.interfaces,
                 conntrack_updates=lambda: self.conntrack_updates,
             ),
         )
         self.stages = build_stages(cfg, _Output(self.exporter), [self.exporter.alert_sink()])
-        assert self.stages.detector is not None
-        self.stages.detector.alerts.add_listener(self.exporter.observation)
+        assert self.stages.alerts is not None
+        self.stages.alerts.add_listener(self.exporter.observation)
         self.pipeline = Pipeline(cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
 

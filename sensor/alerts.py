@@ -24,9 +24,9 @@ Rules
     ``new_party_learning`` (default one day) after the stage first sees a device, its parties
     are learned silently. The party is the destination's vendor, else its cloud provider,
     else its AS organisation, else its server name, else its address; upload state is kept
-    per (device, party, jurisdiction). Fed by `AlertStage.account_upload` (the pipeline calls
-    it with the bytes each flow abroad sent since the last call) and by "upload"
-    observations, whose ``bytes_up`` is taken the same way: as new bytes.
+    per (device, party, jurisdiction). Fed by "upload" observations (the detector makes one
+    with the bytes each flow abroad sent since the last one), whose ``bytes_up`` is taken as
+    new bytes (`AlertStage.account_upload`).
 ``foreign_upload`` (warning, off unless ``foreign_upload_bytes`` is set)
     More than ``foreign_upload_bytes`` went from one device to one party abroad within a
     sliding ``upload_window`` (kept in ``UPLOAD_BUCKETS`` slices, so the window is exact to a
@@ -48,8 +48,8 @@ Rules
     keeps near-silent devices from alerting on a few hundred kilobytes. It is a rule of its
     own (not a form of ``foreign_upload``) so it can be switched off and filtered alone.
 ``new_country`` (info)
-    A device talked to a country for the first time (`AlertStage.account_contact`, or a
-    "country" observation). For ``new_country_learning`` seconds (default one hour) after the
+    A device talked to a country for the first time (a "country" observation,
+    `AlertStage.account_contact`). For ``new_country_learning`` seconds (default one hour) after the
     stage first sees a device, its countries are learned silently: long enough for a device's
     start-up and periodic check-ins, so a fresh install does not alert on every CDN; short
     enough that a new device is watched the same day. The home country (``abroad is False``)
@@ -85,53 +85,17 @@ import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
+from sensor.config.outputs import AlertsConfig as AlertsConfig  # the [alerts] settings
+from sensor.model import RULES as RULES
 from sensor.model import Alert, Destination, DeviceRef, Observation
+from sensor.model import Rule as Rule
+from sensor.model import Severity as Severity
 from sensor.names import dns_name_text
-from sensor.sinks import Coverage, LogLimiter, ResolvingSink, Sink
+from sensor.sinks import AlertSink, Coverage, LogLimiter, ResolvingSink
 
 log = logging.getLogger(__name__)
-
-Severity = Literal["critical", "warning", "info"]
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    name: str
-    severity: Severity
-    description: str
-
-
-RULES: Final[dict[str, Rule]] = {
-    r.name: r
-    for r in (
-        Rule("identifier_abroad", "critical", "identifier sent in cleartext to a server abroad"),
-        Rule(
-            "identifier_cleartext",
-            "warning",
-            "identifier sent in cleartext to a server at home or of unknown country",
-        ),
-        Rule(
-            "new_party_upload",
-            "warning",
-            "new_party_bytes within upload_window to a party abroad unseen for new_party_unseen",
-        ),
-        Rule("foreign_upload", "warning", "more than foreign_upload_bytes to one party abroad"),
-        Rule(
-            "foreign_upload_anomaly",
-            "warning",
-            "a device's upload abroad far above its own exponentially weighted baseline",
-        ),
-        Rule("new_country", "info", "first contact of a device with a country"),
-        Rule("policy_block", "warning", "a policy rule blocked a device's packets"),
-        Rule(
-            "policy_would_block",
-            "info",
-            "a dry-run (alert) policy rule matched a device's packets: it would block them",
-        ),
-    )
-}
 
 UPLOAD_BUCKETS: Final = 12
 """Slices of the sliding upload window (5 minutes of a 1-hour window)."""
@@ -142,107 +106,6 @@ MAX_IDLE_FOLD: Final = 1000
 
 _REDACTED_OK = re.compile(r"…[^@]{0,5}|…@[^@\s]{1,253}|\d{1,6} numbers")
 """The redacted forms detectors produce: a short tail, an e-mail domain, a count."""
-
-
-@dataclass(frozen=True, slots=True)
-class AlertsConfig:
-    suppress_window: float = 3600.0
-    """Seconds during which repeats of an alert (same device, rule, destination, identifier
-    kind) are counted instead of delivered; also how long an Alertmanager alert lasts."""
-    rate_per_second: float = 10.0
-    """Alerts per second reaching the sinks, on average (token bucket refill)."""
-    rate_burst: int = 100
-    """Alerts that may reach the sinks at once (token bucket size)."""
-    foreign_upload_bytes: int | None = None
-    """foreign_upload fires when more than this many bytes go to one party abroad within one
-    upload_window; unset (the default), the rule is off."""
-    new_party_bytes: int = 1_000_000
-    """new_party_upload: bytes within one upload_window to a party not uploaded to before."""
-    new_party_unseen: float = 7 * 86400.0
-    """new_party_upload: a party the device sent nothing to for this long is new again."""
-    new_party_learning: float = 86400.0
-    """Seconds after a device is first seen during which its upload parties are learned
-    without new_party_upload alerts."""
-    upload_window: float = 3600.0
-    """Length of the sliding upload window and of the anomaly baseline's periods (seconds)."""
-    anomaly_k: float = 4.0
-    """foreign_upload_anomaly: standard deviations above the mean."""
-    anomaly_alpha: float = 0.05
-    """Weight of the newest period in the exponentially weighted baseline (0.05 remembers
-    roughly the last 20 periods)."""
-    anomaly_min_ratio: float = 2.0
-    """foreign_upload_anomaly: the period's total must also be this many times the mean."""
-    anomaly_floor_bytes: int = 1_000_000
-    """foreign_upload_anomaly: and above this many bytes."""
-    anomaly_peak_ratio: float = 3.0
-    """foreign_upload_anomaly: and above this many times the device's decaying peak period
-    (0: no peak condition)."""
-    anomaly_peak_halflife: float = 7 * 86400.0
-    """Half-life of the peak period total (seconds)."""
-    anomaly_min_periods: int = 24
-    """Completed periods of a device's history before foreign_upload_anomaly may fire."""
-    new_country_learning: float = 3600.0
-    """Seconds after a device is first seen during which its countries are learned without
-    new_country alerts."""
-    disabled_rules: tuple[str, ...] = ()
-    """Rules that never fire (counted as disabled)."""
-    max_devices: int = 4096
-    """Devices with learning and baseline state; the least recently seen go first."""
-    max_contacts: int = 65536
-    """Remembered (device, country) pairs; the least recently used go first."""
-    max_suppressions: int = 65536
-    """Open suppression windows; the oldest close early beyond it."""
-    max_upload_counters: int = 16384
-    """(device, party, jurisdiction) upload counters; the least recently used go first."""
-    max_upload_parties: int = 65536
-    """Remembered (device, party, jurisdiction) uploads for new_party_upload; the least
-    recently used go first (one pushed out may alert again)."""
-
-    def validate(self) -> None:
-        if not 1.0 <= self.suppress_window <= 7 * 86400:
-            raise ValueError("suppress_window: must be between 1 second and 7 days")
-        if not self.rate_per_second > 0:
-            raise ValueError("rate_per_second: must be positive")
-        if self.rate_burst < 1:
-            raise ValueError("rate_burst: must be at least 1")
-        if self.foreign_upload_bytes is not None and self.foreign_upload_bytes < 1:
-            raise ValueError("foreign_upload_bytes: must be positive")
-        if self.new_party_bytes < 1:
-            raise ValueError("new_party_bytes: must be positive")
-        if not 3600.0 <= self.new_party_unseen <= 365 * 86400:
-            raise ValueError("new_party_unseen: must be between 1 hour and 365 days")
-        if self.new_party_learning < 0:
-            raise ValueError("new_party_learning: must not be negative")
-        if not 60.0 <= self.upload_window <= 7 * 86400:
-            raise ValueError("upload_window: must be between 60 seconds and 7 days")
-        if not self.anomaly_k >= 0:
-            raise ValueError("anomaly_k: must not be negative")
-        if not 0 < self.anomaly_alpha <= 1:
-            raise ValueError("anomaly_alpha: must be in (0, 1]")
-        if not self.anomaly_min_ratio >= 0:
-            raise ValueError("anomaly_min_ratio: must not be negative")
-        if not self.anomaly_peak_ratio >= 0:
-            raise ValueError("anomaly_peak_ratio: must not be negative")
-        if not self.upload_window <= self.anomaly_peak_halflife <= 365 * 86400:
-            raise ValueError("anomaly_peak_halflife: must be between upload_window and 365 days")
-        if self.anomaly_floor_bytes < 0:
-            raise ValueError("anomaly_floor_bytes: must not be negative")
-        if self.anomaly_min_periods < 1:
-            raise ValueError("anomaly_min_periods: must be at least 1")
-        if self.new_country_learning < 0:
-            raise ValueError("new_country_learning: must not be negative")
-        for name in self.disabled_rules:
-            if name not in RULES:
-                raise ValueError(f"disabled_rules: unknown rule {name!r}")
-        for key in (
-            "max_devices",
-            "max_contacts",
-            "max_suppressions",
-            "max_upload_counters",
-            "max_upload_parties",
-        ):
-            if getattr(self, key) < 16:
-                raise ValueError(f"{key}: must be at least 16")
 
 
 # --- state records ----------------------------------------------------------------------------
@@ -434,9 +297,9 @@ def _period(seconds: float) -> str:
 class AlertStage:
     """Rules, suppression, rate bound and delivery (see the module docstring)."""
 
-    def __init__(self, cfg: AlertsConfig | None = None, sinks: Sequence[Sink] = ()) -> None:
+    def __init__(self, cfg: AlertsConfig | None = None, sinks: Sequence[AlertSink] = ()) -> None:
         self.cfg = cfg or AlertsConfig()
-        self.sinks: list[Sink] = list(sinks)
+        self.sinks: list[AlertSink] = list(sinks)
         self._disabled = frozenset(self.cfg.disabled_rules)
         self._bucket = TokenBucket(self.cfg.rate_per_second, self.cfg.rate_burst)
         self._slice = self.cfg.upload_window / UPLOAD_BUCKETS
@@ -471,7 +334,8 @@ class AlertStage:
     # --- inputs -------------------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> Alert | None:
-        """Apply the rules to one observation; the alert delivered, if any."""
+        """Apply the rules to one observation; the alert delivered, if any. The stage's one
+        way in from the detectors (`sensor.stages` hands every Observation here)."""
         for listener in self._listeners:
             try:
                 listener(obs)

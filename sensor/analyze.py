@@ -21,7 +21,6 @@ from typing import Any, TextIO
 
 from sensor.capture import CaptureError, CaptureFile, read_captures
 from sensor.config import (
-    IDENTIFIER_KINDS,
     MAX_CONFIG_BYTES,
     Config,
     ConfigError,
@@ -31,6 +30,7 @@ from sensor.config import (
 )
 from sensor.config import load_config as parse_config_file
 from sensor.decode.link import SUPPORTED_LINKTYPES, linktype_label
+from sensor.model import VALUE_KINDS
 from sensor.pipeline import Pipeline
 from sensor.report import (
     DEFAULT_TOP,
@@ -42,7 +42,7 @@ from sensor.report import (
     Scope,
     SummarySink,
 )
-from sensor.sinks import EventLogConfig, JournalConfig, Sink, make_sinks
+from sensor.sinks import AlertSink, EventLogConfig, JournalConfig, make_sinks
 from sensor.stages import ReportAlerts
 from sensor.stages import build as build_stages
 from sensor.validate import check_identifiers, country_problem, validate
@@ -139,7 +139,7 @@ def load_identifiers_file(path: str) -> IdentifiersConfig:
 
 
 def _merge_identifiers(a: IdentifiersConfig, b: IdentifiersConfig) -> IdentifiersConfig:
-    merged = {k: tuple(dict.fromkeys(getattr(a, k) + getattr(b, k))) for k in IDENTIFIER_KINDS}
+    merged = {k: tuple(dict.fromkeys(getattr(a, k) + getattr(b, k))) for k in VALUE_KINDS}
     return IdentifiersConfig(**merged)
 
 
@@ -287,7 +287,7 @@ def _analyze(
         names = {d.mac: d.name for d in cfg.devices if d.name}
         dev_filter = DeviceFilter(report, opts.device, {}, names)
         report = dev_filter
-    alert_sinks: list[Sink] = [ReportAlerts(report)]
+    alert_sinks: list[AlertSink] = [ReportAlerts(report)]
     if opts.record:
         # The event log only where the state directory exists (a router's; `analyze` run by
         # a user on a laptop must not create /var/lib/phonehome), Alertmanager when one is
@@ -330,7 +330,8 @@ def _analyze(
     stats = pipeline.stats()
     if stages.detector is not None:
         stats["detect"] = stages.detector.stats()
-        stats["alerts"] = stages.detector.alerts.stats()
+    if stages.alerts is not None:
+        stats["alerts"] = stages.alerts.stats()
     warnings = [w for f in files for w in f.warnings]
     for f in files:
         for lt in sorted(f.linktypes - SUPPORTED_LINKTYPES):

@@ -43,13 +43,12 @@ from sensor.model import Alert, Device, DeviceRef, Flow
 from sensor.pipeline import Pipeline
 from sensor.report import device_record, flow_record
 from sensor.service import Notifier
-from sensor.sinks import EventLog, LogLimiter, Sink, make_sinks
+from sensor.sinks import AlertSink, EventLog, LogLimiter, make_sinks
 from sensor.stages import Stages
 from sensor.stages import build as build_stages
 from sensor.validate import check_files, load_config, require_home_country
 
 if TYPE_CHECKING:
-    from sensor.alerts import AlertStage
     from sensor.enforce import Enforcer
     from sensor.netlink import ConntrackMonitor
 
@@ -151,10 +150,6 @@ class Daemon:
         stages and policy are seen). Read only once the stages exist: the endpoint serves
         after `_build_stages`, and flows end only through them."""
 
-        def alert_stage() -> AlertStage | None:
-            detector = self.stages.detector
-            return detector.alerts if detector is not None else None
-
         def nflog_rules() -> NflogRules | None:
             if self.capture_mode != "nflog":
                 return None
@@ -165,7 +160,7 @@ class Daemon:
             pipeline=lambda: self.pipeline,
             enricher=lambda: self.stages.enricher,
             detector=lambda: self.stages.detector,
-            alert_stage=alert_stage,
+            alert_stage=lambda: self.stages.alerts,
             capture=lambda: self.source,
             interfaces=lambda: self.interfaces,
             nflog_rules=nflog_rules,
@@ -362,16 +357,16 @@ class Daemon:
             except (OSError, ValueError) as exc:
                 log.warning("policy: reloading after an expiry failed: %s", exc)
         enforcer.check()
-        detector = self.stages.detector
+        alerts = self.stages.alerts
         for ev in enforcer.poll_counters():
-            if detector is None or ev.action == "allow":
+            if alerts is None or ev.action == "allow":
                 continue
             mac = None if ev.device == "*" else ev.device
             dev = self.pipeline.devices.get(mac) if mac is not None else None
             ip = min(dev.ips) if dev is not None and dev.ips else ""
             enricher = self.stages.enricher
             ref = enricher.device_ref(dev, mac, ip) if enricher else DeviceRef(mac=mac, ip=ip)
-            detector.alerts.policy_event(ev.rule, ev.action, ref, ev.packets, now)
+            alerts.policy_event(ev.rule, ev.action, ref, ev.packets, now)
 
     def _reload_policy(self, cfg: Config, stages: Stages) -> None:
         """The new configuration's policy replaces the old one in one transaction; OSError
@@ -406,7 +401,7 @@ class Daemon:
         except OSError as exc:
             log.warning("removing the policy table failed: %s", exc)
 
-    def _sinks(self, cfg: Config) -> list[Sink]:
+    def _sinks(self, cfg: Config) -> list[AlertSink]:
         sinks = make_sinks(
             cfg.paths.state_dir,
             cfg.eventlog,
@@ -424,8 +419,8 @@ class Daemon:
         self.stages = build_stages(self.cfg, self.output, self._sinks(self.cfg))
         self.pipeline = Pipeline(self.cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
-        if self.stages.detector is not None:
-            self.stages.detector.alerts.add_listener(self.metrics.observation)
+        if self.stages.alerts is not None:
+            self.stages.alerts.add_listener(self.metrics.observation)
 
     def _note_own_addresses(self) -> None:
         """The gateway's own addresses, so that its own connections (conntrack sees them all)
@@ -655,7 +650,7 @@ class Daemon:
     def reload(self) -> bool:
         """Validate the new configuration and data first; keep the old ones on any error."""
         self.notifier.reloading()
-        sinks: list[Sink] = []
+        sinks: list[AlertSink] = []
         try:
             cfg = load_config(self.config_path)
             require_home_country(cfg)
@@ -688,8 +683,8 @@ class Daemon:
         self.cfg = cfg
         self.stages = stages
         stages.devices = self.pipeline.devices
-        if stages.detector is not None:
-            stages.detector.alerts.add_listener(self.metrics.observation)
+        if stages.alerts is not None:
+            stages.alerts.add_listener(self.metrics.observation)
         self.pipeline.retarget(cfg, stages, stages)
         self._note_own_addresses()
         try:
@@ -751,8 +746,8 @@ class Daemon:
         return line
 
     def _event_log(self) -> EventLog | None:
-        detector = self.stages.detector
-        sinks = detector.alerts.sinks if detector is not None else ()
+        alerts = self.stages.alerts
+        sinks = alerts.sinks if alerts is not None else ()
         return next((s for s in sinks if isinstance(s, EventLog)), None)
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -771,7 +766,8 @@ class Daemon:
         stats["memory"] = dict(self.memory, flow_cap=p.flows.cap)
         if self.stages.detector is not None:
             stats["detect"] = self.stages.detector.stats()
-            stats["alerts"] = self.stages.detector.alerts.stats()
+        if self.stages.alerts is not None:
+            stats["alerts"] = self.stages.alerts.stats()
         return {
             "ts": now,
             "version": __version__,

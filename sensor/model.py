@@ -7,7 +7,7 @@ table holds `Flow` and `Device`, the reporters serialise them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal, get_args
 
 NameSource = Literal["tls", "quic", "http", "dns"]
 
@@ -17,6 +17,59 @@ HTTP Host; hidden behind an ECH cover name; sent into a relay (Private Relay, To
 carrying no name at all. A bounded metric label."""
 
 DnsBypassProtocol = Literal["dot", "doq", "doh"]
+
+# --- identifier vocabulary: spelled once here, the tuples derived --------------------------------
+
+IdentifierKind = Literal[
+    "imei",
+    "imsi",
+    "iccid",
+    "phone",
+    "mac",
+    "serial",
+    "email",
+    "android_id",
+    "ad_id",
+    "contacts",
+]
+"""What kind of identifier a detector found; ``contacts`` is a contact-book upload (several
+phone numbers in one message), every other kind one value."""
+IDENTIFIER_KINDS: Final[tuple[IdentifierKind, ...]] = get_args(IdentifierKind)
+VALUE_KINDS: Final[tuple[IdentifierKind, ...]] = tuple(
+    k for k in IDENTIFIER_KINDS if k != "contacts"
+)
+"""The kinds that are one value: what an owner configures (``[identifiers]``, ``[[devices]]``
+``identifiers``) and what the detector learns."""
+
+Encoding = Literal[
+    "plain",
+    "hex",
+    "hex_upper",
+    "base64",
+    "base64url",
+    "url",
+    "md5",
+    "sha1",
+    "sha256",
+    "md5_base64",
+    "sha1_base64",
+    "sha256_base64",
+]
+"""How an identifier appeared.
+
+``plain``: as text, in any of the identifier's usual spellings (e.g. a phone number in E.164,
+national or digits-only form, a MAC with ``:``, ``-`` or no separator). ``hex`` / ``hex_upper``:
+ASCII hex of such a spelling (when the hex has no letters it is reported as ``hex``).
+``base64`` / ``base64url``: standard or URL-safe base64 of a spelling, anywhere inside a longer
+base64 blob (when both alphabets give the same text it is reported as ``base64``). ``url``:
+percent-encoded (only when that differs from the plain spelling). ``md5`` / ``sha1`` /
+``sha256``: hex digest of a spelling, either case. ``*_base64``: base64 (either alphabet, with or
+without padding) of the raw digest.
+"""
+ENCODINGS: Final[tuple[Encoding, ...]] = get_args(Encoding)
+
+Location = Literal["url", "header", "cookie", "body", "dns", "payload"]
+"""Where in outbound plaintext an identifier was found."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,13 +272,9 @@ class Observation:
     device: DeviceRef
     dst: Destination
     flow_uid: str | None = None
-    identifier: str | None = None
-    """Identifier kind: imei, imsi, iccid, phone, mac, serial, email, android_id, ad_id,
-    contacts."""
-    encoding: str | None = None
-    """plain, hex, base64, url, md5, sha1, sha256, ..."""
-    location: str | None = None
-    """url, header, cookie, body, dns, payload."""
+    identifier: IdentifierKind | None = None
+    encoding: Encoding | None = None
+    location: Location | None = None
     value: str | None = None
     """Redacted form only (e.g. "…1234"); never the identifier in full."""
     keyed_hash: str | None = None
@@ -236,10 +285,55 @@ class Observation:
     period: float = 0.0
 
 
+# --- alert vocabulary: the rules and their severities ------------------------------------------
+
+Severity = Literal["critical", "warning", "info"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    severity: Severity
+    description: str
+
+
+RULES: Final[dict[str, Rule]] = {
+    r.name: r
+    for r in (
+        Rule("identifier_abroad", "critical", "identifier sent in cleartext to a server abroad"),
+        Rule(
+            "identifier_cleartext",
+            "warning",
+            "identifier sent in cleartext to a server at home or of unknown country",
+        ),
+        Rule(
+            "new_party_upload",
+            "warning",
+            "new_party_bytes within upload_window to a party abroad unseen for new_party_unseen",
+        ),
+        Rule("foreign_upload", "warning", "more than foreign_upload_bytes to one party abroad"),
+        Rule(
+            "foreign_upload_anomaly",
+            "warning",
+            "a device's upload abroad far above its own exponentially weighted baseline",
+        ),
+        Rule("new_country", "info", "first contact of a device with a country"),
+        Rule("policy_block", "warning", "a policy rule blocked a device's packets"),
+        Rule(
+            "policy_would_block",
+            "info",
+            "a dry-run (alert) policy rule matched a device's packets: it would block them",
+        ),
+    )
+}
+"""Every alert rule by name (`Alert.rule`); `sensor.alerts` implements them, ``[alerts]``
+`disabled_rules` names them, the metrics label alerts with them."""
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     rule: str
-    severity: Literal["critical", "warning", "info"]
+    severity: Severity
     ts: float
     device: DeviceRef
     dst: Destination

@@ -61,8 +61,9 @@ MAX_IP_MAC = 65536
 MAX_LAN_CACHE = 65536
 
 
-class Sink(Protocol):
-    """Where the pipeline's records go (report writers, later the alert and metrics stages)."""
+class FlowSink(Protocol):
+    """Where the pipeline's ended flows and devices go (`sensor.stages.Stages`, report writers).
+    Not an alert sink (`sensor.sinks.AlertSink`)."""
 
     def flow(self, flow: Flow) -> None: ...
 
@@ -102,7 +103,7 @@ class NullObserver:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, sink: Sink, observer: Observer | None = None) -> None:
+    def __init__(self, cfg: Config, sink: FlowSink, observer: Observer | None = None) -> None:
         self.cfg = cfg
         self.sink = sink
         self.observer: Observer = observer or NullObserver()
@@ -951,7 +952,7 @@ class Pipeline:
                 continue
         self.gateway_addresses = frozenset(packed)
 
-    def retarget(self, cfg: Config, sink: Sink, observer: Observer) -> None:
+    def retarget(self, cfg: Config, sink: FlowSink, observer: Observer) -> None:
         """New configuration and stages (SIGHUP); flows and devices carry over."""
         self.cfg = cfg
         self.sink = sink

@@ -2,16 +2,19 @@
 
     flows ─▶ enrich ─▶ detect ─▶ alerts ─▶ sinks (report, event log, journal, Alertmanager)
 
-`Stages` is what the packet loop talks to: it is the pipeline's `Sink` (ended flows, devices)
-and its `Observer` (outbound plaintext as soon as it is decoded). `analyze` and the daemon build
-the same `Stages`; only the outputs differ.
+`Stages` is what the packet loop talks to: it is the pipeline's `FlowSink` (ended flows,
+devices) and its `Observer` (outbound plaintext as soon as it is decoded). It hands what the
+detector observes to the alert stage's one way in, `AlertStage.observe`; the detector knows
+nothing of the alert stage. Whoever needs the alert stage (the daemon's policy events, the
+metrics, the status) finds it here, as `Stages.alerts`. `analyze` and the daemon build the same
+`Stages`; only the outputs differ.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -19,8 +22,8 @@ from sensor.alerts import AlertStage
 from sensor.config import Config
 from sensor.detect.stage import Detector, load_or_create_key, read_key
 from sensor.enrich.stage import Enricher
-from sensor.model import Alert, Device, Flow, HttpRequest
-from sensor.sinks import Sink
+from sensor.model import Alert, Device, Flow, HttpRequest, Observation
+from sensor.sinks import AlertSink
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,13 @@ class Stages:
         enricher: Enricher | None,
         output: Output,
         detector: Detector | None = None,
+        alerts: AlertStage | None = None,
     ) -> None:
         self.enricher = enricher
         self.output = output
         self.detector = detector
+        self.alerts = alerts
+        """Where the detector's Observations go (None: nowhere, e.g. without a detector)."""
         self.devices: Mapping[str, Device] = {}
         """The pipeline's device table (set once the pipeline exists)."""
         self.failures = 0
@@ -69,14 +75,20 @@ class Stages:
     def _device(self, mac: str | None) -> Device | None:
         return self.devices.get(mac) if mac else None
 
-    # --- Sink: ended flows and devices ----------------------------------------------------------
+    def _observe(self, observations: Iterable[Observation]) -> None:
+        alerts = self.alerts
+        if alerts is not None:
+            for obs in observations:
+                alerts.observe(obs)
+
+    # --- FlowSink: ended flows and devices ------------------------------------------------------
 
     def flow(self, flow: Flow) -> None:
         if self.enricher is not None:
             try:
                 dst = self.enricher.annotate_flow(flow)
                 if self.detector is not None:
-                    self.detector.flow_end(flow, self._device(flow.device_mac), dst)
+                    self._observe(self.detector.flow_end(flow, self._device(flow.device_mac), dst))
             except Exception:  # one broken stage must not lose the flow record
                 self.failures += 1
                 log.exception("enriching flow %s failed", flow.uid)
@@ -95,33 +107,38 @@ class Stages:
 
     def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
         if self.detector is not None:
-            self.detector.http_request(flow, device, req, ts)
+            self._observe(self.detector.http_request(flow, device, req, ts))
 
     def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
         if self.detector is not None:
-            self.detector.dns_query(flow, device, qname, ts)
+            self._observe(self.detector.dns_query(flow, device, qname, ts))
 
     def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
         if self.detector is not None:
-            self.detector.payload(flow, device, data, ts)
+            self._observe(self.detector.payload(flow, device, data, ts))
 
     def upload_progress(self, flow: Flow, device: Device | None, new: int, ts: float) -> None:
         """A live flow's upload grew by `new` bytes (conntrack counters)."""
         if self.detector is not None and self.enricher is not None:
             dst = self.enricher.destination(flow.dst_ip, flow.dst_port, flow.server_name)
-            self.detector.upload_progress(flow, device, dst, ts)
+            self._observe(self.detector.upload_progress(flow, device, dst, ts))
 
     def tick(self, ts: float) -> None:
+        if self.alerts is not None:
+            self.alerts.tick(ts)
         if self.detector is not None:
             self.detector.tick(ts)
 
     def close(self) -> None:
         if self.detector is not None:
             self.detector.close()
-            self.detector.alerts.close()
+        if self.alerts is not None:
+            self.alerts.close()
 
 
-def build(cfg: Config, output: Output, alert_sinks: list[Sink], *, record: bool = True) -> Stages:
+def build(
+    cfg: Config, output: Output, alert_sinks: list[AlertSink], *, record: bool = True
+) -> Stages:
     """Load the data files and the install key, and wire enrich -> detect -> alerts.
 
     Without `record` nothing on disk is created or changed: the install key is used when it
@@ -146,8 +163,8 @@ def build(cfg: Config, output: Output, alert_sinks: list[Sink], *, record: bool 
         throwaway = True
     alerts = AlertStage(cfg.alerts, alert_sinks)
     learned = state / "learned.json" if persistent else None
-    detector = Detector(cfg, key, alerts, enricher, learned)
-    stages = Stages(enricher, output, detector)
+    detector = Detector(cfg, key, enricher, learned)
+    stages = Stages(enricher, output, detector, alerts)
     stages.notes = notes
     stages.key_source = "throwaway" if throwaway else "install"
     return stages

@@ -21,9 +21,10 @@ from typing import Final
 
 import iso3166
 
-from sensor.config import IDENTIFIER_KINDS, Config, ConfigError, dotted, normalize_mac
+from sensor.config import Config, ConfigError, dotted, normalize_mac
 from sensor.config import load_config as parse_config_file
-from sensor.detect.identifiers import canonicalize, luhn_valid
+from sensor.detect.identifiers import canonicalize, has_country_code, luhn_valid
+from sensor.model import VALUE_KINDS
 
 # Codes people write that ISO 3166-1 spells otherwise (or reserves without assigning).
 _COMMON_MISTAKES: Final[dict[str, str]] = {
@@ -127,8 +128,8 @@ def check_identifiers(
     identifier of its kind (for `[identifiers]`, `[[devices]]` and identifier files)."""
     for kind, values in table.items():
         key = f"{prefix}.{kind}" if prefix else kind  # an identifiers file has no prefix
-        if kind not in IDENTIFIER_KINDS:
-            known = ", ".join(IDENTIFIER_KINDS)
+        if kind not in VALUE_KINDS:
+            known = ", ".join(VALUE_KINDS)
             raise ConfigError(source, key, f"unknown identifier kind ({known})")
         for i, value in enumerate(values):
             problem = identifier_problem(kind, value, home_country)
@@ -161,9 +162,9 @@ def identifier_problem(kind: str, value: str, home_country: str | None = None) -
             if not luhn_valid(digits):
                 return "not an ICCID: its check digit (Luhn) is wrong"
     elif kind == "phone":
-        if home_country is None and not v.lstrip("(").startswith(("+", "00")):
+        if home_country is None and not has_country_code(v):  # no 00: not every country's
             return "a phone number needs its +country code when site.home_country is not set"
-        if canonicalize(kind, v, home_country or "ZZ") is None:  # phonenumbers' judgement
+        if canonicalize(kind, v, home_country) is None:  # phonenumbers' judgement
             return "not a phone number (or not a possible length for its country)"
     elif kind == "mac":
         try:
@@ -186,7 +187,7 @@ def identifier_problem(kind: str, value: str, home_country: str | None = None) -
 
 def _detector_problem(kind: str, value: str, home_country: str | None) -> str | None:
     """The detector's own canonical form must exist, so that what passes here is matched."""
-    canonical = canonicalize(kind, value, home_country or "ZZ")
+    canonical = canonicalize(kind, value, home_country)
     if canonical is None or len(canonical) < _MIN_VALUE_LEN:
         return f"not usable as {kind}"
     return None

@@ -166,17 +166,13 @@ class Wired:
         self.exporter = Exporter(mcfg or MetricsConfig(port=0), self.view())
         out.exporter = self.exporter
         self.stages = build_stages(cfg, out, [self.exporter.alert_sink()])
-        assert self.stages.detector is not None
-        self.stages.detector.alerts.add_listener(self.exporter.observation)
+        assert self.stages.alerts is not None
+        self.stages.alerts.add_listener(self.exporter.observation)
         self.pipeline = Pipeline(cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
 
     def view(self) -> SensorView:
         """What the daemon's `metrics_view` hands the exporter, read from this object."""
-
-        def alert_stage() -> Any:
-            detector = self.stages.detector
-            return detector.alerts if detector is not None else None
 
         def nflog_rules() -> NflogRules | None:
             if self.capture_mode != "nflog":
@@ -188,7 +184,7 @@ class Wired:
             pipeline=lambda: self.pipeline,
             enricher=lambda: self.stages.enricher,
             detector=lambda: self.stages.detector,
-            alert_stage=alert_stage,
+            alert_stage=lambda: self.stages.alerts,
             capture=lambda: self.source,
             interfaces=lambda: self.interfaces,
             nflog_rules=nflog_rules,
@@ -278,11 +274,11 @@ class FakeSensor:
             flows=self.flows, devices={}, devices_dropped=0, not_devices={}
         )
         self.enricher = FakeEnricher()
-        self.stages = SimpleNamespace(enricher=self.enricher, detector=None)
+        self.stages = SimpleNamespace(enricher=self.enricher, detector=None, alerts=None)
         view = SensorView(
             pipeline=lambda: self.pipeline,
             enricher=lambda: self.stages.enricher,
-            alert_stage=lambda: getattr(self.stages.detector, "alerts", None),
+            alert_stage=lambda: self.stages.alerts,
         )
         self.exporter = Exporter(
             cfg
@@ -597,11 +593,11 @@ def test_monotonic_while_the_packet_loop_runs() -> None:
 def test_alert_stage_counters_carry_over_a_reload() -> None:
     s = FakeSensor()
     old = SimpleNamespace(sinks=[], stats=lambda: {"suppressed": {"new_country": 5}, "dropped": {}})
-    s.stages.detector = SimpleNamespace(alerts=old)
+    s.stages.alerts = old
     first = s.scrape()
     assert values(first, "phonehome_alerts_suppressed_total", rule="new_country") == [5.0]
     new = SimpleNamespace(sinks=[], stats=lambda: {"suppressed": {"new_country": 2}, "dropped": {}})
-    s.stages.detector = SimpleNamespace(alerts=new)  # a reload built new stages
+    s.stages.alerts = new  # a reload built new stages
     second = s.scrape()
     assert values(second, "phonehome_alerts_suppressed_total", rule="new_country") == [7.0]
 
@@ -618,7 +614,7 @@ def test_each_alertmanager_has_its_own_counters_carried_over_a_reload() -> None:
 
     s = FakeSensor()
     a1, b1 = am("10.0.0.1:9093", "alertmanager@a", 4, 0, 0), am("b:9093", "alertmanager@b", 0, 4, 3)
-    s.stages.detector = SimpleNamespace(alerts=stage(a1, b1))
+    s.stages.alerts = stage(a1, b1)
     first = s.scrape()
     got = values(first, "phonehome_alertmanager_alerts_total", alertmanager="10.0.0.1:9093")
     assert sorted(got) == [0.0, 0.0, 1.0, 4.0]
@@ -627,7 +623,7 @@ def test_each_alertmanager_has_its_own_counters_carried_over_a_reload() -> None:
     ) == [4.0]
     assert values(first, "phonehome_alertmanager_queue_length", alertmanager="b:9093") == [3.0]
     a2 = am("10.0.0.1:9093", "alertmanager@a", 1, 0, 0)
-    s.stages.detector = SimpleNamespace(alerts=stage(a2))  # a reload built new sinks
+    s.stages.alerts = stage(a2)  # a reload built new sinks
     second = s.scrape()
     sent = values(
         second, "phonehome_alertmanager_alerts_total", alertmanager="10.0.0.1:9093", outcome="sent"

@@ -101,6 +101,14 @@ def test_national_phone_number_needs_a_home_country() -> None:
     assert problem is not None and "+country code" in problem
 
 
+def test_no_home_country_assumes_no_international_prefix() -> None:
+    """Without a home country "00" is not read as the international prefix (Indonesia dials
+    001, the US 011): the number needs its +country code, and the error says so."""
+    problem = identifier_problem("phone", "0044 20 7946 0123", None)
+    assert problem is not None and "+country code" in problem
+    assert identifier_problem("phone", "+44 20 7946 0123", None) is None
+
+
 def test_errors_name_file_key_and_index(tmp_path: Path) -> None:
     err = error(tmp_path, f"[identifiers]\nimei = ['{IMEI}', '12345']\n")
     assert err.key == "identifiers.imei[1]"

@@ -29,92 +29,37 @@ configured.
 
 from __future__ import annotations
 
-import base64
 import bisect
-import hashlib
-import hmac
 import re
-import time
-import urllib.parse
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, TypeAlias
 
-import ahocorasick_rs
 import phonenumbers
 
-Kind: TypeAlias = Literal[
-    "imei",
-    "imsi",
-    "iccid",
-    "phone",
-    "mac",
-    "serial",
-    "email",
-    "android_id",
-    "ad_id",
-    "contacts",
-]
-KINDS: Final[tuple[Kind, ...]] = (
-    "imei",
-    "imsi",
-    "iccid",
-    "phone",
-    "mac",
-    "serial",
-    "email",
-    "android_id",
-    "ad_id",
-    "contacts",
-)
+# The parts, by what they do (the names are re-exported here, where callers import them):
+# checks: check digits, phone numbers, the canonical spelling, the keyed hash;
+# forms: every wire form of a value and the automaton over them;
+# known / learned: the configured identifiers, and those learned from plaintext.
+from sensor.detect.checks import UUID_RE
+from sensor.detect.checks import canonicalize as canonicalize
+from sensor.detect.checks import has_country_code as has_country_code
+from sensor.detect.checks import keyed_hash as keyed_hash
+from sensor.detect.checks import luhn_check_digit as luhn_check_digit
+from sensor.detect.checks import luhn_valid as luhn_valid
+from sensor.detect.checks import parse_phone as parse_phone
+from sensor.detect.checks import redact as redact
+from sensor.detect.forms import Automaton, Entry, Key, PhoneStart, Variant
+from sensor.detect.known import LEARNABLE_KINDS as LEARNABLE_KINDS
+from sensor.detect.known import KnownIdentifiers as KnownIdentifiers
+from sensor.detect.learned import LearnedIdentifiers as LearnedIdentifiers
+from sensor.model import ENCODINGS as ENCODINGS  # the vocabulary is the model's
+from sensor.model import IDENTIFIER_KINDS, IdentifierKind
+from sensor.model import Encoding as Encoding
+from sensor.model import Location as Location
 
-Encoding: TypeAlias = Literal[
-    "plain",
-    "hex",
-    "hex_upper",
-    "base64",
-    "base64url",
-    "url",
-    "md5",
-    "sha1",
-    "sha256",
-    "md5_base64",
-    "sha1_base64",
-    "sha256_base64",
-]
-ENCODINGS: Final[tuple[Encoding, ...]] = (
-    "plain",
-    "hex",
-    "hex_upper",
-    "base64",
-    "base64url",
-    "url",
-    "md5",
-    "sha1",
-    "sha256",
-    "md5_base64",
-    "sha1_base64",
-    "sha256_base64",
-)
-"""How an identifier appeared.
-
-``plain``: as text, in any of the identifier's usual spellings (e.g. a phone number in E.164,
-national or digits-only form, a MAC with ``:``, ``-`` or no separator). ``hex`` / ``hex_upper``:
-ASCII hex of such a spelling (when the hex has no letters it is reported as ``hex``).
-``base64`` / ``base64url``: standard or URL-safe base64 of a spelling, anywhere inside a longer
-base64 blob (when both alphabets give the same text it is reported as ``base64``). ``url``:
-percent-encoded (only when that differs from the plain spelling). ``md5`` / ``sha1`` /
-``sha256``: hex digest of a spelling, either case. ``*_base64``: base64 (either alphabet, with or
-without padding) of the raw digest.
-"""
-
-Location: TypeAlias = Literal["url", "header", "cookie", "body", "dns", "payload"]
-
-LEARNABLE_KINDS: Final[frozenset[str]] = frozenset(
-    {"imei", "imsi", "iccid", "phone", "mac", "serial", "email", "android_id", "ad_id"}
-)
-"""Kinds that `KnownIdentifiers` accepts (everything but ``contacts``)."""
+Kind: TypeAlias = IdentifierKind
+KINDS: Final = IDENTIFIER_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,117 +88,8 @@ class Finding:
     """The device (as configured, e.g. its MAC) a known identifier belongs to, if any."""
 
 
-# --- small pure helpers ------------------------------------------------------------------------
-
-
-def luhn_valid(digits: str | bytes) -> bool:
-    """True if the decimal string passes the Luhn check (IMEI, ICCID, card numbers)."""
-    raw = digits.encode() if isinstance(digits, str) else digits
-    if not raw.isdigit():
-        return False
-    kept = raw[-1::-2]
-    doubled = raw[-2::-2].translate(_LUHN_DOUBLED)
-    return (sum(kept) - 48 * len(kept) + sum(doubled)) % 10 == 0
-
-
-def luhn_check_digit(body: str) -> str:
-    """The digit that makes ``body + digit`` Luhn-valid."""
-    for d in "0123456789":
-        if luhn_valid(body + d):
-            return d
-    raise ValueError("not a decimal string")
-
-
-def keyed_hash(key: bytes, kind: str, canonical: str) -> str:
-    """The truncated HMAC that stands for an identifier in findings and on disk."""
-    msg = f"{kind}:{canonical}".encode()
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:16]
-
-
-UNKNOWN_REGION: Final = "ZZ"
-"""libphonenumber's "unknown region": with no home country configured nothing is assumed, so
-only numbers written with their country code (+CC) are numbers, and no IMSI prefix is home."""
-
-
-def redact(kind: str, canonical: str) -> str:
-    """A tail short enough not to identify: last 4 characters (MAC: last two octets)."""
-    if kind == "email":
-        return "…@" + canonical.rpartition("@")[2]
-    if kind == "mac":
-        return "…" + canonical[-5:]
-    return "…" + canonical[-4:]
-
-
-def canonicalize(kind: str, value: str, home_region: str = UNKNOWN_REGION) -> str | None:
-    """The one spelling of an identifier that its keyed hash is computed over, or None if
-    ``value`` is not a plausible identifier of that kind."""
-    v = value.strip()
-    if kind in ("imei", "imsi", "iccid"):
-        digits = "".join(c for c in v if c.isdigit())
-        if kind == "iccid":
-            digits = "".join(c for c in v.rstrip("fF") if c.isdigit())
-            return digits if 18 <= len(digits) <= 22 else None
-        if kind == "imsi":
-            return digits if 14 <= len(digits) <= 15 else None
-        if len(digits) == 14:
-            return digits + luhn_check_digit(digits)
-        if len(digits) == 16:  # IMEISV: TAC + serial + software version
-            return digits[:14] + luhn_check_digit(digits[:14])
-        return digits if len(digits) == 15 else None
-    if kind == "phone":
-        try:
-            num = phonenumbers.parse(v, home_region)
-        except phonenumbers.NumberParseException:
-            return None
-        if not phonenumbers.is_possible_number(num):
-            return None
-        return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
-    if kind == "mac":
-        hexd = "".join(c for c in v.lower() if c in "0123456789abcdef")
-        if len(hexd) != 12 or len(v) not in (12, 14, 17):
-            return None
-        return ":".join(hexd[i : i + 2] for i in range(0, 12, 2))
-    if kind == "email":
-        local, at, domain = v.lower().rpartition("@")
-        return f"{local}@{domain}" if at and local and "." in domain else None
-    if kind == "serial":
-        return v.upper() if len(v) >= _MIN_VALUE_LEN and v.isprintable() else None
-    if kind == "android_id":
-        low = v.lower()
-        return low if 8 <= len(low) <= 16 and all(c in _HEX_CHARS for c in low) else None
-    if kind == "ad_id":
-        low = v.lower()
-        return low if _UUID_RE.fullmatch(low.encode()) else None
-    return None
-
-
 # --- tables ------------------------------------------------------------------------------------
 
-_LUHN_DOUBLED: Final = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3, 5, 7, 9)))
-"""Maps an ASCII digit to the digit sum of its double (Luhn)."""
-_HEX_CHARS: Final = frozenset("0123456789abcdef")
-_DFA_MAX_PATTERNS: Final = 8000
-"""Up to this many patterns (some 240 identifiers) the automaton is a DFA (about 35 MB)."""
-_COMPILE_DUTY: Final = 0.1
-"""At most this share of the scanner's time goes to compiling learned identifiers' automaton
-(a budget refilled at this rate, in seconds per second of wall time)."""
-_DIGEST_ENCODINGS: Final = frozenset(
-    {"md5", "sha1", "sha256", "md5_base64", "sha1_base64", "sha256_base64"}
-)
-_HEX_TOKEN: Final = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32,64}(?![0-9a-f])")
-_HEX_DIGEST_LENGTHS: Final = frozenset({32, 40, 64})
-_B64_TOKEN: Final = re.compile(rb"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{22,43}(?![A-Za-z0-9+/_\-])")
-_B64_DIGEST_LENGTHS: Final = frozenset({22, 27, 43})
-"""Unpadded base64 of an MD5, SHA-1, SHA-256 digest (a padding ``=`` ends the token)."""
-_QUIET_SHARE: Final = 0.1
-"""Wall time counts this much towards the compile budget besides CPU time."""
-_COMPILE_BURST: Final = 0.05
-"""Compile time (seconds) that may be spent at once after a quiet spell: a few values learned
-now and then are searched for from the next scan on."""
-_MIN_VALUE_LEN: Final = 6
-"""Shorter configured values are refused: they would match all over unrelated data."""
-_MIN_ENCODED_LEN: Final = 8
-"""Encoded forms shorter than this (e.g. a base64 sliver) are not searched."""
 _B_DIGITS: Final = frozenset(b"0123456789")
 _B_ALNUM: Final = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz")
 _B_HEX: Final = frozenset(b"0123456789abcdef")
@@ -364,7 +200,6 @@ _PHONE_SEPS: Final = b" \t\r\n\"'=>,;[&"
 """Bytes after which a national-prefix ``0`` may start a phone number. Not ``:`` (times are
 full of ``:0``); a number right after a key such as ``tel:`` is found through the key."""
 _DATE_LIKE: Final = re.compile(rb"[(]?[0-9]{4}[-.][0-9]{1,2}[-.][0-9]{1,2}(?![0-9])")
-_UUID_RE: Final = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _HEX16: Final = re.compile(rb"[0-9a-f]{16}")
 _HEX12: Final = re.compile(rb"[0-9a-f]{12}")
 _SERIAL: Final = re.compile(rb"[0-9a-z][0-9a-z\-]{5,31}")
@@ -398,489 +233,20 @@ _MAC_SHAPE: Final = b"hh:hh:hh:hh:hh:hh"
 _MAC_REJECT: Final = frozenset({"00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"})
 
 
-# --- known identifiers -------------------------------------------------------------------------
-
-_Boundary: TypeAlias = Literal[0, 1, 2, 3]
-"""0: none; 1: no digit on either side; 2: no letter or digit on either side; 3: (emails) no
-local-part character before."""
-_SHORT_PLAIN: Final = 12
-"""Plain spellings shorter than this must stand on token boundaries: a 10-digit national number
-could otherwise match inside any longer number. Longer ones match anywhere, so a value packed
-between binary bytes (protobuf tags are often letters or digits) is still found."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Ident:
-    kind: Kind
-    canonical: str
-    redacted: str
-    keyed_hash: str
-    owner: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Variant:
-    ident: _Ident
-    encoding: Encoding
-    exact: bytes | None
-    """Original-case bytes that must match (base64); None when case does not matter."""
-    boundary: _Boundary
-
-
-@dataclass(frozen=True, slots=True)
-class _Key:
-    cls: str
-    whole_word: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _PhoneStart:
-    skip: int
-
-
-_Entry: TypeAlias = _Variant | _Key | _PhoneStart
-
-
-def _spellings(kind: str, canonical: str, home_region: str) -> tuple[list[str], list[str]]:
-    """(plain spellings to search for, spellings an app might hash) of a canonical value."""
-    if kind == "imei":
-        return [canonical, canonical[:14]], [canonical, canonical[:14]]
-    if kind == "phone":
-        num = phonenumbers.parse(canonical, home_region)
-        e164 = canonical
-        intl = e164[1:]
-        nsn = phonenumbers.national_significant_number(num)
-        national = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.NATIONAL)
-        national_digits = "".join(c for c in national if c.isdigit())
-        formatted = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-        plain = [e164, intl, "00" + intl, nsn, national_digits, national, formatted]
-        return _unique(plain), _unique([e164, intl, national_digits, nsn])
-    if kind == "mac":
-        bare = canonical.replace(":", "")
-        forms = [canonical, canonical.replace(":", "-"), bare]
-        forms += [f.upper() for f in forms]
-        return forms, forms
-    if kind == "email":
-        return [canonical], [canonical]
-    if kind in ("serial", "android_id", "ad_id"):
-        return _unique([canonical, canonical.lower(), canonical.upper()]), _unique(
-            [canonical, canonical.lower(), canonical.upper()]
-        )
-    return [canonical], [canonical]
-
-
-def _unique(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(i for i in items if i))
-
-
-def _b64_inner(raw: bytes, align: int, urlsafe: bool) -> bytes:
-    """The part of base64(prefix + raw + suffix) that depends on ``raw`` alone, for a prefix of
-    ``align`` bytes (mod 3): what any blob with ``raw`` at such an offset contains."""
-    enc = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(b"\0" * align + raw)
-    start = -(-8 * align // 6)
-    end = 8 * (align + len(raw)) // 6
-    return enc[start:end]
-
-
-def _variants(ident: _Ident, home_region: str) -> list[tuple[bytes, _Variant]]:
-    plain, hashed = _spellings(ident.kind, ident.canonical, home_region)
-    out: list[tuple[bytes, _Variant]] = []
-
-    def add(pattern: bytes, enc: Encoding, exact: bool = False, boundary: _Boundary = 0) -> None:
-        if len(pattern) >= _MIN_ENCODED_LEN or (enc == "plain" and len(pattern) >= 6):
-            out.append(
-                (pattern.lower(), _Variant(ident, enc, pattern if exact else None, boundary))
-            )
-
-    for form in plain:
-        raw = form.encode()
-        boundary: _Boundary = 0
-        if ident.kind == "email":
-            boundary = 3
-        elif len(form) < _SHORT_PLAIN:
-            boundary = 1 if form.isdigit() else 2
-        add(raw, "plain", boundary=boundary)
-        add(raw.hex().encode(), "hex")
-        for quoted in {urllib.parse.quote(form, safe=""), urllib.parse.quote_plus(form, safe="")}:
-            if quoted != form:
-                add(quoted.encode(), "url", boundary=boundary)
-        for align in range(3):
-            std = _b64_inner(raw, align, urlsafe=False)
-            url = _b64_inner(raw, align, urlsafe=True)
-            add(std, "base64", exact=True)
-            if url != std:
-                add(url, "base64url", exact=True)
-    for form in hashed:
-        raw = form.encode()
-        for name, enc_b64 in (
-            ("md5", "md5_base64"),
-            ("sha1", "sha1_base64"),
-            ("sha256", "sha256_base64"),
-        ):
-            digest = hashlib.new(name, raw).digest()
-            add(digest.hex().encode(), name)  # type: ignore[arg-type]
-            add(base64.b64encode(digest).rstrip(b"="), enc_b64, exact=True)  # type: ignore[arg-type]
-            add(base64.urlsafe_b64encode(digest).rstrip(b"="), enc_b64, exact=True)  # type: ignore[arg-type]
-    return out
-
-
-class KnownIdentifiers:
-    """A set of identifier values with all their precomputed wire forms.
-
-    Values are canonicalised on the way in (`canonicalize`); invalid or too-short ones are
-    refused and counted in `rejected`. Each value may belong to a device (``owner``).
-    """
-
-    def __init__(self, key: bytes, home_region: str = UNKNOWN_REGION) -> None:
-        if not key:
-            raise ValueError("the keyed-hash key must not be empty")
-        self.key: Final = key
-        self.home_region: Final = home_region.upper()
-        self.rejected = 0
-        """Values refused by `add` (not an identifier of that kind, or too short)."""
-        self._items: OrderedDict[tuple[str, str, str | None], list[tuple[bytes, _Variant]]] = (
-            OrderedDict()
-        )
-        self._owners: dict[tuple[str, str], list[str | None]] = {}
-        """(kind, canonical) -> the owners it is present for."""
-
-    @classmethod
-    def from_mapping(
-        cls,
-        values: Mapping[str, Iterable[str]],
-        *,
-        key: bytes,
-        home_region: str = UNKNOWN_REGION,
-        devices: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
-    ) -> KnownIdentifiers:
-        """Build from ``{kind: [values]}`` (the install's own) and
-        ``{device: {kind: [values]}}``."""
-        known = cls(key, home_region)
-        for kind, vals in values.items():
-            for v in vals:
-                known.add(kind, v)
-        for owner, per_kind in (devices or {}).items():
-            for kind, vals in per_kind.items():
-                for v in vals:
-                    known.add(kind, v, owner=owner)
-        return known
-
-    def add(self, kind: str, value: str, owner: str | None = None) -> bool:
-        """Add one value; False if it was refused or already present."""
-        if kind not in LEARNABLE_KINDS:
-            raise ValueError(f"unknown identifier kind {kind!r}")
-        canonical = canonicalize(kind, value, self.home_region)
-        if canonical is None or len(canonical) < _MIN_VALUE_LEN:
-            self.rejected += 1
-            return False
-        slot = (kind, canonical, owner)
-        if slot in self._items:
-            self._items.move_to_end(slot)
-            return False
-        ident = _Ident(
-            kind,  # type: ignore[arg-type]
-            canonical,
-            redact(kind, canonical),
-            keyed_hash(self.key, kind, canonical),
-            owner,
-        )
-        self._items[slot] = _variants(ident, self.home_region)
-        self._owners.setdefault((kind, canonical), []).append(owner)
-        return True
-
-    def discard_oldest(self) -> None:
-        """Forget the least recently added (or re-added) value."""
-        if self._items:
-            (kind, canonical, owner), _ = self._items.popitem(last=False)
-            owners = self._owners[(kind, canonical)]
-            owners.remove(owner)
-            if not owners:
-                del self._owners[(kind, canonical)]
-
-    def has_canonical(self, kind: str, canonical: str) -> bool:
-        """True if the (already canonical) value is present, for any owner."""
-        return (kind, canonical) in self._owners
-
-    def touch(self, kind: str, canonical: str) -> None:
-        """Mark a value as recently seen (it is dropped last by `discard_oldest`)."""
-        for owner in self._owners.get((kind, canonical), ()):
-            self._items.move_to_end((kind, canonical, owner))
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, item: object) -> bool:
-        if not (isinstance(item, tuple) and len(item) == 2):
-            return False
-        kind, value = item
-        if not (isinstance(kind, str) and isinstance(value, str)):
-            return False
-        canonical = canonicalize(kind, value, self.home_region)
-        return canonical is not None and (kind, canonical) in self._owners
-
-    def hashes(self) -> list[tuple[Kind, str]]:
-        """(kind, keyed hash) of every value, oldest first: what may be written to disk."""
-        out: list[tuple[Kind, str]] = []
-        for variants in self._items.values():
-            if variants:
-                ident = variants[0][1].ident
-                out.append((ident.kind, ident.keyed_hash))
-        return out
-
-    def patterns(self) -> Iterator[tuple[bytes, _Variant]]:
-        """Every (lower-cased pattern, variant) pair; for the scanner's automaton."""
-        for variants in self._items.values():
-            yield from variants
-
-
-_Slot: TypeAlias = tuple[str, str, str | None]
-"""(kind, canonical value, owner) of a learned identifier."""
-
-
-class LearnedIdentifiers:
-    """Identifiers learned from plaintext sightings, searched for through their own automaton.
-
-    Adding a value costs a few dictionary operations, whatever was learned before. Its wire
-    forms are computed, and the automaton over all learned values rebuilt, in batches: at most
-    `_COMPILE_DUTY` of wall time (plus a burst of `_COMPILE_BURST`) goes to compiling, so a host
-    that sends a new value with every request costs a bounded share of the loop, and the values
-    learned meanwhile are searched for from the next compile on. The configured identifiers'
-    automaton is never rebuilt for learning.
-
-    At most ``capacity`` values are kept: past it, the least recently seen value of the owner
-    (device) holding the most goes, so one host flooding new values pushes out its own, never
-    the other devices'. Dropped values are counted in `shed`: ``evicted`` after they had been
-    searched for, ``unsearched`` before (a flood outpaced the compile budget).
-    """
-
-    def __init__(self, key: bytes, home_region: str, capacity: int) -> None:
-        self.key: Final = key
-        self.home_region: Final = home_region
-        self.capacity = capacity
-        self._order: OrderedDict[_Slot, _Ident] = OrderedDict()
-        """Every value, least recently seen first."""
-        self._by_owner: dict[str | None, OrderedDict[_Slot, None]] = {}
-        self._sized: dict[int, dict[str | None, None]] = {}
-        """Owners by how many values they hold, so the biggest is found at once."""
-        self._biggest = 0
-        self._owners: dict[tuple[str, str], list[str | None]] = {}
-        self._hashed: dict[tuple[str, str], str] = {}
-        """(kind, keyed hash) -> canonical value, for `touch_hash`."""
-        self._variants: dict[_Slot, list[tuple[bytes, _Variant]]] = {}
-        """Wire forms of the values compiled so far."""
-        self.automaton: _Automaton | None = None
-        """Every compiled value's forms but its digests."""
-        self.digests: dict[bytes, list[_Variant]] = {}
-        """Digest forms (hex: lower-case; base64: as written) -> their variants: whole tokens
-        of the right length are looked up here (`digest_tokens`), which keeps about two thirds
-        of the patterns out of the automaton."""
-        self.dirty = False
-        """Values were added or dropped since the automaton was compiled."""
-        self.added = 0
-        self.shed: dict[str, int] = {"evicted": 0, "unsearched": 0, "rate": 0}
-        """Values dropped, by reason: ``evicted`` and ``unsearched`` (see above), ``rate``: never
-        taken in, their device was over its learning rate (`refuse`)."""
-        self.compiles = 0
-        self.compile_seconds = 0.0
-        self._budget = _COMPILE_BURST
-        self._budget_at = time.monotonic()
-        self._budget_cpu = time.process_time()
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    @property
-    def pending(self) -> int:
-        """Values learned but not yet searched for (waiting for the next compile)."""
-        return len(self._order) - len(self._variants)
-
-    def has_canonical(self, kind: str, canonical: str) -> bool:
-        return (kind, canonical) in self._owners
-
-    def touch_hash(self, kind: str, hashed: str) -> bool:
-        """Touch the value with this keyed hash; False if none is held."""
-        canonical = self._hashed.get((kind, hashed))
-        if canonical is None:
-            return False
-        self.touch(kind, canonical)
-        return True
-
-    def refuse(self, reason: str) -> None:
-        """Count a value the caller did not add (e.g. its device was over its rate)."""
-        self.shed[reason] = self.shed.get(reason, 0) + 1
-
-    def touch(self, kind: str, canonical: str) -> None:
-        """Mark a value as recently seen (it is dropped last)."""
-        for owner in self._owners.get((kind, canonical), ()):
-            slot = (kind, canonical, owner)
-            self._order.move_to_end(slot)
-            self._by_owner[owner].move_to_end(slot)
-
-    def add(self, kind: str, canonical: str, owner: str | None, hashed: str | None = None) -> bool:
-        """Add an already canonical value (``hashed``: its keyed hash, when the caller has it);
-        False if present (then it is touched) or capacity is 0."""
-        if self.capacity <= 0:
-            return False
-        slot = (kind, canonical, owner)
-        if slot in self._order:
-            self.touch(kind, canonical)
-            return False
-        ident = self._order[slot] = _Ident(
-            kind,  # type: ignore[arg-type]
-            canonical,
-            redact(kind, canonical),
-            hashed or keyed_hash(self.key, kind, canonical),
-            owner,
-        )
-        self._hashed[(kind, ident.keyed_hash)] = canonical
-        slots = self._by_owner.get(owner)
-        if slots is None:
-            slots = self._by_owner[owner] = OrderedDict()
-        self._resize(owner, len(slots), len(slots) + 1)
-        slots[slot] = None
-        self._owners.setdefault((kind, canonical), []).append(owner)
-        self.added += 1
-        self.dirty = True
-        while len(self._order) > self.capacity:
-            self._drop_one()
-        return True
-
-    def _resize(self, owner: str | None, old: int, new: int) -> None:
-        """Move `owner` from the owners holding `old` values to those holding `new`."""
-        sized = self._sized
-        if old:
-            peers = sized[old]
-            del peers[owner]
-            if not peers:
-                del sized[old]
-        if new:
-            sized.setdefault(new, {})[owner] = None
-        if new > self._biggest:
-            self._biggest = new
-        while self._biggest and self._biggest not in sized:
-            self._biggest -= 1
-
-    def _drop_one(self) -> None:
-        by_owner = self._by_owner
-        owner = next(iter(self._sized[self._biggest]))
-        slots = by_owner[owner]
-        slot, _ = slots.popitem(last=False)
-        self._resize(owner, len(slots) + 1, len(slots))
-        if not slots:
-            del by_owner[owner]
-        ident = self._order.pop(slot)
-        kind, canonical, _ = slot
-        owners = self._owners[(kind, canonical)]
-        owners.remove(owner)
-        if not owners:
-            del self._owners[(kind, canonical)]
-            del self._hashed[(kind, ident.keyed_hash)]
-        if self._variants.pop(slot, None) is None:
-            self.shed["unsearched"] += 1
-        else:
-            self.shed["evicted"] += 1
-            self.dirty = True
-
-    def hashes(self) -> list[tuple[Kind, str]]:
-        """(kind, keyed hash) of every value, least recently seen first."""
-        return [(i.kind, i.keyed_hash) for i in self._order.values()]
-
-    def compile_due(self) -> bool:
-        """True when values changed and the compile budget allows a compile now.
-
-        The budget grows with the process's CPU time (compiling takes at most a tenth of
-        the work, however loaded the machine), and with wall time at a tenth of that rate (a
-        quiet sensor still compiles what it learned, within seconds)."""
-        if not self.dirty:
-            return False
-        now, cpu = time.monotonic(), time.process_time()
-        earned = (cpu - self._budget_cpu) + (now - self._budget_at) * _QUIET_SHARE
-        self._budget = min(_COMPILE_BURST, self._budget + earned * _COMPILE_DUTY)
-        self._budget_at, self._budget_cpu = now, cpu
-        return self._budget > 0
-
-    def compile(self) -> None:
-        """Compute the new values' wire forms and rebuild the automaton over all of them."""
-        t0 = time.perf_counter()
-        variants = self._variants
-        for slot, ident in self._order.items():
-            if slot not in variants:
-                variants[slot] = _variants(ident, self.home_region)
-        digests: dict[bytes, list[_Variant]] = {}
-        searched: list[tuple[bytes, _Variant]] = []
-        for forms in variants.values():
-            for pattern, v in forms:
-                if v.encoding in _DIGEST_ENCODINGS:
-                    digests.setdefault(v.exact or pattern, []).append(v)
-                else:
-                    searched.append((pattern, v))
-        self.automaton = _Automaton((searched,)) if searched else None
-        self.digests = digests
-        self.dirty = False
-        took = time.perf_counter() - t0
-        self._budget -= took
-        # Time spent compiling earns no budget.
-        self._budget_at, self._budget_cpu = time.monotonic(), time.process_time()
-        self.compiles += 1
-        self.compile_seconds += took
-
-    def digest_tokens(self, data: bytes, folded: bytes) -> Iterator[tuple[_Variant, int, int]]:
-        """(variant, start, end) of each whole hex or base64 token that is a compiled value's
-        digest. A digest run together with other hex or base64 characters is not found."""
-        digests = self.digests
-        for m in _HEX_TOKEN.finditer(folded):
-            if m.end() - m.start() in _HEX_DIGEST_LENGTHS:
-                for v in digests.get(m.group(), ()):
-                    yield v, m.start(), m.end()
-        for m in _B64_TOKEN.finditer(data):
-            if m.end() - m.start() in _B64_DIGEST_LENGTHS:
-                for v in digests.get(m.group(), ()):
-                    yield v, m.start(), m.end()
-
-    def stats(self) -> dict[str, object]:
-        """What does not depend on timing (the metrics have the compile figures too)."""
-        return {
-            "learned": self.added,
-            "in_memory": len(self._order),
-            "dropped": sum(self.shed.values()),
-        }
-
-
 # --- the scanner -------------------------------------------------------------------------------
 
 
-class _Automaton:
-    """One Aho-Corasick automaton over every pattern: known-identifier forms, key words and
-    phone-number starts. Several entries may share one (lower-cased) pattern.
-
-    ``ahocorasick_rs.BytesAhoCorasick`` searches bytes as they are; the pyahocorasick wheels
-    take str keys only (its bytes mode is a build option), and scanning latin-1-decoded text
-    with it measured at a third of the speed."""
-
-    __slots__ = ("ac", "entries")
-
-    def __init__(self, groups: Iterable[Iterable[tuple[bytes, _Entry]]]) -> None:
-        index: dict[bytes, dict[_Entry, None]] = {}
-        for group in groups:
-            for pattern, entry in group:
-                index.setdefault(pattern, {})[entry] = None
-        self.entries: list[tuple[_Entry, ...]] = [tuple(e) for e in index.values()]
-        # A DFA scans about twice as fast as the default NFA but its size grows quickly.
-        impl = ahocorasick_rs.Implementation.DFA if len(index) <= _DFA_MAX_PATTERNS else None
-        self.ac = ahocorasick_rs.BytesAhoCorasick(list(index), implementation=impl)
-
-
-def _fixed_patterns() -> list[tuple[bytes, _Entry]]:
-    out: list[tuple[bytes, _Entry]] = []
+def _fixed_patterns() -> list[tuple[bytes, Entry]]:
+    out: list[tuple[bytes, Entry]] = []
     for cls, words in _KEYS.items():
         for w in words:
-            out.append((w.encode(), _Key(cls, w in _WORD_KEYS)))
+            out.append((w.encode(), Key(cls, w in _WORD_KEYS)))
     for d in b"0123456789":
         if d != ord("0"):  # no country code starts with 0; "+07:00" is a time zone
-            out.append((bytes((ord("+"), d)), _PhoneStart(0)))
-        out.append((bytes((ord("("), d)), _PhoneStart(0)))
+            out.append((bytes((ord("+"), d)), PhoneStart(0)))
+        out.append((bytes((ord("("), d)), PhoneStart(0)))
         for sep in _PHONE_SEPS:
-            out.append((bytes((sep, ord("0"), d)), _PhoneStart(1)))
+            out.append((bytes((sep, ord("0"), d)), PhoneStart(1)))
     return out
 
 
@@ -922,16 +288,22 @@ class Scanner:
         self._contacts_min = contacts_min
         self._auto_learn = auto_learn
         self._fixed = _fixed_patterns()
-        cc = phonenumbers.country_code_for_region(self._region)
-        self._nanp = cc == 1
-        self._imsi_home = _HOME_IMSI_PREFIXES.get(self._region, ())
-        meta = phonenumbers.PhoneMetadata.metadata_for_region(self._region)
+        # No home country: no national number plan, no home operators.
+        region = self._region
+        self._nanp = region is not None and phonenumbers.country_code_for_region(region) == 1
+        self._imsi_home = _HOME_IMSI_PREFIXES.get(region, ()) if region is not None else ()
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region) if region else None
         general = meta.general_desc if meta is not None else None
         lengths = general.possible_length if general is not None else None
         self._nsn_lengths = frozenset(lengths or range(7, 16))
         prefix = meta.national_prefix if meta is not None else None
         self._national_prefix = (prefix or "").encode()
-        self._automaton: _Automaton | None = None
+        self._automaton: Automaton | None = None
+
+    @property
+    def home_region(self) -> str | None:
+        """The home country national numbers belong to; None: unknown (`parse_phone`)."""
+        return self._region
 
     # -- learning --
 
@@ -978,7 +350,7 @@ class Scanner:
     def rebuild(self) -> None:
         """Compile the automata now instead of at the next scan (learned values too, whatever
         the compile budget)."""
-        self._automaton = _Automaton((self._fixed, self._known.patterns()))
+        self._automaton = Automaton((self._fixed, self._known.patterns()))
         if self._learned.dirty:
             self._learned.compile()
 
@@ -987,7 +359,7 @@ class Scanner:
     def scan(self, data: bytes, location: Location) -> list[Finding]:
         """All identifiers in ``data``, ordered by offset."""
         if self._automaton is None:
-            self._automaton = _Automaton((self._fixed, self._known.patterns()))
+            self._automaton = Automaton((self._fixed, self._known.patterns()))
         learned = self._learned
         if learned.dirty and learned.compile_due():
             learned.compile()
@@ -1003,20 +375,20 @@ class Scanner:
             entries = auto.entries
             for idx, start, end in auto.ac.find_matches_as_indexes(folded, overlapping=True):
                 for entry in entries[idx]:
-                    if type(entry) is _Variant:
+                    if type(entry) is Variant:
                         f = self._known_match(entry, data, folded, start, end, location)
                         if f is not None:
                             known.append(f)
                             if f.kind == "phone" and f.encoding in ("plain", "url"):
                                 known_numbers.add(entry.ident.canonical)
-                    elif type(entry) is _Key:
+                    elif type(entry) is Key:
                         if entry.whole_word and (
                             (start > 0 and folded[start - 1] in _B_ALNUM)
                             or (end < n and folded[end] in _B_ALNUM)
                         ):
                             continue
                         keys.append((end, entry.cls))
-                    elif type(entry) is _PhoneStart:
+                    elif type(entry) is PhoneStart:
                         phone_starts.append(start + entry.skip)
         if learned.digests:
             for v, start, end in learned.digest_tokens(data, folded):
@@ -1151,7 +523,7 @@ class Scanner:
 
     @staticmethod
     def _known_match(
-        v: _Variant, data: bytes, folded: bytes, start: int, end: int, location: Location
+        v: Variant, data: bytes, folded: bytes, start: int, end: int, location: Location
     ) -> Finding | None:
         if v.exact is not None and data[start:end] != v.exact:
             return None
@@ -1216,7 +588,7 @@ class Scanner:
                     phone_starts.add(pos)
                 continue
             if cls in ("android_id", "ad_id"):
-                m = _UUID_RE.match(folded, pos)
+                m = UUID_RE.match(folded, pos)
                 if m and _bounded(folded, m.start(), m.end(), _B_ALNUM):
                     value = m.group().decode()
                     if value.strip("0-"):
@@ -1334,11 +706,8 @@ class Scanner:
         return last
 
     def _valid_number(self, text: str) -> str | None:
-        try:
-            num = phonenumbers.parse(text, self._region)
-        except phonenumbers.NumberParseException:
-            return None
-        if not phonenumbers.is_valid_number(num):
+        num = parse_phone(text, self._region)
+        if num is None or not phonenumbers.is_valid_number(num):
             return None
         return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
 

@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-from sensor.detect.identifiers import UNKNOWN_REGION, canonicalize, keyed_hash
+from sensor.detect.identifiers import canonicalize, keyed_hash
 
 DEFAULT_PATH: Final = Path(__file__).resolve().parent.parent / "data" / "placeholders.toml"
 _KINDS: Final = frozenset(
@@ -135,7 +135,7 @@ def _parse(data: Mapping[str, Any], source: str) -> list[Placeholder]:
             raise PlaceholderError(f"{where}: exactly one of value and match")
         canonical = None
         if value is not None:
-            canonical = canonicalize(kind, str(value), UNKNOWN_REGION)
+            canonical = canonicalize(kind, str(value))  # no home country: +CC numbers only
             if canonical is None:
                 raise PlaceholderError(f"{where}.value: not a valid {kind}")
         elif _MATCHES.get(str(match)) != kind:

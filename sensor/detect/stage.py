@@ -2,8 +2,10 @@
 
 Scans what the packet loop hands over (HTTP requests, DNS query names, the first bytes of other
 flows) for identifiers, learns identifiers seen in plaintext so that their encoded and hashed
-forms are caught later, and tells the alert stage about uploads and countries when flows end.
-It never decides what is alarming; `sensor.alerts` does.
+forms are caught later, and reports uploads and countries as flows grow and end. Every method
+returns the Observations it made ("identifier", "upload", "country"); `sensor.stages` hands them
+to the alert stage's one way in, `AlertStage.observe`. It never decides what is alarming, and
+knows nothing of the alert stage.
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sensor.alerts import AlertStage
 from sensor.config import Config
 from sensor.detect import extract, placeholders
 from sensor.detect.identifiers import (
-    UNKNOWN_REGION,
     Finding,
     KnownIdentifiers,
     Location,
@@ -110,17 +110,18 @@ class Detector:
         self,
         cfg: Config,
         key: bytes,
-        alerts: AlertStage,
         enricher: Enricher | None,
         learned_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
-        self.alerts = alerts
         self.enricher = enricher
-        region = cfg.site.home_country or UNKNOWN_REGION
         per_device = {d.mac: d.identifiers for d in cfg.devices if d.identifiers}
+        # No home country stays unknown here as in enrich: only +CC numbers are numbers.
         known = KnownIdentifiers.from_mapping(
-            cfg.identifiers.as_mapping(), key=key, home_region=region, devices=per_device
+            cfg.identifiers.as_mapping(),
+            key=key,
+            home_region=cfg.site.home_country,
+            devices=per_device,
         )
         if known.rejected:
             log.warning("%d configured identifiers could not be used", known.rejected)
@@ -154,14 +155,22 @@ class Detector:
 
     # --- outbound plaintext -------------------------------------------------------------------
 
-    def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
-        self._scan(flow, device, extract.request_parts(req), ts)
+    def http_request(
+        self, flow: Flow, device: Device | None, req: HttpRequest, ts: float
+    ) -> list[Observation]:
+        return self._scan(flow, device, extract.request_parts(req), ts)
 
-    def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
-        self._scan(flow, device, [("dns", extract.dns_name_parts(qname))], ts, dns_name=qname)
+    def dns_query(
+        self, flow: Flow, device: Device | None, qname: str, ts: float
+    ) -> list[Observation]:
+        return self._scan(
+            flow, device, [("dns", extract.dns_name_parts(qname))], ts, dns_name=qname
+        )
 
-    def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
-        self._scan(flow, device, [("payload", data)], ts)
+    def payload(
+        self, flow: Flow, device: Device | None, data: bytes, ts: float
+    ) -> list[Observation]:
+        return self._scan(flow, device, [("payload", data)], ts)
 
     def _scan(
         self,
@@ -170,7 +179,8 @@ class Detector:
         parts: Sequence[tuple[Location, bytes]],
         ts: float,
         dns_name: str | None = None,
-    ) -> None:
+    ) -> list[Observation]:
+        out: list[Observation] = []
         seen: set[tuple[str, str, str]] = set()
         dst: Destination | None = None
         who: DeviceRef | None = None
@@ -192,7 +202,7 @@ class Detector:
                     dst = self._destination(flow, dns_name)
                     who = self._device(device, flow)
                 assert who is not None
-                self.alerts.observe(
+                out.append(
                     Observation(
                         what="identifier",
                         ts=ts,
@@ -207,6 +217,7 @@ class Detector:
                         known=f.known,
                     )
                 )
+        return out
 
     def _placeholder(self, f: Finding, data: bytes) -> str | None:
         """Why the finding is a placeholder (sensor/data/placeholders.toml), else None. Listed
@@ -264,39 +275,44 @@ class Detector:
             return DeviceRef(mac=flow.device_mac, ip=flow.src_ip)
         return self.enricher.device_ref(device, flow.device_mac, flow.src_ip)
 
-    # --- volumes and countries, when a flow ends ------------------------------------------------
+    # --- volumes and countries, as flows grow and end -----------------------------------------
 
     def upload_progress(
         self, flow: Flow, device: Device | None, dst: Destination, ts: float
-    ) -> None:
-        """A live flow's upload grew (conntrack counters): account the new bytes now, so a
+    ) -> list[Observation]:
+        """A live flow's upload grew (conntrack counters): report the new bytes now, so a
         long upload alerts while it runs, not when its conntrack entry finally expires."""
         if dst.country is None:
-            return
+            return []
         who = self._device(device, flow)
+        out: list[Observation] = []
         if flow.uid not in self._accounted:
-            self.alerts.account_contact(flow.first_seen, who, dst, flow.uid)
+            out.append(_country(flow, who, dst))
         new = flow.bytes_up - self._accounted.get(flow.uid, 0)
         self._accounted[flow.uid] = flow.bytes_up
         self._accounted.move_to_end(flow.uid)
         while len(self._accounted) > MAX_ACCOUNTED_FLOWS:
             self._accounted.popitem(last=False)
         if dst.abroad and new > 0:
-            self.alerts.account_upload(ts, who, dst, new, flow.uid)
+            out.append(_upload(flow, ts, who, dst, new))
+        return out
 
-    def flow_end(self, flow: Flow, device: Device | None, dst: Destination) -> None:
+    def flow_end(self, flow: Flow, device: Device | None, dst: Destination) -> list[Observation]:
+        """A flow ended: its country (unless reported while it ran) and the upload bytes not
+        reported yet."""
         already = self._accounted.pop(flow.uid, None)
         if dst.country is None:
-            return
+            return []
         who = self._device(device, flow)
+        out: list[Observation] = []
         if already is None:
-            self.alerts.account_contact(flow.first_seen, who, dst, flow.uid)
+            out.append(_country(flow, who, dst))
         new = flow.bytes_up - (already or 0)
         if dst.abroad and new > 0:
-            self.alerts.account_upload(flow.last_seen, who, dst, new, flow.uid)
+            out.append(_upload(flow, flow.last_seen, who, dst, new))
+        return out
 
     def tick(self, now: float) -> None:
-        self.alerts.tick(now)
         if self._unsaved:
             mono = time.monotonic()  # `now` is packet time in `analyze`
             if mono >= self._next_save:
@@ -339,6 +355,16 @@ class Detector:
             "learning": self.scanner.learned.stats(),
             "write_errors": dict(self.write_errors),
         }
+
+
+def _country(flow: Flow, who: DeviceRef, dst: Destination) -> Observation:
+    """A device talked to `dst`'s country (at the flow's start)."""
+    return Observation(what="country", ts=flow.first_seen, device=who, dst=dst, flow_uid=flow.uid)
+
+
+def _upload(flow: Flow, ts: float, who: DeviceRef, dst: Destination, new: int) -> Observation:
+    """`new` bytes a device sent to `dst` since the last report for this flow."""
+    return Observation(what="upload", ts=ts, device=who, dst=dst, flow_uid=flow.uid, bytes_up=new)
 
 
 def _read_learned(path: Path) -> list[tuple[str, str]]:

@@ -129,7 +129,7 @@ class Exporter:
         self._accounting.alert(alert)
 
     def alert_sink(self) -> AlertCounter:
-        """An alert sink (`sensor.sinks.Sink`) that counts delivered alerts here: add it to the
+        """An alert sink (`sensor.sinks.AlertSink`) that counts delivered alerts here: add it to the
         alert stage's sinks."""
         return AlertCounter(self)
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the concrete records; config.py imports this package, so no
     from sensor.flows import FlowEntry
     from sensor.model import Destination, Device
     from sensor.policy import CompiledPolicy
-    from sensor.sinks import Sink
+    from sensor.sinks import AlertSink
 
 
 # --- the packet path ----------------------------------------------------------------------------
@@ -147,7 +147,7 @@ class AlertStageView(Protocol):
     """The alert stage (sensor.alerts.AlertStage): its counters and its sinks."""
 
     @property
-    def sinks(self) -> Sequence[Sink]: ...
+    def sinks(self) -> Sequence[AlertSink]: ...
     def stats(self) -> Mapping[str, Any]: ...
 
 

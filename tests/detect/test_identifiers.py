@@ -452,3 +452,22 @@ def test_no_home_country_assumes_none() -> None:
     assert assume_nothing == {"…7891"}
     home = {f.redacted for f in Scanner(KnownIdentifiers(KEY, "ID")).scan(body, "body")}
     assert home == {"…7890", "…7891"}
+
+
+def test_unknown_home_country_is_none_as_in_enrich() -> None:
+    """No site.home_country is None in detect as in enrich (no stand-in region code): the
+    detector reads only +CC numbers, for configured values as for what it finds."""
+    from sensor.config import Config
+    from sensor.detect.stage import Detector
+
+    detector = Detector(Config(), KEY, None)
+    assert detector.scanner.home_region is None
+    known = KnownIdentifiers.from_mapping(
+        {"phone": ["+44 20 7946 0123", "020 7946 0124"]}, key=KEY, home_region=None
+    )
+    assert known.home_region is None and known.rejected == 1  # the national one: no country
+    body = b'{"phone": "+44 20 7946 0123", "tel": "020 7946 0125", "msisdn": "0044 20 7946 0126"}'
+    found = {(f.redacted, f.known) for f in Scanner(known).scan(body, "body")}
+    assert found == {("…0123", True)}
+    assert canonicalize("phone", "0044 20 7946 0126") is None
+    assert canonicalize("phone", "0044 20 7946 0126", "GB") == "+442079460126"

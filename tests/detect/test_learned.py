@@ -13,7 +13,7 @@ import pytest
 
 from bench.learn_bench import write_capture
 from sensor.config import parse_config
-from sensor.detect import identifiers
+from sensor.detect import learned as learned_module
 from sensor.detect.identifiers import KnownIdentifiers, LearnedIdentifiers, Scanner, keyed_hash
 from tests.detect import corpus as C
 from tests.test_metrics import Wired, parse, total
@@ -83,9 +83,9 @@ def test_capacity_drops_from_the_device_holding_the_most() -> None:
 
 def test_compiles_are_paced_by_the_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _Clock()
-    monkeypatch.setattr(identifiers.time, "monotonic", clock.monotonic)
-    monkeypatch.setattr(identifiers.time, "perf_counter", clock.perf_counter)
-    monkeypatch.setattr(identifiers.time, "process_time", clock.process_time)
+    monkeypatch.setattr(learned_module.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(learned_module.time, "perf_counter", clock.perf_counter)
+    monkeypatch.setattr(learned_module.time, "process_time", clock.process_time)
     learned = LearnedIdentifiers(KEY, "GB", capacity=64)
     assert not learned.compile_due()  # nothing to compile
     learned.add("imei", _imeis(1, 5)[0], None)
@@ -108,9 +108,9 @@ def test_a_flood_of_new_values_keeps_other_devices_detection(
     """A host sending a new IMEI in every request: each is found in plain, learning sheds what
     the budget cannot compile, and another device's learned IMEI is still caught in base64."""
     clock = _Clock()
-    monkeypatch.setattr(identifiers.time, "monotonic", clock.monotonic)
-    monkeypatch.setattr(identifiers.time, "perf_counter", clock.perf_counter)
-    monkeypatch.setattr(identifiers.time, "process_time", clock.process_time)
+    monkeypatch.setattr(learned_module.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(learned_module.time, "perf_counter", clock.perf_counter)
+    monkeypatch.setattr(learned_module.time, "process_time", clock.process_time)
     scanner = Scanner(KnownIdentifiers(KEY, "GB"), max_learned=32)
     victim = _imeis(1, 7)[0]
     (f,) = scanner.scan(f"imei={victim}".encode(), "url")

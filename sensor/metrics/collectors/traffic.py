@@ -32,13 +32,12 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client.core import CounterMetricFamily
 
 from sensor.alerts import RULES
-from sensor.detect.identifiers import ENCODINGS, KINDS
 from sensor.metrics.cardinality import OTHER, UNKNOWN, Table, safe_label, vocab
 from sensor.metrics.collectors.devices import Devices
 from sensor.metrics.families import Families, copy_items, copy_values, gauge
 from sensor.metrics.settings import MetricsConfig
 from sensor.metrics.views import EnricherView, PipelineView
-from sensor.model import Alert, Flow, Observation
+from sensor.model import ENCODINGS, IDENTIFIER_KINDS, Alert, Flow, Observation
 from sensor.sinks import LogLimiter
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ APPLY_SLICE: Final = 256
 MAX_LABEL_MEMO: Final = 4096
 """Destinations' label texts remembered (parties x providers x regions x countries seen)."""
 
-_KINDS: Final = frozenset(KINDS)
+_KINDS: Final = frozenset(IDENTIFIER_KINDS)
 _ENCODINGS: Final = frozenset(ENCODINGS)
 _RULES: Final = frozenset(RULES)
 
