@@ -43,7 +43,7 @@ from sensor.names import dns_name_text
 from sensor.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, LEAK_BODY, REDMI_UA
 from tests.lab.test_daemon import Daemon
 from tests.secrets import find_secrets, forms_present
-from tests.test_sinks import AM_BINARY, parse_native
+from tests.sinks.samples import AM_BINARY, parse_native
 
 OWNER_EMAIL = "budi.santoso@example.co.id"
 """The phone owner's address (configured as the device's identifier, like IMEI and number)."""
