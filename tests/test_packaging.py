@@ -450,7 +450,7 @@ def test_installed_runs_as_service_user(installed_root: Path) -> None:
     """The private environment works from its final path for the unprivileged user: every
     compiled dependency imports, and `analyze` reads a capture."""
     root = installed_root
-    from sensor.synth import write_sample
+    from sensor.lab.synth import write_sample
 
     write_sample(str(root / "tmp/home.pcap"))
     (root / "tmp/home.pcap").chmod(0o644)

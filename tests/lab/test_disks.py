@@ -47,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sensor.lab import SERVERS as LAB_SERVERS
 from sensor.lab import Lab, sensor_config
-from sensor.synth import DEMO_IMEI, LEAK_BODY, REDMI_UA
+from sensor.lab.synth import DEMO_IMEI, LEAK_BODY, REDMI_UA
 from tests.lab.test_daemon import Daemon
 from tests.sinks.samples import parse_native
 
