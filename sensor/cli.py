@@ -39,7 +39,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _update_data(args: argparse.Namespace) -> int:
     from sensor.config import ConfigError
-    from sensor.enrich import datafiles
+    from sensor.update import datafiles
     from sensor.validate import load_config
 
     try:
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=_check)
 
-    from sensor.enrich import datafiles
+    from sensor.update import datafiles
 
     u = sub.add_parser(
         "update-data",

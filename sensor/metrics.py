@@ -76,12 +76,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import gzip
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import os
 import platform
@@ -120,6 +118,7 @@ from sensor.detect import placeholders
 from sensor.detect.identifiers import ENCODINGS, KINDS
 from sensor.model import Alert, Flow, Observation
 from sensor.sinks import LogLimiter
+from sensor.update import manifest
 
 log = logging.getLogger(__name__)
 
@@ -1201,7 +1200,7 @@ class Exporter:
         state = getattr(getattr(cfg, "paths", None), "state_dir", None)
         if not state:
             return
-        sources = self._read_manifest(Path(state) / "data" / "manifest.json")
+        sources = self._read_manifest(Path(state) / "data" / manifest.MANIFEST)
         now = time.time()
         age = GaugeMetricFamily(
             "phonehome_data_age_seconds",
@@ -1223,13 +1222,13 @@ class Exporter:
         )
         for name, entry in sorted(sources.items())[:MAX_REASONS]:
             ds = safe_label(name)
-            fetched = _parse_time(entry.get("fetched"))
+            fetched = manifest.parse_time(entry.get("fetched"))
             if fetched is not None:
                 age.add_metric([ds], max(0.0, now - fetched))
                 stamp.add_metric([ds], fetched)
             if isinstance(entry.get("records"), int):
                 records.add_metric([ds], float(entry["records"]))
-            attempt = _parse_time(entry.get("last_attempt"))
+            attempt = manifest.parse_time(entry.get("last_attempt"))
             bad = bool(entry.get("last_error")) and (
                 fetched is None or attempt is None or attempt >= fetched
             )
@@ -1621,11 +1620,9 @@ class Exporter:
         if self._manifest is not None and self._manifest[0] == mtime:
             return self._manifest[1]
         try:
-            doc = json.loads(path.read_bytes())
+            sources = manifest.load(path)
         except (OSError, ValueError):
             return {}
-        raw = doc.get("sources") if isinstance(doc, dict) else None
-        sources = {str(k): v for k, v in raw.items() if isinstance(v, dict)} if raw else {}
         self._manifest = (mtime, sources)
         return sources
 
@@ -1712,18 +1709,6 @@ def _copy_items(d: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
         except RuntimeError:
             continue
     return list(dict(d).items())
-
-
-def _parse_time(v: object) -> float | None:
-    if not isinstance(v, str):
-        return None
-    try:
-        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return t.timestamp()
 
 
 # --- HTTP -------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def write_sensor_fixture(state_dir: Path) -> Path:
     """Data for a sensor watching the lab: the geo overrides file (returned), and an AWS range
     file mapping the lab's 'Singapore' range to ap-southeast-1, imported into
     `<state_dir>/data/` the way a router without internet would (`update-data --from`)."""
-    from sensor.enrich import datafiles
+    from sensor.update import datafiles
 
     inbox = state_dir / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
