@@ -276,6 +276,11 @@ def test_deb_contents(deb_file: Path) -> None:
         f"{PREFIX}/pyvenv.cfg",
         f"{PREFIX}/lib/python3.11/site-packages/sensor/cli.py",
         f"{PREFIX}/lib/python3.11/site-packages/sensor/data/vendors.toml",
+        # every mapping table (sensor/data/*.toml) ships with the code that reads it
+        *(
+            f"{PREFIX}/lib/python3.11/site-packages/sensor/data/{f.name}"
+            for f in sorted((REPO / "sensor" / "data").glob("*.toml"))
+        ),
     ]
     # Rules and dashboards: whatever the tree holds at build time.
     for part in ("prometheus", "grafana", "fleet"):
