@@ -33,7 +33,7 @@ demo: sysdeps-demo venv
 	@echo
 	@echo "== the same phone in a capture file: phonehome analyze =="
 	mkdir -p $(DEMO_DIR)/state
-	$(PY) -c "from sensor.synth import write_sample; write_sample('$(DEMO_DIR)/home.pcap')"
+	$(PY) -c "from sensor.lab.synth import write_sample; write_sample('$(DEMO_DIR)/home.pcap')"
 	$(VENV)/bin/phonehome analyze --config etc/demo.toml $(DEMO_DIR)/home.pcap
 
 lint: venv

@@ -44,11 +44,7 @@ import cramjam
 
 from sensor.capture import CaptureFile, read_captures
 from sensor.config import parse_config
-from sensor.metrics import Exporter, SensorView
-from sensor.model import Device, Flow
-from sensor.pipeline import Pipeline
-from sensor.stages import build as build_stages
-from sensor.synth import (
+from sensor.lab.synth import (
     DEMO_IMEI,
     DEMO_PHONE,
     Capture,
@@ -58,6 +54,10 @@ from sensor.synth import (
     client_hello,
     http_request,
 )
+from sensor.metrics import Exporter, SensorView
+from sensor.model import Device, Flow
+from sensor.pipeline import Pipeline
+from sensor.stages import build as build_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES = 64

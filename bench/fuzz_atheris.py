@@ -63,7 +63,7 @@ def seeds() -> Iterator[bytes]:
     """Inputs built from the demo capture: a few consecutive frames at a time."""
     import dpkt
 
-    from sensor.synth import sample_home
+    from sensor.lab.synth import sample_home
 
     for index, linktype in enumerate(LINKTYPES[:3]):
         buf = io.BytesIO()

@@ -32,7 +32,7 @@ from typing import Any
 
 from sensor.analyze import analyze
 from sensor.detect.identifiers import luhn_check_digit
-from sensor.synth import Capture, Host, PcapWriter, TcpSession, client_hello, http_request
+from sensor.lab.synth import Capture, Host, PcapWriter, TcpSession, client_hello, http_request
 
 MODEL = Path(__file__).with_name("household.toml")
 START = 1_767_225_600.0  # 2026-01-01 00:00 UTC

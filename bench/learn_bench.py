@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 
 from sensor.detect.identifiers import luhn_check_digit
-from sensor.synth import Capture, Host, PcapWriter, TcpSession, http_request
+from sensor.lab.synth import Capture, Host, PcapWriter, TcpSession, http_request
 
 GOAL_RATIO = 1.2
 GOAL_ALERT_S = 2.0

@@ -12,7 +12,7 @@ import random
 import struct
 from typing import BinaryIO
 
-from sensor.synth import Capture, Host, PcapWriter, TcpSession, client_hello, http_request
+from sensor.lab.synth import Capture, Host, PcapWriter, TcpSession, client_hello, http_request
 
 _MSS = 1448
 

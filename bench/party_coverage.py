@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sensor.analyze import analyze
 from sensor.enrich.party import COMPANY_SOURCES
-from sensor.synth import write_sample
+from sensor.lab.synth import write_sample
 
 GOAL = 0.90
 

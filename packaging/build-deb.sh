@@ -104,7 +104,7 @@ fi
 "$vpy" -I - <<'EOF'
 import importlib, pkgutil, sys
 import sensor
-OPTIONAL = {"numpy", "aioquic"}  # sensor.fastpath (speed-up), sensor.lab/labsrv (test lab)
+OPTIONAL = {"numpy", "aioquic"}  # sensor.fastpath (speed-up), sensor.lab.servers (test lab)
 bad = []
 for mod in pkgutil.walk_packages(sensor.__path__, "sensor."):
     if mod.name == "sensor.__main__":  # runs the command line

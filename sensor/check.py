@@ -14,7 +14,6 @@ Configuration errors stop the check; broken data (1) wins over environment probl
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from sensor.config import Config, ConfigError
+from sensor.update import manifest
 from sensor.validate import check_files, load_config, require_home_country
 
 EXIT_OK: Final = 0
@@ -79,17 +79,10 @@ def _check_data(cfg: Config, out: TextIO, now: float) -> int:
     problems = 0
     state = Path(cfg.paths.state_dir)
     write(f"state directory: {state} ({'present' if state.is_dir() else 'missing'})\n")
-    manifest = state / "data" / "manifest.json"
     try:
-        data = json.loads(manifest.read_bytes())
-        sources = data.get("sources", data) if isinstance(data, dict) else {}
-        if not isinstance(sources, dict):
-            raise ValueError("no sources table")
+        sources = manifest.load(state / "data" / manifest.MANIFEST)
         for name, info in sorted(sources.items()):
-            if not isinstance(info, dict):
-                continue
-            fetched = info.get("fetched") or info.get("date") or info.get("updated")
-            ts = _parse_time(fetched)
+            ts = manifest.parse_time(info.get("fetched"))
             age = f", {_age(now - ts)} old" if ts else ""
             err = f", last error: {info['last_error']}" if info.get("last_error") else ""
             write(f"  data {name}: {info.get('records', '?')} records{age}{err}\n")
@@ -266,16 +259,3 @@ def geo_age_lines(geo: tuple[str, ...] | list[str], now: float) -> list[str]:
         else:
             lines.append(f"geo data date: {day.isoformat()} ({name}), {age} days old")
     return lines
-
-
-def _parse_time(value: object) -> float | None:
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        from datetime import datetime
-
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None

@@ -39,7 +39,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _update_data(args: argparse.Namespace) -> int:
     from sensor.config import ConfigError
-    from sensor.enrich import datafiles
+    from sensor.update import datafiles
     from sensor.validate import load_config
 
     try:
@@ -63,7 +63,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sensor.demo import main as demo_main
+    from sensor.lab.demo import main as demo_main
 
     return demo_main()
 
@@ -76,7 +76,7 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from sensor import lab
+    from sensor.lab import cli as lab
 
     return lab.main(args.lab_args)
 
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=_check)
 
-    from sensor.enrich import datafiles
+    from sensor.update import datafiles
 
     u = sub.add_parser(
         "update-data",
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lab"]:  # the lab has its own sub-commands and help
-        from sensor import lab
+        from sensor.lab import cli as lab
 
         return lab.main(argv[1:])
     args = build_parser().parse_args(argv)

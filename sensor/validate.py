@@ -66,7 +66,7 @@ def validate(cfg: Config) -> None:
     for i, dev in enumerate(cfg.devices):
         check_identifiers(src, f"devices[{i}].identifiers", dev.identifiers, home)
     if cfg.update.urls:
-        from sensor.enrich.datafiles import DEFAULT_URLS
+        from sensor.update.datafiles import DEFAULT_URLS
 
         for name in cfg.update.urls:
             if name not in DEFAULT_URLS:

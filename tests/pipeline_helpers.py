@@ -11,7 +11,7 @@ from typing import Any
 import dpkt
 
 from sensor.analyze import analyze
-from sensor.synth import LINK_ETHERNET, Capture, PcapWriter
+from sensor.lab.synth import LINK_ETHERNET, Capture, PcapWriter
 
 
 def build(

@@ -14,7 +14,7 @@ import pytest
 
 from sensor.analyze import analyze
 from sensor.detect.placeholders import default as placeholders
-from sensor.synth import (
+from sensor.lab.synth import (
     AWS_SG_IP,
     DEMO_IMEI,
     PHONE,

@@ -22,7 +22,7 @@ import pytest
 from sensor.analyze import Options, analyze, check_country, load_identifiers_file
 from sensor.cli import main
 from sensor.config import ConfigError
-from sensor.synth import DEMO_IMEI, DEMO_PHONE, write_sample
+from sensor.lab.synth import DEMO_IMEI, DEMO_PHONE, write_sample
 
 # --- helpers ------------------------------------------------------------------------------------
 

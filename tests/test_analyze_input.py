@@ -23,7 +23,7 @@ import pytest
 
 from sensor.analyze import Options, analyze
 from sensor.capture import CaptureFile
-from sensor.synth import PcapWriter, write_sample
+from sensor.lab.synth import PcapWriter, write_sample
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress,

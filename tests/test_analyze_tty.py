@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.synth import write_sample
+from sensor.lab.synth import write_sample
 
 DEADLINE = 30.0
 

@@ -29,7 +29,7 @@ from sensor.capture import (
     read_captures,
 )
 from sensor.cli import main
-from sensor.synth import PHONE, RESOLVER, Capture, PcapWriter, TcpSession, client_hello
+from sensor.lab.synth import PHONE, RESOLVER, Capture, PcapWriter, TcpSession, client_hello
 
 # --- writing captures by hand ------------------------------------------------------------------
 

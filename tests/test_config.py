@@ -30,7 +30,7 @@ from sensor.config import (
     UpdateConfig,
     normalize_mac,
 )
-from sensor.synth import PHONE, Capture, PcapWriter, TcpSession, client_hello
+from sensor.lab.synth import PHONE, Capture, PcapWriter, TcpSession, client_hello
 from sensor.validate import check_files, load_config
 
 

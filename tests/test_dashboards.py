@@ -24,9 +24,7 @@ import pytest
 from sensor.cli import main as cli_main
 from sensor.config import parse_config
 from sensor.enforce import Enforcer
-from sensor.metrics import MetricsConfig
-from sensor.policy import compile_policy
-from sensor.synth import (
+from sensor.lab.synth import (
     AWS_SG_IP,
     DEMO_IMEI,
     DEMO_PHONE,
@@ -41,6 +39,8 @@ from sensor.synth import (
     client_hello,
     http_request,
 )
+from sensor.metrics import MetricsConfig
+from sensor.policy import compile_policy
 from tests.test_metrics import Wired, home_config, icmp_capture, make_certificate, sample_capture
 
 ROOT = Path(__file__).resolve().parents[1]

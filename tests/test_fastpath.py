@@ -31,9 +31,7 @@ import sensor.pipeline as pipeline
 from bench.mix import home_mix
 from sensor.capture import Chunk, Packet, pack_chunks, walk_records
 from sensor.config import Config, FlowsConfig
-from sensor.model import Device, Flow
-from sensor.pipeline import Pipeline
-from sensor.synth import (
+from sensor.lab.synth import (
     LINK_ETHERNET,
     LINK_RAW,
     LINK_SLL,
@@ -48,6 +46,8 @@ from sensor.synth import (
     client_hello,
     sample_home,
 )
+from sensor.model import Device, Flow
+from sensor.pipeline import Pipeline
 from tests.builders import quic_initial_datagrams
 from tests.pipeline_helpers import run_analyze
 

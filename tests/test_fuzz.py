@@ -34,10 +34,10 @@ from sensor.decode import tls as tls_dec
 from sensor.decode.ip import IpPacket, parse_ip, parse_transport
 from sensor.decode.link import Link, parse_link
 from sensor.detect.identifiers import KnownIdentifiers, Scanner
+from sensor.lab.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, REDMI_UA, sample_home
 from sensor.model import ClientHello, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.model import Device as SensorDevice
 from sensor.pipeline import Pipeline
-from sensor.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, REDMI_UA, sample_home
 from tests import builders, builders_proto
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"

@@ -35,6 +35,17 @@ from sensor.alerts import RULES
 from sensor.capture import CaptureFile, read_captures
 from sensor.config import Config, FlowsConfig, parse_config
 from sensor.flows import FlowEntry, FlowTable
+from sensor.lab.synth import (
+    AWS_SG_IP,
+    DEMO_CONTACTS,
+    DEMO_IMEI,
+    DEMO_PHONE,
+    LAPTOP,
+    PHONE,
+    Capture,
+    PcapWriter,
+    sample_home,
+)
 from sensor.metrics import (
     DEFAULT_PORT,
     OTHER,
@@ -49,17 +60,6 @@ from sensor.metrics import (
 from sensor.model import Alert, Destination, Device, DeviceRef, Flow, Observation
 from sensor.pipeline import Pipeline
 from sensor.stages import build as build_stages
-from sensor.synth import (
-    AWS_SG_IP,
-    DEMO_CONTACTS,
-    DEMO_IMEI,
-    DEMO_PHONE,
-    LAPTOP,
-    PHONE,
-    Capture,
-    PcapWriter,
-    sample_home,
-)
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

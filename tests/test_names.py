@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
+from sensor.lab.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE
 from sensor.names import dns_name_text, looks_like_data, redact_name
-from sensor.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE
 from tests.secrets import find_secrets
 
 SECRETS = (DEMO_IMEI, DEMO_PHONE, *DEMO_CONTACTS, "budi.santoso@example.co.id")

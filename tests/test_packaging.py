@@ -276,6 +276,11 @@ def test_deb_contents(deb_file: Path) -> None:
         f"{PREFIX}/pyvenv.cfg",
         f"{PREFIX}/lib/python3.11/site-packages/sensor/cli.py",
         f"{PREFIX}/lib/python3.11/site-packages/sensor/data/vendors.toml",
+        # every mapping table (sensor/data/*.toml) ships with the code that reads it
+        *(
+            f"{PREFIX}/lib/python3.11/site-packages/sensor/data/{f.name}"
+            for f in sorted((REPO / "sensor" / "data").glob("*.toml"))
+        ),
     ]
     # Rules and dashboards: whatever the tree holds at build time.
     for part in ("prometheus", "grafana", "fleet"):
@@ -450,7 +455,7 @@ def test_installed_runs_as_service_user(installed_root: Path) -> None:
     """The private environment works from its final path for the unprivileged user: every
     compiled dependency imports, and `analyze` reads a capture."""
     root = installed_root
-    from sensor.synth import write_sample
+    from sensor.lab.synth import write_sample
 
     write_sample(str(root / "tmp/home.pcap"))
     (root / "tmp/home.pcap").chmod(0o644)

@@ -16,9 +16,7 @@ from hypothesis import strategies as st
 from sensor.analyze import analyze
 from sensor.capture import CaptureFile, read_captures
 from sensor.config import Config, FlowsConfig
-from sensor.model import Device, Flow, HttpRequest
-from sensor.pipeline import Pipeline
-from sensor.synth import (
+from sensor.lab.synth import (
     AWS_SG_IP,
     LAPTOP,
     LINK_ETHERNET,
@@ -37,6 +35,8 @@ from sensor.synth import (
     http_request,
     sample_home,
 )
+from sensor.model import Device, Flow, HttpRequest
+from sensor.pipeline import Pipeline
 from tests.builders import quic_initial_datagrams
 from tests.pipeline_helpers import build, flow_to, ip_lengths_by_direction, run_analyze
 

@@ -15,16 +15,7 @@ from typing import Any
 import pytest
 
 from sensor.analyze import Options, analyze, use_color
-from sensor.model import Alert, Destination, DeviceRef, Flow
-from sensor.report import (
-    SCHEMA_VERSION,
-    Scope,
-    SummarySink,
-    clean,
-    csv_cell,
-    fit,
-)
-from sensor.synth import (
+from sensor.lab.synth import (
     AWS_SG_IP,
     DEMO_IMEI,
     PHONE,
@@ -36,6 +27,15 @@ from sensor.synth import (
     TcpSession,
     http_request,
     write_sample,
+)
+from sensor.model import Alert, Destination, DeviceRef, Flow
+from sensor.report import (
+    SCHEMA_VERSION,
+    Scope,
+    SummarySink,
+    clean,
+    csv_cell,
+    fit,
 )
 from tests.pipeline_helpers import build
 

@@ -42,7 +42,7 @@ from typing import Any
 import dpkt
 import pytest
 
-from sensor.synth import (
+from sensor.lab.synth import (
     LAPTOP,
     PHONE,
     PHONE6,

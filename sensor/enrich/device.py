@@ -30,8 +30,10 @@ Precedence (what `identify` does):
 string ordered by rank (the first one after "config" decided the kind), then kind-less facts
 such as "oui:Xiaomi" or "mac:randomized".
 
-Vendor names are spelled as in ``sensor/data/vendors.toml`` so a device's vendor can be compared
-with the vendor of the servers it talks to.
+The brand and form-factor tables (OUI organisations, Android models, User-Agents, DHCP host
+names) are data, ``sensor/data/devices.toml`` (read once by `device_tables`); the parsers and the
+precedence above are code. Vendor names are spelled as in ``sensor/data/vendors.toml`` so a
+device's vendor can be compared with the vendor of the servers it talks to.
 
 OUI data: `netaddr`'s copy of the IEEE MA-L registry (35k assignments, netaddr 1.3.0, 2024),
 chosen over `manuf` (Wireshark's list as of its 2022 release) for the newer data and the smaller
@@ -51,6 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sensor.config import DEVICE_KINDS, DeviceConfig, normalize_mac
+from sensor.enrich.device_tables import default_tables
 from sensor.model import Device
 
 RANK_UA_FORM_FACTOR = 80
@@ -66,6 +69,8 @@ RANK_OUI_COMPUTER = 20
 RANK_DHCP_PARAMS = 15
 
 _SOURCE_ORDER = ("ua", "dhcp-vendor", "dhcp-hostname", "oui", "dhcp-params")
+_HOSTNAME_RANKS = {"strong": RANK_HOSTNAME_STRONG, "weak": RANK_HOSTNAME_WEAK, "none": 0}
+"""The ranks of the host-name table's (``sensor/data/devices.toml``) named strengths."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,67 +126,6 @@ def is_randomized_mac(mac: str) -> bool:
     return bool(int(normalize_mac(mac)[:2], 16) & 0x02)
 
 
-# (pattern on the IEEE organisation, company, kind the company's devices almost always are)
-_OUI_BRANDS: tuple[tuple[str, str, str | None], ...] = (
-    (r"apple\b", "Apple", None),
-    (r"samsung electro", "Samsung", None),
-    (r"honor device", "Honor", None),
-    (r"huawei", "Huawei", None),
-    (r".*\bxiaomi\b", "Xiaomi", None),
-    (r"guangdong oppo|oppo\b", "Oppo", None),
-    (r"vivo mobile", "Vivo", None),
-    (r"oneplus", "OnePlus", None),
-    (r"realme", "Realme", None),
-    (r"tecno mobile|infinix mobility|itel mobile", "Transsion", None),
-    (r"motorola mobility|motorola \(wuhan\) mobility", "Motorola", None),
-    (r"lenovo", "Lenovo", None),
-    (r"sony interactive entertainment", "Sony", "tv"),
-    (r"sony\b", "Sony", None),
-    (r"lg electronics|lg innotek", "LG", None),
-    (r"google\b", "Google", None),
-    (r"nest labs", "Google", "iot"),
-    (r"amazon technologies", "Amazon", None),
-    (r"microsoft\b", "Microsoft", None),
-    (r"nintendo", "Nintendo", "tv"),
-    (r"roku\b", "Roku", "tv"),
-    (r"ring llc", "Ring", "iot"),
-    (r"espressif", "Espressif", "iot"),
-    (r"tuya smart", "Tuya", "iot"),
-    (r"hangzhou hikvision", "Hikvision", "iot"),
-    (r"zhejiang dahua", "Dahua", "iot"),
-    (r"hangzhou ezviz", "Ezviz", "iot"),
-    (r"ubiquiti", "Ubiquiti", "iot"),
-    (r"tp-link", "TP-Link", None),
-    (r"sonos\b", "Sonos", "iot"),
-    (r"signify|philips lighting", "Signify", "iot"),
-    (r"nvidia", "Nvidia", None),
-    (r"raspberry pi", "Raspberry Pi", "computer"),
-    (r"intel corporat", "Intel", "computer"),
-    (r"zte corporation", "ZTE", None),
-    (r"asustek", "Asus", None),
-    (r"hmd global", "HMD Global", None),
-    (r"nokia corporation|nokia danmark", "Nokia", None),
-    (r"htc corporation", "HTC", None),
-    (r"tct mobile|tcl\b", "TCL", None),
-    (r"hisense|qingdao hisense", "Hisense", None),
-    (r"vizio", "Vizio", "tv"),
-    (r"lumi united", "Aqara", "iot"),
-    (r"yeelink", "Yeelight", "iot"),
-    (r"roborock", "Roborock", "iot"),
-    (r"dreame", "Dreame", "iot"),
-    (r"ecovacs", "Ecovacs", "iot"),
-    (r"wyze labs", "Wyze", "iot"),
-    (r"arlo technolog", "Arlo", "iot"),
-    (r"meta platforms|facebook", "Meta", None),
-    (r"fitbit", "Fitbit", "iot"),
-    (r"dell inc", "Dell", "computer"),
-    (r"netgear", "Netgear", None),
-    (r"synology", "Synology", None),
-    (r"valve corporation", "Valve", None),
-    (r"bose corporation", "Bose", "iot"),
-)
-_OUI_BRAND_RES = tuple((re.compile(p, re.IGNORECASE), v, k) for p, v, k in _OUI_BRANDS)
-
 # Radio-module and ODM makers: their OUI says who built the Wi-Fi part, not whose device it is.
 _OUI_MODULE_RE = re.compile(
     r"hon hai|murata|azurewave|liteon|universal global scientific|wistron neweb|quectel|fn-link"
@@ -219,9 +163,9 @@ def normalize_org(org: str) -> OuiVendor | None:
     text = " ".join(org.split())
     if not text or _OUI_NO_VENDOR_RE.match(text):
         return None
-    for pattern, vendor, kind in _OUI_BRAND_RES:
-        if pattern.match(text):
-            return OuiVendor(vendor, True, kind)
+    for brand in default_tables().oui:
+        if brand.pattern.match(text):
+            return OuiVendor(brand.vendor, True, brand.kind)
     cleaned = text
     while True:
         shorter = _LEGAL_SUFFIX_RE.sub("", cleaned)
@@ -302,43 +246,6 @@ def oui_hint(oui: OuiVendor | None) -> Hint | None:
 
 # --- User-Agents -----------------------------------------------------------------------------
 
-# (pattern on an Android model string, company, kind); first match wins, so specific first.
-_MODEL_BRANDS: tuple[tuple[str, str, str | None], ...] = (
-    (r"(?i)(mitv|mibox|mi box|xiaomi tv)", "Xiaomi", "tv"),
-    (r"(?i)(redmi pad|xiaomi pad|mi pad)", "Xiaomi", "tablet"),
-    (r"(?i)(redmi|poco|xiaomi|mi \w|mi\d|mix \d|blackshark)", "Xiaomi", None),
-    (r"M2\d{3}[A-Z0-9]{2,}$", "Xiaomi", None),
-    (r"2[0-4]\d{3}[0-9A-Z]{3,8}$", "Xiaomi", None),
-    (r"SM-[TXP]\d", "Samsung", "tablet"),
-    (r"SM-R\d", "Samsung", "iot"),
-    (r"(?i)(SM-|GT-|SGH-|SCH-|SHV-|samsung|galaxy)", "Samsung", None),
-    (r"(?i)(huawei )?(matepad|mediapad)", "Huawei", "tablet"),
-    (r"(?i)(huawei|hw-)", "Huawei", None),
-    (r"(?i)honor", "Honor", None),
-    (r"(?i:oppo)|CPH\d{4}$|P[A-Z]{3}\d{2}$", "Oppo", None),
-    (r"(?i:oneplus)|(GM|HD|IN|KB|LE|NE|DN|AC|EB|BE|IV)\d{4}$", "OnePlus", None),
-    (r"(?i)(realme|RMX\d{4})", "Realme", None),
-    (r"(?i:vivo)\b|V\d{4}[A-Z]?$", "Vivo", None),
-    (r"(?i)(tecno|infinix|itel)\b", "Transsion", None),
-    (r"(?i)(moto|motorola|XT\d{4})", "Motorola", None),
-    (r"((?i:lenovo) )?TB-[A-Z0-9]+", "Lenovo", "tablet"),
-    (r"(?i)lenovo", "Lenovo", None),
-    (r"(?i)pixel tablet", "Google", "tablet"),
-    (r"(?i)(pixel|nexus)", "Google", None),
-    (r"(?i)(chromecast|google tv streamer)", "Google", "tv"),
-    (r"(?i)bravia", "Sony", "tv"),
-    (r"(?i)(xperia|SO-\d|SOG\d|SOV\d|XQ-)", "Sony", None),
-    (r"(?i)(LG-|LM-|LGE|LG )", "LG", None),
-    (r"AFT[A-Z0-9]+", "Amazon", "tv"),
-    (r"KF[A-Z]{2,6}$", "Amazon", "tablet"),
-    (r"(?i)shield", "Nvidia", "tv"),
-    (r"(?i)nokia", "HMD Global", None),
-    (r"(?i)asus", "Asus", None),
-    (r"(?i)(zte|nubia)", "ZTE", None),
-    (r"(?i)tcl", "TCL", None),
-    (r"(?i)hisense", "Hisense", None),
-)
-_MODEL_BRAND_RES = tuple((re.compile(p), v, k) for p, v, k in _MODEL_BRANDS)
 _MODEL_TV_RE = re.compile(r"(?i)\b(tv|android ?tv|google ?tv|smart ?tv|tv ?box)\b")
 _MODEL_TABLET_RE = re.compile(r"(?i)\b(tab|tablet|pad)\b")
 # Segments of an Android UA's parentheses that are not the model.
@@ -351,9 +258,10 @@ _BUILD_BRAND_RE = re.compile(r"\bBuild/(HUAWEI|HONOR)", re.IGNORECASE)
 
 
 def model_brand(model: str) -> tuple[str | None, str | None]:
-    """(company, kind) an Android model string suggests, from the table above."""
-    for pattern, vendor, kind in _MODEL_BRAND_RES:
-        if pattern.match(model):
+    """(company, kind) an Android model string suggests (`[[model]]` in devices.toml)."""
+    for brand in default_tables().model:
+        if brand.pattern.match(model):
+            vendor, kind = brand.vendor, brand.kind
             if kind is None:
                 kind = _generic_model_kind(model)
             return vendor, kind
@@ -398,72 +306,6 @@ def android_model(ua: str) -> tuple[str | None, str | None, str | None]:
     return version, model, build_brand
 
 
-@dataclass(frozen=True, slots=True)
-class _UaRule:
-    pattern: re.Pattern[str]
-    vendor: str | None
-    kind: str | None
-    rank: int
-    label: str
-    os: str | None = None
-    model_group: int | None = None
-    model: str | None = None
-
-
-def _rule(
-    pattern: str,
-    vendor: str | None,
-    kind: str | None,
-    label: str,
-    *,
-    rank: int = RANK_UA_FORM_FACTOR,
-    os: str | None = None,
-    model_group: int | None = None,
-    model: str | None = None,
-) -> _UaRule:
-    return _UaRule(re.compile(pattern), vendor, kind, rank, label, os, model_group, model)
-
-
-# Checked in order before the Android parser; consoles and TVs come first because their UAs
-# also carry desktop (Windows, X11) or Android tokens.
-_UA_RULES: tuple[_UaRule, ...] = (
-    _rule(r"PlayStation ?(5|4|3|Vita)", "Sony", "tv", "game console", model_group=0),
-    _rule(
-        r"Xbox (?:One|Series [XS])|Xbox(?![^)]*Xbox)",
-        "Microsoft",
-        "tv",
-        "game console",
-        model_group=0,
-    ),
-    _rule(r"Nintendo (?:Switch|WiiU|Wii|3DS)", "Nintendo", "tv", "game console", model_group=0),
-    _rule(r"\bCrKey/", "Google", "tv", "Chromecast", os="Cast", model="Chromecast"),
-    _rule(
-        r"\bTizen\b.*\b(?:SMART-TV|SmartTV|TV)\b|\b(?:SMART-TV|SmartTV)\b.*\bTizen\b",
-        "Samsung",
-        "tv",
-        "Samsung Tizen TV",
-        os="Tizen",
-    ),
-    _rule(r"\bWeb0S\b|\bwebOS\b.*\bTV\b|\bNetCast\b", "LG", "tv", "LG webOS TV", os="webOS"),
-    _rule(r"^Roku/|\bRoku\b", "Roku", "tv", "Roku", os="Roku OS"),
-    _rule(r"AppleTV\d+,\d+", "Apple", "tv", "Apple TV", os="tvOS", model_group=0),
-    _rule(r"\bApple ?TV\b|\btvOS\b", "Apple", "tv", "Apple TV", os="tvOS", model="Apple TV"),
-    _rule(r"\bVIDAA\b", "Hisense", "tv", "Hisense VIDAA TV", os="VIDAA"),
-    _rule(r"\b(?:iPhone|iPad|iPod)\d+,\d+", "Apple", None, "Apple", os="iOS", model_group=0),
-    _rule(r"\biPad\b", "Apple", "tablet", "iPad", os="iPadOS", model="iPad"),
-    _rule(r"\biPhone\b", "Apple", "phone", "iPhone", os="iOS", model="iPhone"),
-    _rule(r"\biPod\b", "Apple", "phone", "iPod", os="iOS", model="iPod"),
-    _rule(
-        r"\bESP(?:32|8266)|esp-idf|ESP8266HTTPClient|ESP32HTTPClient",
-        "Espressif",
-        "iot",
-        "ESP HTTP client",
-    ),
-    _rule(r"\bSonos/", "Sonos", "iot", "Sonos speaker"),
-    _rule(r"\bShelly", "Shelly", "iot", "Shelly device"),
-    _rule(r"\bTasmota\b", None, "iot", "Tasmota firmware"),
-    _rule(r"\b(?:SMART-TV|SmartTV|Smart TV|HbbTV|GoogleTV|Google TV)\b", None, "tv", "smart TV"),
-)
 _UA_ANDROID_RE = re.compile(r"\bAndroid\b")
 _UA_WINDOWS_PHONE_RE = re.compile(r"Windows Phone")
 _UA_WINDOWS_RE = re.compile(r"Windows NT [\d.]+")
@@ -487,7 +329,7 @@ def parse_user_agent(ua: str) -> Hint | None:
     ua = ua.strip()
     if not ua:
         return None
-    for rule in _UA_RULES:
+    for rule in default_tables().user_agent:
         m = rule.pattern.search(ua)
         if m is None:
             continue
@@ -513,7 +355,7 @@ def parse_user_agent(ua: str) -> Hint | None:
             "ua",
             f"ua:{label}",
             kind,
-            rule.rank if kind is not None else 0,
+            RANK_UA_FORM_FACTOR if kind is not None else 0,
             vendor=vendor,
             model=model,
             model_specific=specific,
@@ -603,74 +445,16 @@ def parse_dhcp_vendor_class(vendor_class: str) -> Hint | None:
     return Hint("dhcp-vendor", evidence)
 
 
-# (pattern on the DHCP host name, company, kind, rank)
-_HOSTNAMES: tuple[tuple[str, str | None, str | None, int], ...] = (
-    (r"iphone", "Apple", "phone", RANK_HOSTNAME_STRONG),
-    (r"ipad", "Apple", "tablet", RANK_HOSTNAME_STRONG),
-    (r"apple-?tv", "Apple", "tv", RANK_HOSTNAME_STRONG),
-    (
-        r"macbook|imac|mac-?mini|mac-?pro|mac-?studio|\bmbp\b",
-        "Apple",
-        "computer",
-        RANK_HOSTNAME_STRONG,
-    ),
-    (r"^(desktop|laptop)-[a-z0-9]{7,8}$", None, "computer", RANK_HOSTNAME_STRONG),
-    (r"lgwebostv|^webos|lgsmarttv", "LG", "tv", RANK_HOSTNAME_STRONG),
-    (r"chromecast", "Google", "tv", RANK_HOSTNAME_STRONG),
-    (r"google-(home|nest)", "Google", "iot", RANK_HOSTNAME_STRONG),
-    (r"bravia", "Sony", "tv", RANK_HOSTNAME_STRONG),
-    (r"^roku", "Roku", "tv", RANK_HOSTNAME_STRONG),
-    (r"mitv|mibox", "Xiaomi", "tv", RANK_HOSTNAME_STRONG),
-    (r"shield", "Nvidia", "tv", RANK_HOSTNAME_STRONG),
-    (r"samsung.*tv|\[tv\]", "Samsung", "tv", RANK_HOSTNAME_STRONG),
-    (r"hismarttv|hisense", "Hisense", "tv", RANK_HOSTNAME_STRONG),
-    (r"^ps[345]\b|playstation", "Sony", "tv", RANK_HOSTNAME_STRONG),
-    (r"xbox", "Microsoft", "tv", RANK_HOSTNAME_STRONG),
-    (r"nintendo|switch-", "Nintendo", "tv", RANK_HOSTNAME_STRONG),
-    (r"^espressif$|^esp[-_][0-9a-f]{6}$|^esp32|^esp8266", "Espressif", "iot", RANK_HOSTNAME_STRONG),
-    (r"^tasmota|^wled|^openbeken", None, "iot", RANK_HOSTNAME_STRONG),
-    (r"^shelly", "Shelly", "iot", RANK_HOSTNAME_STRONG),
-    (
-        r"_miio\d+$|^(zhimi|chuangmi|lumi|yeelink|roborock|rockrobo|dreame|viomi|xiaomi)-",
-        "Xiaomi",
-        "iot",
-        RANK_HOSTNAME_STRONG,
-    ),
-    (r"^sonos|sonoszp", "Sonos", "iot", RANK_HOSTNAME_STRONG),
-    (r"philips-hue|^hue-?bridge", "Signify", "iot", RANK_HOSTNAME_STRONG),
-    (r"^(hikvision|ds-2cd)", "Hikvision", "iot", RANK_HOSTNAME_STRONG),
-    (r"^ezviz", "Ezviz", "iot", RANK_HOSTNAME_STRONG),
-    (
-        r"galaxy-?tab|-tab-|matepad|mediapad|redmi-?pad|xiaomi-?pad",
-        None,
-        "tablet",
-        RANK_HOSTNAME_STRONG,
-    ),
-    (r"^android-[0-9a-f]{8,16}$", None, "phone", RANK_HOSTNAME_WEAK),
-    (r"^galaxy|^samsung", "Samsung", "phone", RANK_HOSTNAME_WEAK),
-    (r"^(redmi|poco|xiaomi|mi-)", "Xiaomi", "phone", RANK_HOSTNAME_WEAK),
-    (r"^huawei", "Huawei", "phone", RANK_HOSTNAME_WEAK),
-    (r"^honor", "Honor", "phone", RANK_HOSTNAME_WEAK),
-    (r"^oppo", "Oppo", "phone", RANK_HOSTNAME_WEAK),
-    (r"^oneplus", "OnePlus", "phone", RANK_HOSTNAME_WEAK),
-    (r"^realme", "Realme", "phone", RANK_HOSTNAME_WEAK),
-    (r"^vivo", "Vivo", "phone", RANK_HOSTNAME_WEAK),
-    (r"^pixel", "Google", "phone", RANK_HOSTNAME_WEAK),
-    (r"^raspberrypi", "Raspberry Pi", "computer", RANK_HOSTNAME_WEAK),
-    (r"-pc$|-laptop$|-desktop$", None, "computer", RANK_HOSTNAME_WEAK),
-    (r"^amazon-[0-9a-f]+$", "Amazon", None, 0),
-)
-_HOSTNAME_RES = tuple((re.compile(p, re.IGNORECASE), v, k, r) for p, v, k, r in _HOSTNAMES)
-
-
 def parse_dhcp_hostname(hostname: str) -> Hint | None:
     """DHCP option 12 (or the FQDN option): default host names give the platform away."""
     name = hostname.strip().split(".")[0]
     if not name:
         return None
-    for pattern, vendor, kind, rank in _HOSTNAME_RES:
-        if pattern.search(name):
-            return Hint("dhcp-hostname", f"dhcp-hostname:{name[:64]}", kind, rank, vendor=vendor)
+    for entry in default_tables().hostname:
+        if entry.pattern.search(name):
+            rank = _HOSTNAME_RANKS[entry.rank]
+            evidence = f"dhcp-hostname:{name[:64]}"
+            return Hint("dhcp-hostname", evidence, entry.kind, rank, vendor=entry.vendor)
     return None
 
 

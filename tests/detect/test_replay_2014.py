@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.synth import (
+from sensor.lab.synth import (
     AWS_SG_IP,
     DEMO_CONTACTS,
     DEMO_IMEI,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from sensor.config import DEVICE_KINDS, DeviceConfig
-from sensor.enrich import device as device_module
 from sensor.enrich.device import (
     DeviceIdentifier,
     DeviceIdentity,
@@ -498,11 +497,13 @@ def test_device_identifier_enriches_device_records(oui: OuiRegistry) -> None:
 
 def test_vendor_names_match_the_vendor_map() -> None:
     # device vendors and server vendors share spellings, so first-party traffic is comparable
+    from sensor.enrich.device_tables import default_tables
     from sensor.enrich.vendors import VendorMap
 
     known = set(VendorMap.load().vendors)
-    names = {v for _, v, _ in device_module._OUI_BRANDS}
-    names |= {v for _, v, _ in device_module._MODEL_BRANDS}
-    names |= {v for _, v, _, _ in device_module._HOSTNAMES if v}
-    names |= {r.vendor for r in device_module._UA_RULES if r.vendor}
+    tables = default_tables()  # sensor/data/devices.toml
+    names = {b.vendor for b in tables.oui}
+    names |= {b.vendor for b in tables.model}
+    names |= {h.vendor for h in tables.hostname if h.vendor}
+    names |= {r.vendor for r in tables.user_agent if r.vendor}
     assert names - known == set()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sensor.cli import main
-from sensor.synth import (
+from sensor.lab.synth import (
     AWS_SG_IP,
     PHONE,
     XIAOMI_API_IP,

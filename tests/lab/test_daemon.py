@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from sensor.lab import SERVERS, Lab, post_leak, sensor_config
-from sensor.synth import DEMO_IMEI, LEAK_BODY
+from sensor.lab.synth import DEMO_IMEI, LEAK_BODY
 
 
 class Daemon:

@@ -47,9 +47,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sensor.lab import SERVERS as LAB_SERVERS
 from sensor.lab import Lab, sensor_config
-from sensor.synth import DEMO_IMEI, LEAK_BODY, REDMI_UA
+from sensor.lab.synth import DEMO_IMEI, LEAK_BODY, REDMI_UA
 from tests.lab.test_daemon import Daemon
-from tests.test_sinks import parse_native
+from tests.sinks.samples import parse_native
 
 SERVERS = ",".join(a for srv in LAB_SERVERS for a in (srv.ipv4, srv.ipv6))
 """China, Singapore and home, IPv4 and IPv6: six destinations."""

@@ -30,7 +30,7 @@ import bcrypt
 import pytest
 
 from sensor.lab import Lab, write_tls_material
-from sensor.synth import LEAK_BODY
+from sensor.lab.synth import LEAK_BODY
 from tests.lab.test_daemon import Daemon
 from tests.test_dashboards import fleet_targets, substitute
 from tests.test_fleet_configs import mac_relabelling

@@ -26,7 +26,7 @@ from sensor.lab import (
     list_namespaces,
     parse_conntrack,
 )
-from sensor.labsrv import dns_answer
+from sensor.lab.servers import dns_answer
 
 MB5 = 5 * 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sensor.lab import Lab
-from sensor.synth import LEAK_BODY
+from sensor.lab.synth import LEAK_BODY
 from tests.lab.test_daemon import Daemon
 from tests.test_dashboards import RULES, panel_targets, substitute
 

@@ -39,11 +39,11 @@ import pytest
 
 from sensor import privileges
 from sensor.lab import DEFAULT_ZONE, Lab
+from sensor.lab.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, LEAK_BODY, REDMI_UA
 from sensor.names import dns_name_text
-from sensor.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, LEAK_BODY, REDMI_UA
 from tests.lab.test_daemon import Daemon
 from tests.secrets import find_secrets, forms_present
-from tests.test_sinks import AM_BINARY, parse_native
+from tests.sinks.samples import AM_BINARY, parse_native
 
 OWNER_EMAIL = "budi.santoso@example.co.id"
 """The phone owner's address (configured as the device's identifier, like IMEI and number)."""
@@ -159,7 +159,7 @@ def dns_leaks() -> list[str]:
 
 def phone_client(spec_json: str) -> None:
     """Runs in the phone's namespace: the HTTP requests, then the DNS queries."""
-    from sensor import labsrv
+    from sensor.lab import servers as labsrv
 
     spec = json.loads(spec_json)
     out: dict[str, Any] = {"http": [], "dns": []}

@@ -3,8 +3,6 @@ manifest), and which writes of the event log and state files failed."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +14,7 @@ from sensor.metrics.cardinality import MAX_REASONS, fold_keys, safe_label
 from sensor.metrics.collectors.alerts import AlertStats
 from sensor.metrics.families import Carries, Families, copy_items
 from sensor.metrics.views import DetectorView
+from sensor.update import manifest
 
 if TYPE_CHECKING:
     from sensor.config import Config
@@ -34,7 +33,7 @@ class DataFiles:
         state = cfg.paths.state_dir if cfg is not None else None
         if not state:
             return
-        sources = self._read_manifest(Path(state) / "data" / "manifest.json")
+        sources = self._read_manifest(Path(state) / "data" / manifest.MANIFEST)
         now = time.time()
         age = GaugeMetricFamily(
             "phonehome_data_age_seconds",
@@ -56,13 +55,13 @@ class DataFiles:
         )
         for name, entry in sorted(sources.items())[:MAX_REASONS]:
             ds = safe_label(name)
-            fetched = _parse_time(entry.get("fetched"))
+            fetched = manifest.parse_time(entry.get("fetched"))
             if fetched is not None:
                 age.add_metric([ds], max(0.0, now - fetched))
                 stamp.add_metric([ds], fetched)
             if isinstance(entry.get("records"), int):
                 records.add_metric([ds], float(entry["records"]))
-            attempt = _parse_time(entry.get("last_attempt"))
+            attempt = manifest.parse_time(entry.get("last_attempt"))
             bad = bool(entry.get("last_error")) and (
                 fetched is None or attempt is None or attempt >= fetched
             )
@@ -77,11 +76,9 @@ class DataFiles:
         if self._manifest is not None and self._manifest[0] == mtime:
             return self._manifest[1]
         try:
-            doc = json.loads(path.read_bytes())
+            sources = manifest.load(path)
         except (OSError, ValueError):
             return {}
-        raw = doc.get("sources") if isinstance(doc, dict) else None
-        sources = {str(k): v for k, v in raw.items() if isinstance(v, dict)} if raw else {}
         self._manifest = (mtime, sources)
         return sources
 
@@ -127,14 +124,3 @@ def state_families(
             fam.add_metric([safe_label(name), safe_label(reason)], float(n))
     yield fam
 
-
-def _parse_time(v: object) -> float | None:
-    if not isinstance(v, str):
-        return None
-    try:
-        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return t.timestamp()

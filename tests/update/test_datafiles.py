@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from sensor.config import Config, parse_config
-from sensor.enrich import datafiles
 from sensor.enrich.cloud import CloudRanges
-from sensor.enrich.datafiles import (
+from sensor.update import datafiles
+from sensor.update.datafiles import (
     ALL_SOURCES,
     DATA_SUBDIR,
     LOCK_FILE,

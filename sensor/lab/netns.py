@@ -26,15 +26,13 @@ Choices:
   name; the owner's start time is kept in <run dir>/<lab id>/owner.json, so `cleanup_stale()`
   knows a lab is dead even after PID reuse. Interface names are fixed (≤ 15 characters): each
   namespace has its own, and veth peers are created straight into their namespace.
-- The servers (sensor/labsrv.py) are one Python process in the WAN namespace. It gets SIGTERM
+- The servers (sensor/lab/servers.py) are one Python process in the WAN namespace. It gets SIGTERM
   when the thread that created the lab exits, so create labs from a thread that outlives them.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime
 import ipaddress
 import json
 import os
@@ -51,7 +49,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sensor.synth import LEAK_BODY, REDMI_UA
+from sensor.lab.conntrack import ConntrackEntry, parse_conntrack
+from sensor.lab.tls import write_tls_material
 
 NS_PREFIX = "phlab"
 DEFAULT_RUN_DIR = Path("/run/phonehome-lab")
@@ -208,62 +207,6 @@ class DnsReply:
     """(type, value) in answer order, e.g. ("CNAME", "x.example.net"), ("A", "192.0.2.1")."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConntrackEntry:
-    """One line of `conntrack -L -o extended`."""
-
-    family: str
-    """"ipv4" or "ipv6"."""
-    proto: str
-    state: str | None
-    orig: dict[str, str]
-    """The original direction: src, dst, sport, dport, packets, bytes (with accounting on)."""
-    reply: dict[str, str]
-    flags: tuple[str, ...] = ()
-
-    @property
-    def orig_bytes(self) -> int:
-        return int(self.orig.get("bytes", 0))
-
-    @property
-    def reply_bytes(self) -> int:
-        return int(self.reply.get("bytes", 0))
-
-
-_CONNTRACK_TUPLE_KEYS = frozenset(
-    ("src", "dst", "sport", "dport", "type", "code", "id", "packets", "bytes")
-)
-
-
-def parse_conntrack(text: str) -> list[ConntrackEntry]:
-    """Entries from `conntrack -L -o extended` output (summary lines on stderr are not here)."""
-    out = []
-    for line in text.splitlines():
-        tokens = line.split()
-        if len(tokens) < 5 or tokens[0] not in ("ipv4", "ipv6"):
-            continue
-        family, proto = tokens[0], tokens[2]
-        state: str | None = None
-        orig: dict[str, str] = {}
-        reply: dict[str, str] = {}
-        flags = []
-        # family, l3 number, proto name, proto number, timeout, [state], key=value…
-        side = orig
-        for tok in tokens[5:]:
-            if tok.startswith("[") and tok.endswith("]"):
-                flags.append(tok.strip("[]"))
-            elif "=" in tok:
-                key, value = tok.split("=", 1)
-                if key == "src" and "src" in orig:
-                    side = reply  # the second tuple is the reply direction
-                if key in _CONNTRACK_TUPLE_KEYS:
-                    side[key] = value
-            elif not orig and state is None:
-                state = tok
-        out.append(ConntrackEntry(family, proto, state, orig, reply, tuple(flags)))
-    return out
-
-
 # --- running things -------------------------------------------------------------------------------
 
 
@@ -414,94 +357,6 @@ def cleanup_stale(run_dir: Path | None = None) -> list[str]:
             remove_lab(info, run_dir)
             removed.append(info.id)
     return removed
-
-
-# --- TLS material ---------------------------------------------------------------------------------
-
-
-def write_tls_material(directory: Path, names: Sequence[str], addresses: Sequence[str]) -> Path:
-    """A lab CA and a server certificate for every name and address; returns the CA's path.
-
-    Writes ca.pem, cert.pem (leaf + CA) and key.pem into `directory`. A real chain (not one
-    self-signed leaf) so both OpenSSL and aioquic's verifier accept it with verification on.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Phonehome lab CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    san: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-    san += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (directory / "cert.pem").write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
-    key_path = directory / "key.pem"
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return directory / "ca.pem"
 
 
 # --- the lab --------------------------------------------------------------------------------------
@@ -748,7 +603,7 @@ table inet phonehome_lab {{
                     self.wan_ns,
                     self.python,
                     "-m",
-                    "sensor.labsrv",
+                    "sensor.lab.servers",
                     "serve",
                     str(self.run_dir / "serve.json"),
                     "--parent-pid",
@@ -917,7 +772,7 @@ table inet phonehome_lab {{
     def _client(self, device: Device | str, args: Sequence[str], timeout: float = 60.0) -> Any:
         proc = self.exec(
             device,
-            [self.python, "-m", "sensor.labsrv", *args],
+            [self.python, "-m", "sensor.lab.servers", *args],
             env=self.env,
             timeout=timeout,
         )
@@ -1063,189 +918,3 @@ table inet phonehome_lab {{
         """Every request the web servers completed, oldest first."""
         with open(self.events_path, encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
-
-
-# --- demo traffic ---------------------------------------------------------------------------------
-
-GALAXY_UA = "Dalvik/2.1.0 (Linux; U; Android 14; SM-S911B Build/UP1A.231005.007)"
-
-
-def post_leak(lab: Lab, device: str = "xiaomi") -> PostResult:
-    """The 2014 Redmi's registration POST (`LEAK_BODY`: IMEI, number, contacts in clear) to
-    api.account.xiaomi.com, from `device`."""
-    return lab.http_post(
-        device,
-        "api.account.xiaomi.com",
-        path="/pass/v2/register",
-        user_agent=REDMI_UA,
-        body=LEAK_BODY,
-    )
-
-
-def play_demo_traffic(lab: Lab) -> list[PostResult]:
-    """A short, bounded conversation per default device (about 1.5 MB in all)."""
-    results = []
-    devs = lab.devices
-    if "xiaomi" in devs:
-        results.append(post_leak(lab))
-        results.append(lab.tls_upload("xiaomi", "tracking.intl.miui.com", 200_000))
-        results.append(lab.tls_upload("xiaomi", "data.mistat.xiaomi.com", 20_000, family=6))
-        if lab.quic:
-            results.append(lab.quic_upload("xiaomi", "tracking.intl.miui.com", 50_000))
-    if "samsung" in devs:
-        results.append(
-            lab.tls_upload("samsung", "api.samsungosp.com", 100_000, user_agent=GALAXY_UA)
-        )
-    if "laptop" in devs:
-        results.append(lab.tls_upload("laptop", "www.example.com", 1_000_000))
-    return results
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="phonehome lab", description="The namespace gateway lab (needs root)."
-    )
-    p.add_argument("--run-dir", type=Path, default=None, help=f"default {DEFAULT_RUN_DIR}")
-    sub = p.add_subparsers(dest="action", required=True)
-    up = sub.add_parser("up", help="build a lab and keep it until Ctrl-C (or --hold)")
-    up.add_argument("--traffic", action="store_true", help="play the demo traffic once up")
-    up.add_argument("--hold", type=float, default=None, metavar="SECONDS")
-    up.add_argument("--no-quic", action="store_true")
-    up.add_argument("--route-ipv6", action="store_true", help="route IPv6 instead of NAT66")
-    down = sub.add_parser("down", help="remove stale labs (owner process gone)")
-    down.add_argument("--all", action="store_true", help="also labs whose owner still runs")
-    sub.add_parser("status", help="list labs on this machine")
-    return p
-
-
-def _wait_for_signal(hold: float | None) -> None:
-    caught = (signal.SIGINT, signal.SIGTERM)
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, caught)
-    try:
-        if hold is None:
-            signal.sigwait(caught)
-        else:
-            signal.sigtimedwait(caught, hold)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = sys.stdout
-    if args.action == "status":
-        for info in find_labs(args.run_dir):
-            state = "running" if info.alive else "stale"
-            out.write(f"{info.id} pid {info.pid} {state}: {' '.join(info.namespaces)}\n")
-        return 0
-    if args.action == "down":
-        for info in find_labs(args.run_dir):
-            if args.all or not info.alive:
-                remove_lab(info, args.run_dir)
-                out.write(f"removed {info.id}\n")
-        return 0
-    try:
-        lab = Lab.create(run_dir=args.run_dir, quic=not args.no_quic, nat66=not args.route_ipv6)
-    except LabError as exc:
-        sys.stderr.write(f"phonehome lab: {exc}\n")
-        return 1
-    with lab:
-        out.write(json.dumps(lab.describe(), indent=2) + "\n")
-        out.write(f"gateway shell: ip netns exec {lab.gw_ns} bash\n")
-        if args.traffic:
-            for r in play_demo_traffic(lab):
-                out.write(
-                    f"{r.server.get('proto')} {r.server.get('sni') or r.server.get('host')}: "
-                    f"sent {r.sent}, server received {r.received} from {r.server_peer}\n"
-                )
-        out.flush()
-        _wait_for_signal(args.hold)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-# --- the sensor's view of the lab -------------------------------------------------------------
-
-LAB_GEO = """\
-# The lab's documentation ranges placed on the map (sensor.lab writes this file).
-[[prefix]]
-net = "203.0.113.0/24"
-country = "CN"
-asn = 64500
-asn_org = "Lab network in China"
-
-[[prefix]]
-net = "2001:db8:203::/48"
-country = "CN"
-asn = 64500
-asn_org = "Lab network in China"
-
-[[prefix]]
-net = "192.0.2.0/24"
-country = "ID"
-asn = 64502
-asn_org = "Lab network at home"
-
-[[prefix]]
-net = "2001:db8:192::/48"
-country = "ID"
-asn = 64502
-asn_org = "Lab network at home"
-"""
-
-LAB_AWS_RANGES = {
-    "syncToken": "1700000000",
-    "createDate": "2023-11-14-22-13-20",
-    "prefixes": [
-        {
-            "ip_prefix": "198.51.100.0/24",
-            "region": "ap-southeast-1",
-            "service": "EC2",
-            "network_border_group": "ap-southeast-1",
-        }
-    ],
-    "ipv6_prefixes": [
-        {
-            "ipv6_prefix": "2001:db8:198::/48",
-            "region": "ap-southeast-1",
-            "service": "EC2",
-            "network_border_group": "ap-southeast-1",
-        }
-    ],
-}
-"""198.51.100.0/24 as AWS Singapore, in AWS's own ip-ranges.json format."""
-
-
-def write_sensor_fixture(state_dir: Path) -> Path:
-    """Data for a sensor watching the lab: the geo overrides file (returned), and an AWS range
-    file mapping the lab's 'Singapore' range to ap-southeast-1, imported into
-    `<state_dir>/data/` the way a router without internet would (`update-data --from`)."""
-    from sensor.enrich import datafiles
-
-    inbox = state_dir / "inbox"
-    inbox.mkdir(parents=True, exist_ok=True)
-    (inbox / "ip-ranges.json").write_text(json.dumps(LAB_AWS_RANGES))
-    datafiles.update(state_dir, from_dir=inbox, sources=["aws"])
-    overrides = state_dir / "lab-geo.toml"
-    overrides.write_text(LAB_GEO)
-    return overrides
-
-
-def sensor_config(lab: Lab, state_dir: Path, extra: str = "") -> str:
-    """A phonehome configuration for a daemon in the lab's gateway namespace."""
-    overrides = write_sensor_fixture(state_dir)
-    return (
-        f'[site]\nhome_country = "ID"\nlan_networks = ["192.168.77.0/24", "fd00:77::/64"]\n'
-        f'[paths]\nstate_dir = "{state_dir}"\n'
-        f'[geo]\noverrides = "{overrides}"\n'
-        f'[daemon]\ninterfaces = ["{lab.lan_bridge}"]\nallow_root = true\nuser = ""\n'
-        f"conntrack_interval = 1.0\nsnapshot_interval = 0.5\n"
-        f'[[devices]]\nmac = "{lab.devices["xiaomi"].mac}"\nname = "Redmi phone"\n'
-        f'kind = "phone"\n' + extra
-    )

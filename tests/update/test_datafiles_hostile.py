@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from sensor.enrich import datafiles
 from sensor.enrich.cloud import SOURCES_BY_NAME
-from sensor.enrich.datafiles import (
+from sensor.update import datafiles
+from sensor.update.datafiles import (
     DATA_SUBDIR,
     MANIFEST,
     MAX_PREFIXES,
@@ -376,7 +376,7 @@ def test_slow_server_times_out(server: _Server, tmp_path: Path, behaviour: Behav
 
 RSS_SCRIPT = r"""
 import json, sys
-from sensor.enrich.datafiles import update
+from sensor.update.datafiles import update
 
 def hwm():
     for line in open("/proc/self/status"):

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from sensor.sinks import MESSAGE_IDS, journal_fields
-from tests.test_sinks import make_alert
+from tests.sinks.samples import make_alert
 
 REMOTE = Path("/lib/systemd/systemd-journal-remote")
 UPLOAD = Path("/lib/systemd/systemd-journal-upload")
-FLEET = Path(__file__).resolve().parent.parent / "etc" / "fleet" / "journal"
+FLEET = Path(__file__).resolve().parents[2] / "etc" / "fleet" / "journal"
 
 
 def export_entry(fields: dict[str, str], host: str) -> bytes:
