@@ -65,10 +65,18 @@ class ClientHello:
     supported_versions: tuple[int, ...] = ()
     alpn: tuple[str, ...] = ()
     ech: bool = False
-    """The hello carries an Encrypted Client Hello extension (0xfe0d); `sni` is then the outer
-    (cover) name, never the real destination."""
+    """The hello carries an Encrypted Client Hello extension (0xfe0d, outer type); `sni` is
+    then the outer name. A real ECH and the GREASE one browsers send without an ECH config
+    look alike on the wire: the outer name is a cover only when it is an ECH public name
+    (`sensor.ech`)."""
     ja4: str | None = None
-    """The JA4 fingerprint of this hello (TLS or QUIC)."""
+    """The JA4 fingerprint of this hello (TLS or QUIC); None for a gQUIC CHLO."""
+    ciphers: tuple[int, ...] = ()
+    """Cipher suites in wire order, GREASE included (what JA4 reads)."""
+    extensions: tuple[int, ...] = ()
+    """Extension types in wire order, GREASE included."""
+    signature_algorithms: tuple[int, ...] = ()
+    """The signature_algorithms extension's values in wire order, GREASE included."""
 
 
 @dataclass(frozen=True, slots=True)
