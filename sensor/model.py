@@ -53,6 +53,9 @@ class DnsMessage:
     """(name, qtype) pairs, names lower case without trailing dot."""
     answers: tuple[DnsRecord, ...]
     """Answer-section records plus address hints taken from SVCB/HTTPS records."""
+    ech_public_names: tuple[str, ...] = ()
+    """The public names (the cover names of RFC 9849) of the ECH configurations that the
+    answer's SVCB/HTTPS records carry in their "ech" parameter."""
 
 
 @dataclass(frozen=True, slots=True)

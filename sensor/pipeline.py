@@ -29,6 +29,7 @@ from sensor.decode import tls as tls_dec
 from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
 from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
 from sensor.detect import placeholders
+from sensor.ech import EchCovers, packaged_public_names
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.names import DnsCache, redact_name
@@ -109,6 +110,7 @@ class Pipeline:
         self.flows = FlowTable(cfg.flows, self._on_flow_end)
         self.dns = DnsCache(cfg.dns.max_cache, cfg.dns.ttl_grace)
         self.quic = quic_dec.QuicInitialTracker()
+        self.ech_covers = EchCovers(packaged_public_names())
         self.devices: OrderedDict[str, Device] = OrderedDict()
         self.ip_mac: OrderedDict[str, str] = OrderedDict()
         self.skipped: Counter[str] = Counter()
@@ -708,9 +710,16 @@ class Pipeline:
         flow = entry.flow
         if ch.alpn:
             flow.alpn = ch.alpn
+        flow.ja4 = ch.ja4
         if ch.sni:
-            flow.server_name = redact_name(ch.sni.lower().rstrip("."))
-            flow.name_source = "tls" if source == "tls" else "quic"
+            sni = redact_name(ch.sni.lower().rstrip("."))
+            if ch.ech and self.ech_covers.is_cover(sni):
+                # An ECH cover never names the flow: a name from DNS stays, or none
+                # (sensor.ech says why a hello with ECH and another name is named by it).
+                flow.ech, flow.outer_server_name = True, sni
+            else:
+                flow.server_name = sni
+                flow.name_source = "tls" if source == "tls" else "quic"
 
     def _inspect_udp(
         self, entry: FlowEntry, h: Half, sport: int, dport: int, payload: bytes, ts: float
@@ -745,7 +754,8 @@ class Pipeline:
                 entry.quic_state = res.reason
             else:
                 self._client_hello(entry, res, "quic")
-                entry.quic_state = "named" if res.sni else "no_sni"
+                named = "ech_cover" if entry.flow.ech else "named"
+                entry.quic_state = named if res.sni else "no_sni"
             self._done(h)
 
     # --- DNS and DHCP ----------------------------------------------------------------------------
@@ -783,6 +793,8 @@ class Pipeline:
                 self._observe(self.observer.dns_query, flow, qname, ts)
         if not msg.is_response:
             return
+        for cover in msg.ech_public_names:
+            self.ech_covers.learn(cover)
         for address, qname, ttl in dns_dec.resolve_chain(msg):
             if not dns_dec.is_local_name(qname):
                 shown = asked.get((flow.uid, qname)) or redact_name(qname)

@@ -73,6 +73,11 @@ def flow_record(flow: Flow) -> dict[str, Any]:
         rec["alpn"] = list(flow.alpn)
     if flow.quic_version is not None:
         rec["quic_version"] = flow.quic_version
+    if flow.ja4 is not None:
+        rec["ja4"] = flow.ja4
+    if flow.ech:
+        rec["ech"] = True
+        rec["outer_server_name"] = flow.outer_server_name
     if flow.http:
         rec["http"] = [_http_summary(r) for r in flow.http]
     for k, v in flow.extra.items():
