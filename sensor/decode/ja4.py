@@ -7,9 +7,10 @@ are not implemented. Written from the specification (FoxIO-LLC/ja4, technical_de
     _ sha256("cipher,cipher,...", sorted)[:12]
     _ sha256("ext,ext,..." sorted, without SNI and ALPN ["_" "sigalg,sigalg,..." in order])[:12]
 
-e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``. GREASE values (RFC 8701) are left out
-everywhere: from the counts, the lists, the versions and the signature algorithms. Values are
-4-digit lower-case hex. A pure function of the hello's fields; nothing here raises.
+e.g. ``t13d1516h2_8daaf6152771_e5627efa2ab1``. GREASE values (RFC 8701) are left out of the
+counts, the lists, the versions and the signature algorithms; the first ALPN name is taken as
+sent, as FoxIO's own tools and ja4plus do (a GREASE name there reads "ZZ"). Values are 4-digit
+lower-case hex. A pure function of the hello's fields; nothing here raises.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ def fingerprint(
     """The JA4 of a ClientHello from its fields as sent (GREASE included; it is dropped here).
 
     `extensions` are the extension types in wire order; the SNI marker is "d" when the
-    server_name extension is among them, whatever it holds. `first_alpn` is the first
-    non-GREASE ALPN protocol name, None without the extension."""
+    server_name extension is among them, whatever it holds. `first_alpn` is the first ALPN
+    protocol name as sent (a GREASE name included, as FoxIO's tools read it), None without
+    the extension."""
     suites = [c for c in ciphers if not _grease(c)]
     exts = [e for e in extensions if not _grease(e)]
     sigs = [s for s in signature_algorithms if not _grease(s)]

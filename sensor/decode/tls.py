@@ -209,9 +209,14 @@ def _parse_extensions(
             parsed_alpn = _parse_alpn(data)
             if isinstance(parsed_alpn, Weird):
                 return parsed_alpn
-            first_alpn = parsed_alpn[0] if parsed_alpn else None
+            # JA4 reads the first name as sent, GREASE or not (as the reference tools do).
+            first_alpn = parsed_alpn[0]
             # Names are opaque bytes; escape the odd non-ASCII one rather than reject the hello.
-            alpn = tuple(raw.decode("ascii", "backslashreplace") for raw in parsed_alpn)
+            alpn = tuple(
+                raw.decode("ascii", "backslashreplace")
+                for raw in parsed_alpn
+                if not (len(raw) == 2 and is_grease(int.from_bytes(raw, "big")))
+            )
         elif ext_type == _EXT_SIGNATURE_ALGORITHMS:
             if len(data) >= 2 and int.from_bytes(data[:2], "big") == len(data) - 2:
                 sigs = _u16_list(data, 2, len(data))
@@ -252,7 +257,7 @@ def _parse_sni(data: bytes) -> str | Weird | None:
 
 
 def _parse_alpn(data: bytes) -> tuple[bytes, ...] | Weird:
-    """RFC 7301 3.1: ProtocolNameList of non-empty opaque names; GREASE names are dropped."""
+    """RFC 7301 3.1: ProtocolNameList of non-empty opaque names, as sent."""
     if len(data) < 2 or int.from_bytes(data[:2], "big") != len(data) - 2 or len(data) == 2:
         return _BAD_ALPN
     names: list[bytes] = []
@@ -261,11 +266,8 @@ def _parse_alpn(data: bytes) -> tuple[bytes, ...] | Weird:
         name_end = pos + 1 + data[pos]
         if name_end == pos + 1 or name_end > len(data):
             return _BAD_ALPN
-        raw = data[pos + 1 : name_end]
+        names.append(data[pos + 1 : name_end])
         pos = name_end
-        if len(raw) == 2 and is_grease(int.from_bytes(raw, "big")):
-            continue
-        names.append(raw)
     return tuple(names)
 
 

@@ -133,8 +133,10 @@ def test_decoder_keeps_what_ja4_reads() -> None:
     assert isinstance(hello, ClientHello)
     assert hello.ciphers == (0x1A1A, 0x1301, 0x1302, 0xC02F)
     assert hello.extensions == (0x0A0A, 0x0000, 0x002B, 0x0010, 0xFAFA)
-    # 3 ciphers, 3 extensions without GREASE; "h2" is the first ALPN after the GREASE name.
-    assert hello.ja4 is not None and hello.ja4.startswith("t13d0303h2_")
+    # 3 ciphers, 3 extensions without GREASE; the first ALPN name is the GREASE one (0x5a5a,
+    # "ZZ"), which FoxIO's tools and ja4plus take as sent.
+    assert hello.alpn == ("h2", "http/1.1")
+    assert hello.ja4 is not None and hello.ja4.startswith("t13d0303ZZ_")
     quic = parse_client_hello(synthetic_client_hello("g.example", grease=True), quic=True)
     assert isinstance(quic, ClientHello) and quic.ja4 == "q" + hello.ja4[1:]
 
