@@ -55,6 +55,14 @@ Rules
     enough that a new device is watched the same day. The home country (``abroad is False``)
     is learned but never alerted. Known pairs are remembered up to ``max_contacts``; one
     pushed out may alert again later.
+``new_fingerprint`` (info)
+    A device showed a JA4 TLS client fingerprint (`sensor.decode.ja4`) it had not shown
+    before: a new app, a new OS version, or something new speaking for the device. The
+    pipeline keeps each device's set (`Device.ja4`, the last 32) and tells this stage of a
+    fingerprint new to it (`AlertStage.account_fingerprint`). For ``new_fingerprint_learning``
+    seconds (default one day) after the stage first sees a device its fingerprints are learned
+    silently: a phone runs dozens of apps in its first hours. Suppressed per (device,
+    fingerprint).
 
 Suppression and rate
 --------------------
@@ -124,6 +132,11 @@ RULES: Final[dict[str, Rule]] = {
             "a device's upload abroad far above its own exponentially weighted baseline",
         ),
         Rule("new_country", "info", "first contact of a device with a country"),
+        Rule(
+            "new_fingerprint",
+            "info",
+            "a device showed a JA4 TLS client fingerprint it never showed before",
+        ),
         Rule("policy_block", "warning", "a policy rule blocked a device's packets"),
         Rule(
             "policy_would_block",
@@ -184,6 +197,9 @@ class AlertsConfig:
     new_country_learning: float = 3600.0
     """Seconds after a device is first seen during which its countries are learned without
     new_country alerts."""
+    new_fingerprint_learning: float = 86400.0
+    """Seconds after a device is first seen during which its JA4 fingerprints are learned
+    without new_fingerprint alerts."""
     disabled_rules: tuple[str, ...] = ()
     """Rules that never fire (counted as disabled)."""
     max_devices: int = 4096
@@ -231,6 +247,8 @@ class AlertsConfig:
             raise ValueError("anomaly_min_periods: must be at least 1")
         if self.new_country_learning < 0:
             raise ValueError("new_country_learning: must not be negative")
+        if not 0 <= self.new_fingerprint_learning <= 365 * 86400:
+            raise ValueError("new_fingerprint_learning: must be between 0 and 365 days")
         for name in self.disabled_rules:
             if name not in RULES:
                 raise ValueError(f"disabled_rules: unknown rule {name!r}")
@@ -457,6 +475,7 @@ class AlertStage:
         self.evicted: Counter[str] = Counter()
         self.learned = 0
         self.learned_parties = 0
+        self.learned_fingerprints = 0
         self.values_redacted = 0
         self.resolved = 0
 
@@ -580,6 +599,28 @@ class AlertStage:
             self._alert("new_country", ts, device, dst, summary, 0, flow_uid), country, None
         )
 
+    def account_fingerprint(
+        self,
+        ts: float,
+        device: DeviceRef,
+        dst: Destination,
+        ja4: str,
+        flow_uid: str | None = None,
+    ) -> Alert | None:
+        """A device showed `ja4`, a fingerprint not in its set; new_fingerprint unless the
+        device is still in its learning period."""
+        self.observations["fingerprint"] += 1
+        dev = self._device(device_key(device), ts)
+        if ts - dev.first_seen < self.cfg.new_fingerprint_learning:
+            self.learned_fingerprints += 1
+            return None
+        summary = (
+            f"{_device_text(device)} showed a new TLS client fingerprint {ja4} "
+            f"({_dest_text(dst)})"
+        )
+        alert = self._alert("new_fingerprint", ts, device, dst, summary, 0, flow_uid)
+        return self._emit(alert, ja4, None, "")
+
     def tick(self, now: float) -> None:
         """Close suppression windows that ended (telling sinks with ``resolve``) and drop
         upload counters that have been idle for a whole window. Call about once a second."""
@@ -631,6 +672,7 @@ class AlertStage:
             "evicted": dict(self.evicted),
             "learned_contacts": self.learned,
             "learned_parties": self.learned_parties,
+            "learned_fingerprints": self.learned_fingerprints,
             "values_redacted": self.values_redacted,
             "resolved": self.resolved,
             "state": {

@@ -177,6 +177,9 @@ class Device:
     user_agents: list[str] = field(default_factory=list)
     first_seen: float = 0.0
     last_seen: float = 0.0
+    ja4: list[str] = field(default_factory=list)
+    """The JA4 fingerprints of the TLS/QUIC clients the device ran, least recently shown
+    first (bounded by the pipeline)."""
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -30,6 +30,7 @@ from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
 from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
 from sensor.detect import placeholders
 from sensor.ech import EchCovers, packaged_public_names
+from sensor.fingerprints import remember as remember_ja4
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.names import DnsCache, redact_name
@@ -87,6 +88,10 @@ class Observer(Protocol):
     def tick(self, ts: float) -> None:
         """Time passes (packet time, at every flow-table sweep)."""
 
+    def fingerprint(self, flow: Flow, device: Device, ja4: str, ts: float) -> None:
+        """A device showed a JA4 that is not in its set (`Device.ja4`). Optional: an observer
+        without this method is not told."""
+
 
 class NullObserver:
     def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
@@ -99,6 +104,9 @@ class NullObserver:
         pass
 
     def tick(self, ts: float) -> None:
+        pass
+
+    def fingerprint(self, flow: Flow, device: Device, ja4: str, ts: float) -> None:
         pass
 
 
@@ -654,7 +662,7 @@ class Pipeline:
                     entry.app = "other"  # its bytes were buffered; later ones get scanned
                 self._done(h)
                 return
-            self._client_hello(entry, res, "tls")
+            self._client_hello(entry, res, "tls", ts)
             self._done(h)
         elif entry.app == "http":
             self._http_feed(entry, h, payload, ts)
@@ -706,11 +714,16 @@ class Pipeline:
                 dev.user_agents.append(req.user_agent)
         self._observe(self.observer.http_request, flow, req, ts)
 
-    def _client_hello(self, entry: FlowEntry, ch: ClientHello, source: str) -> None:
+    def _client_hello(self, entry: FlowEntry, ch: ClientHello, source: str, ts: float) -> None:
         flow = entry.flow
         if ch.alpn:
             flow.alpn = ch.alpn
         flow.ja4 = ch.ja4
+        dev = self.devices.get(flow.device_mac) if flow.device_mac else None
+        if ch.ja4 is not None and dev is not None and remember_ja4(dev.ja4, ch.ja4):
+            hook = getattr(self.observer, "fingerprint", None)
+            if hook is not None:
+                self._observe(hook, flow, ch.ja4, ts)
         if ch.sni:
             sni = redact_name(ch.sni.lower().rstrip("."))
             if ch.ech and self.ech_covers.is_cover(sni):
@@ -753,7 +766,7 @@ class Pipeline:
                 self._weird(res.reason)
                 entry.quic_state = res.reason
             else:
-                self._client_hello(entry, res, "quic")
+                self._client_hello(entry, res, "quic", ts)
                 named = "ech_cover" if entry.flow.ech else "named"
                 entry.quic_state = named if res.sni else "no_sni"
             self._done(h)

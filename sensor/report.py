@@ -94,6 +94,7 @@ def device_record(dev: Device) -> dict[str, Any]:
         "dhcp_vendor_class": dev.dhcp_vendor_class,
         "dhcp_params": list(dev.dhcp_params),
         "user_agents": list(dev.user_agents),
+        "ja4": list(dev.ja4),
         "first_seen": round(dev.first_seen, 6),
         "last_seen": round(dev.last_seen, 6),
     }

@@ -284,6 +284,12 @@ class Detector:
         if dst.abroad and new > 0:
             self.alerts.account_upload(ts, who, dst, new, flow.uid)
 
+    def fingerprint(self, flow: Flow, device: Device | None, ja4: str, ts: float) -> None:
+        """A device showed a TLS client fingerprint new to it: the new_fingerprint rule."""
+        self.alerts.account_fingerprint(
+            ts, self._device(device, flow), self._destination(flow, None), ja4, flow.uid
+        )
+
     def flow_end(self, flow: Flow, device: Device | None, dst: Destination) -> None:
         already = self._accounted.pop(flow.uid, None)
         if dst.country is None:
