@@ -5,10 +5,11 @@ ja4plus reads packets with scapy, reassembles TCP and decrypts QUIC Initials by 
 shares no code with our decoders. Compared: every ClientHello in the test captures
 (tests/captures/tls, tests/captures/quic: real browsers, curl, Java, wolfSSL, Meta's and
 Google's apps, recorded by Zeek and nDPI), plus hellos from real implementations made here:
-Python's ssl module (TLS 1.2 and 1.3, with and without SNI and ALPN, one spanning several
-segments), aioquic Initials (v1 and v2, one and several datagrams) and an ECH hello built to
-RFC 9849. Each flow is compared on the first hello both read; a hello ja4plus reads must get our
-same value, and we must read every hello it reads.
+Python's ssl module (one hello read off a real TCP connection on loopback; TLS 1.2 and 1.3,
+with and without SNI and ALPN, one spanning several segments), aioquic Initials (v1 and v2,
+one and several datagrams) and an ECH hello built to RFC 9849. Each flow is compared on the
+first hello both read; a hello ja4plus reads must get our same value, and we must read every
+hello it reads.
 
 Known differences (none occur in these hellos): the specification decides odd ALPN values
 (first or last byte not a letter or digit: we write hex digits, ja4plus "9"/"99") and a
@@ -17,7 +18,9 @@ server_name extension without a host name ("d" for us, "i" for ja4plus).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 from collections import defaultdict
 from pathlib import Path
@@ -37,10 +40,36 @@ CAPTURE_FILES = sorted(CAPTURES.joinpath("tls").glob("*.pcap*")) + sorted(
 Key = frozenset[tuple[str, int]]
 
 
+def loopback_hello(server_name: str, alpn: list[str]) -> bytes:
+    """The first flight Python's ssl client sends over a real TCP connection on loopback, as
+    the listening side read it off the socket."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(alpn)
+        raw = socket.create_connection(listener.getsockname(), timeout=10)
+        client = ctx.wrap_socket(raw, server_hostname=server_name, do_handshake_on_connect=False)
+        client.setblocking(False)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            client.do_handshake()  # sends the hello, then waits for a ServerHello
+        conn, _ = listener.accept()
+        with conn, client:
+            conn.settimeout(10)
+            data = b""
+            while len(data) < 5 or len(data) < 5 + int.from_bytes(data[3:5], "big"):
+                chunk = conn.recv(65536)
+                assert chunk, "the client closed before its hello was read"
+                data += chunk
+    return data
+
+
 def made_here(cap: Capture) -> None:
     """Hellos from real implementations, each on its own flow."""
     port = 42000
     tls_hellos = [
+        loopback_hello("loopback.example.com", ["h2", "http/1.1"]),
         client_hello("py13.example.com"),
         client_hello("py12.example.com", tls13=False),
         client_hello(None),
@@ -122,9 +151,9 @@ def test_how_many_were_compared(compared: dict[str, Any]) -> None:
     same: list[str] = compared["same"]
     tls = [v for v in same if v.startswith("t")]
     quic = [v for v in same if v.startswith("q")]
-    # Measured: 22 TLS hellos and 19 QUIC Initials. ja4plus decrypts v1 Initials (and those
+    # Measured: 23 TLS hellos and 19 QUIC Initials. ja4plus decrypts v1 Initials (and those
     # sharing v1's keys) only; the 65 others we read (v2, drafts, mvfst, version-forcing,
     # T050/T051) are checked against the specification alone.
-    assert len(tls) >= 22, len(tls)
+    assert len(tls) >= 23, len(tls)
     assert len(quic) >= 19, len(quic)
     assert {"t13d1517h2_8daaf6152771_b1ff8ab2d16f"} <= set(same)  # Zeek's tls13-ech.pcap
