@@ -64,6 +64,7 @@ bench: sysdeps-bench venv
 	$(PY) -m bench.household
 	$(PY) -m bench.live_bench
 	$(PY) -m bench.quic_bench
+	$(PY) -m bench.hello_bench
 	$(PY) -m bench.learn_bench
 	$(PY) -m bench.fleet_bench
 	$(PY) -m bench.policy_bench

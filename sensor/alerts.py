@@ -55,6 +55,14 @@ Rules
     enough that a new device is watched the same day. The home country (``abroad is False``)
     is learned but never alerted. Known pairs are remembered up to ``max_contacts``; one
     pushed out may alert again later.
+``new_fingerprint`` (info)
+    A device showed a JA4 TLS client fingerprint (`sensor.decode.ja4`) it had not shown
+    before: a new app, a new OS version, or something new speaking for the device. The
+    pipeline keeps each device's set (`Device.ja4`, the last 32) and tells this stage of a
+    fingerprint new to it (`AlertStage.account_fingerprint`). For ``new_fingerprint_learning``
+    seconds (default one day) after the stage first sees a device its fingerprints are learned
+    silently: a phone runs dozens of apps in its first hours. Suppressed per (device,
+    fingerprint).
 
 Suppression and rate
 --------------------
@@ -320,6 +328,7 @@ class AlertStage:
         self.evicted: Counter[str] = Counter()
         self.learned = 0
         self.learned_parties = 0
+        self.learned_fingerprints = 0
         self.values_redacted = 0
         self.resolved = 0
         self._listeners: list[Callable[[Observation], object]] = []
@@ -348,6 +357,10 @@ class AlertStage:
             return self.account_upload(obs.ts, obs.device, obs.dst, obs.bytes_up, obs.flow_uid)
         if obs.what == "country":
             return self.account_contact(obs.ts, obs.device, obs.dst, obs.flow_uid)
+        if obs.what == "fingerprint" and obs.fingerprint is not None:
+            return self.account_fingerprint(
+                obs.ts, obs.device, obs.dst, obs.fingerprint, obs.flow_uid
+            )
         return None
 
     def account_upload(
@@ -457,6 +470,27 @@ class AlertStage:
             self._alert("new_country", ts, device, dst, summary, 0, flow_uid), country, None
         )
 
+    def account_fingerprint(
+        self,
+        ts: float,
+        device: DeviceRef,
+        dst: Destination,
+        ja4: str,
+        flow_uid: str | None = None,
+    ) -> Alert | None:
+        """A device showed `ja4`, a fingerprint not in its set; new_fingerprint unless the
+        device is still in its learning period."""
+        dev = self._device(device_key(device), ts)
+        if ts - dev.first_seen < self.cfg.new_fingerprint_learning:
+            self.learned_fingerprints += 1
+            return None
+        summary = (
+            f"{_device_text(device)} showed a new TLS client fingerprint {ja4} "
+            f"({_dest_text(dst)})"
+        )
+        alert = self._alert("new_fingerprint", ts, device, dst, summary, 0, flow_uid)
+        return self._emit(alert, ja4, None, "")
+
     def tick(self, now: float) -> None:
         """Close suppression windows that ended (telling sinks with ``resolve``) and drop
         upload counters that have been idle for a whole window. Call about once a second."""
@@ -508,6 +542,7 @@ class AlertStage:
             "evicted": dict(self.evicted),
             "learned_contacts": self.learned,
             "learned_parties": self.learned_parties,
+            "learned_fingerprints": self.learned_fingerprints,
             "values_redacted": self.values_redacted,
             "resolved": self.resolved,
             "state": {

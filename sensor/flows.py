@@ -68,8 +68,8 @@ class FlowEntry:
         """The client's first payload sequence number, when its SYN was seen."""
         self.dns_buf = b""
         self.quic_state: str | None = None
-        """QUIC flows: where naming got to ("named", "incomplete", "no_sni", a Weird reason);
-        None until a client Initial was read."""
+        """QUIC flows: where naming got to ("named", "ech_cover", "incomplete", "no_sni", a
+        Weird reason); None until a client Initial was read."""
         self.final: tuple[Half, Half] | None = None
         """After conntrack said the connection ended: the halves the table hands its late
         packets (decoded, counted nowhere: the final counters already hold them)."""

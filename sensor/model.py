@@ -106,6 +106,9 @@ class DnsMessage:
     """(name, qtype) pairs, names lower case without trailing dot."""
     answers: tuple[DnsRecord, ...]
     """Answer-section records plus address hints taken from SVCB/HTTPS records."""
+    ech_public_names: tuple[str, ...] = ()
+    """The public names (the cover names of RFC 9849) of the ECH configurations that the
+    answer's SVCB/HTTPS records carry in their "ech" parameter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +121,18 @@ class ClientHello:
     supported_versions: tuple[int, ...] = ()
     alpn: tuple[str, ...] = ()
     ech: bool = False
-    """The hello carries an Encrypted Client Hello extension (0xfe0d); `sni` is then the outer
-    (cover) name, never the real destination."""
+    """The hello carries an Encrypted Client Hello extension (0xfe0d, outer type); `sni` is
+    then the outer name. A real ECH and the GREASE one browsers send without an ECH config
+    look alike on the wire: the outer name is a cover only when it is an ECH public name
+    (`sensor.ech`)."""
     ja4: str | None = None
-    """The JA4 fingerprint of this hello (TLS or QUIC)."""
+    """The JA4 fingerprint of this hello (TLS or QUIC); None for a gQUIC CHLO."""
+    ciphers: tuple[int, ...] = ()
+    """Cipher suites in wire order, GREASE included (what JA4 reads)."""
+    extensions: tuple[int, ...] = ()
+    """Extension types in wire order, GREASE included."""
+    signature_algorithms: tuple[int, ...] = ()
+    """The signature_algorithms extension's values in wire order, GREASE included."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +230,9 @@ class Device:
     user_agents: list[str] = field(default_factory=list)
     first_seen: float = 0.0
     last_seen: float = 0.0
+    ja4: list[str] = field(default_factory=list)
+    """The JA4 fingerprints of the TLS/QUIC clients the device ran, least recently shown
+    first (bounded by the pipeline)."""
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -265,9 +279,10 @@ class Observation:
     """What a detector saw; the alert rules decide what it means.
 
     `what` is "identifier" (an identifier in outbound plaintext), "upload" (bytes sent to one
-    vendor/provider abroad over a period) or "country" (first contact with a country)."""
+    vendor/provider abroad over a period), "country" (first contact with a country) or
+    "fingerprint" (a TLS client fingerprint new to the device)."""
 
-    what: Literal["identifier", "upload", "country"]
+    what: Literal["identifier", "upload", "country", "fingerprint"]
     ts: float
     device: DeviceRef
     dst: Destination
@@ -283,6 +298,9 @@ class Observation:
     """Matched an identifier the owner configured or the sensor learned."""
     bytes_up: int = 0
     period: float = 0.0
+    fingerprint: str | None = None
+    """what="fingerprint": the JA4 the device showed for the first time (not a secret: it
+    names a TLS stack, not a person)."""
 
 
 # --- alert vocabulary: the rules and their severities ------------------------------------------
@@ -318,6 +336,11 @@ RULES: Final[dict[str, Rule]] = {
             "a device's upload abroad far above its own exponentially weighted baseline",
         ),
         Rule("new_country", "info", "first contact of a device with a country"),
+        Rule(
+            "new_fingerprint",
+            "info",
+            "a device showed a JA4 TLS client fingerprint it never showed before",
+        ),
         Rule("policy_block", "warning", "a policy rule blocked a device's packets"),
         Rule(
             "policy_would_block",

@@ -11,6 +11,11 @@ to whoever serves the domain. `redact_name` is applied to every name before it i
 records), so no output shows such labels;
 `dns_name_text` is the harder cut the alerts make of a name known to carry an identifier.
 Pure functions of the name, importing nothing from the package.
+
+Which name a flow gets (the pipeline applies it; tests/test_ech_naming.py checks it): a name the
+client sent in the clear (TLS or QUIC SNI, HTTP Host) first; else the name the device resolved
+to the flow's address (this cache: A/AAAA answers and HTTPS/SVCB address hints), live when the
+flow began, `name_source` "dns"; else none. An ECH cover name (`sensor.ech`) never names a flow.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ from sensor.decode import tls as tls_dec
 from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
 from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
 from sensor.detect import placeholders
+from sensor.ech import EchCovers, packaged_public_names
+from sensor.fingerprints import remember as remember_ja4
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.names import DnsCache, redact_name
@@ -87,6 +89,10 @@ class Observer(Protocol):
     def tick(self, ts: float) -> None:
         """Time passes (packet time, at every flow-table sweep)."""
 
+    def fingerprint(self, flow: Flow, device: Device, ja4: str, ts: float) -> None:
+        """A device showed a JA4 that is not in its set (`Device.ja4`). Optional: an observer
+        without this method is not told."""
+
 
 class NullObserver:
     def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
@@ -101,6 +107,9 @@ class NullObserver:
     def tick(self, ts: float) -> None:
         pass
 
+    def fingerprint(self, flow: Flow, device: Device, ja4: str, ts: float) -> None:
+        pass
+
 
 class Pipeline:
     def __init__(self, cfg: Config, sink: FlowSink, observer: Observer | None = None) -> None:
@@ -110,6 +119,7 @@ class Pipeline:
         self.flows = FlowTable(cfg.flows, self._on_flow_end)
         self.dns = DnsCache(cfg.dns.max_cache, cfg.dns.ttl_grace)
         self.quic = quic_dec.QuicInitialTracker()
+        self.ech_covers = EchCovers(packaged_public_names())
         self.devices: OrderedDict[str, Device] = OrderedDict()
         self.ip_mac: OrderedDict[str, str] = OrderedDict()
         self.skipped: Counter[str] = Counter()
@@ -653,7 +663,7 @@ class Pipeline:
                     entry.app = "other"  # its bytes were buffered; later ones get scanned
                 self._done(h)
                 return
-            self._client_hello(entry, res, "tls")
+            self._client_hello(entry, res, "tls", ts)
             self._done(h)
         elif entry.app == "http":
             self._http_feed(entry, h, payload, ts)
@@ -705,13 +715,25 @@ class Pipeline:
                 dev.user_agents.append(req.user_agent)
         self._observe(self.observer.http_request, flow, req, ts)
 
-    def _client_hello(self, entry: FlowEntry, ch: ClientHello, source: str) -> None:
+    def _client_hello(self, entry: FlowEntry, ch: ClientHello, source: str, ts: float) -> None:
         flow = entry.flow
         if ch.alpn:
             flow.alpn = ch.alpn
+        flow.ja4 = ch.ja4
+        dev = self.devices.get(flow.device_mac) if flow.device_mac else None
+        if ch.ja4 is not None and dev is not None and remember_ja4(dev.ja4, ch.ja4):
+            hook = getattr(self.observer, "fingerprint", None)
+            if hook is not None:
+                self._observe(hook, flow, ch.ja4, ts)
         if ch.sni:
-            flow.server_name = redact_name(ch.sni.lower().rstrip("."))
-            flow.name_source = "tls" if source == "tls" else "quic"
+            sni = redact_name(ch.sni.lower().rstrip("."))
+            if ch.ech and self.ech_covers.is_cover(sni):
+                # An ECH cover never names the flow: a name from DNS stays, or none
+                # (sensor.ech says why a hello with ECH and another name is named by it).
+                flow.ech, flow.outer_server_name = True, sni
+            else:
+                flow.server_name = sni
+                flow.name_source = "tls" if source == "tls" else "quic"
 
     def _inspect_udp(
         self, entry: FlowEntry, h: Half, sport: int, dport: int, payload: bytes, ts: float
@@ -745,8 +767,9 @@ class Pipeline:
                 self._weird(res.reason)
                 entry.quic_state = res.reason
             else:
-                self._client_hello(entry, res, "quic")
-                entry.quic_state = "named" if res.sni else "no_sni"
+                self._client_hello(entry, res, "quic", ts)
+                named = "ech_cover" if entry.flow.ech else "named"
+                entry.quic_state = named if res.sni else "no_sni"
             self._done(h)
 
     # --- DNS and DHCP ----------------------------------------------------------------------------
@@ -784,6 +807,8 @@ class Pipeline:
                 self._observe(self.observer.dns_query, flow, qname, ts)
         if not msg.is_response:
             return
+        for cover in msg.ech_public_names:
+            self.ech_covers.learn(cover)
         for address, qname, ttl in dns_dec.resolve_chain(msg):
             if not dns_dec.is_local_name(qname):
                 shown = asked.get((flow.uid, qname)) or redact_name(qname)

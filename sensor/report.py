@@ -73,6 +73,11 @@ def flow_record(flow: Flow) -> dict[str, Any]:
         rec["alpn"] = list(flow.alpn)
     if flow.quic_version is not None:
         rec["quic_version"] = flow.quic_version
+    if flow.ja4 is not None:
+        rec["ja4"] = flow.ja4
+    if flow.ech:
+        rec["ech"] = True
+        rec["outer_server_name"] = flow.outer_server_name
     if flow.http:
         rec["http"] = [_http_summary(r) for r in flow.http]
     for k, v in flow.extra.items():
@@ -89,6 +94,7 @@ def device_record(dev: Device) -> dict[str, Any]:
         "dhcp_vendor_class": dev.dhcp_vendor_class,
         "dhcp_params": list(dev.dhcp_params),
         "user_agents": list(dev.user_agents),
+        "ja4": list(dev.ja4),
         "first_seen": round(dev.first_seen, 6),
         "last_seen": round(dev.last_seen, 6),
     }

@@ -123,6 +123,11 @@ class Stages:
             dst = self.enricher.destination(flow.dst_ip, flow.dst_port, flow.server_name)
             self._observe(self.detector.upload_progress(flow, device, dst, ts))
 
+    def fingerprint(self, flow: Flow, device: Device | None, ja4: str, ts: float) -> None:
+        """A device showed a JA4 new to its set (the pipeline's `Device.ja4`)."""
+        if self.detector is not None:
+            self._observe(self.detector.fingerprint(flow, device, ja4, ts))
+
     def tick(self, ts: float) -> None:
         if self.alerts is not None:
             self.alerts.tick(ts)

@@ -355,3 +355,38 @@ def quic_chaos_datagrams(
             )
         )
     return out
+
+
+# --- Encrypted Client Hello --------------------------------------------------------------------
+
+ECH_EXTENSION = 0xFE0D
+
+
+def ech_extension_data(
+    *, config_id: int = 0x2A, enc: bytes = bytes(range(32)), payload: bytes = bytes(208)
+) -> bytes:
+    """The body of an RFC 9849 5 ``encrypted_client_hello`` extension of the outer type:
+    type 0 (outer), HpkeSymmetricCipherSuite (HKDF-SHA256 0x0001, AES-128-GCM 0x0001),
+    config_id, enc<0..2^16-1> (an X25519 public key's 32 bytes) and payload<1..2^16-1> (the
+    encrypted inner hello; its contents do not matter to an observer)."""
+    body = b"\x00" + (1).to_bytes(2, "big") + (1).to_bytes(2, "big") + bytes([config_id])
+    return body + len(enc).to_bytes(2, "big") + enc + len(payload).to_bytes(2, "big") + payload
+
+
+def ech_client_hello(outer_sni: str | None = "cloudflare-ech.com", *, grease: bool = True) -> bytes:
+    """A ClientHelloOuter handshake message the way a browser sends one with ECH (RFC 9849):
+    the cover name in server_name, TLS 1.3 only, an X25519 key share, ALPN h2/http1.1, and
+    the encrypted_client_hello extension (Debian 12 has no client that speaks ECH)."""
+    groups = b"\x00\x1d\x00\x17\x00\x18"
+    sigs = b"\x04\x03\x08\x04\x04\x01\x05\x03\x08\x05\x05\x01\x08\x06\x06\x01"
+    key_share = b"\x00\x1d\x00\x20" + bytes(range(100, 132))
+    extra = [
+        (0x000A, len(groups).to_bytes(2, "big") + groups),  # supported_groups
+        (0x000D, len(sigs).to_bytes(2, "big") + sigs),  # signature_algorithms
+        (0x0033, (len(key_share)).to_bytes(2, "big") + key_share),  # key_share
+        (0x002D, b"\x01\x01"),  # psk_key_exchange_modes: psk_dhe_ke
+        (ECH_EXTENSION, ech_extension_data()),
+    ]
+    return synthetic_client_hello(
+        outer_sni, versions=(0x0304,), grease=grease, extra_extensions=extra
+    )

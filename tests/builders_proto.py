@@ -280,3 +280,28 @@ def chunked(body: bytes, size: int = 5) -> bytes:
         for i in range(0, len(body), size)
     )
     return out + b"0\r\n\r\n"
+
+
+def ech_config_list(*public_names: str, config_id: int = 7) -> bytes:
+    """An ECHConfigList (RFC 9849 4) with one version-0xfe0d ECHConfig per public name:
+    config_id, KEM DHKEM(X25519) with a 32-byte key, one cipher suite (HKDF-SHA256,
+    AES-128-GCM), maximum_name_length 0, the public name, no extensions. The value of the
+    SVCB/HTTPS "ech" parameter (key 5)."""
+    configs = b""
+    for i, name in enumerate(public_names):
+        raw = name.encode()
+        contents = bytes([config_id + i]) + struct.pack("!HH", 0x0020, 32) + bytes(range(32))
+        contents += struct.pack("!HHH", 4, 0x0001, 0x0001) + b"\x00"
+        contents += bytes([len(raw)]) + raw + struct.pack("!H", 0)
+        configs += struct.pack("!HH", 0xFE0D, len(contents)) + contents
+    return struct.pack("!H", len(configs)) + configs
+
+
+def https_ech_response(
+    qname: str, ipv4hint: Sequence[str], public_name: str, *, ttl: int = 300, id: int = 0x1234
+) -> bytes:
+    """An HTTPS answer the way an ECH-enabled zone publishes it: ALPN, address hints and an
+    "ech" parameter whose configuration names `public_name` as the cover."""
+    params = [*https_params(("h2", "h3"), ipv4hint), (5, ech_config_list(public_name))]
+    rdata = svcb_rdata(1, "", params)
+    return raw_dns(id, questions=[(qname, 65)], answers=[raw_rr(qname, 65, ttl, rdata)])

@@ -153,6 +153,7 @@ def test_rules_table() -> None:
         "foreign_upload": "warning",
         "foreign_upload_anomaly": "warning",
         "new_country": "info",
+        "new_fingerprint": "info",
         "policy_block": "warning",
         "policy_would_block": "info",
     }
@@ -494,6 +495,38 @@ def test_contacts_and_devices_bounded() -> None:
     assert s["state"]["devices"] == 16 and s["evicted"]["devices"] == 4
 
 
+# --- new TLS client fingerprint ----------------------------------------------------------------
+
+JA4_A = "t13d1516h2_8daaf6152771_e5627efa2ab1"
+JA4_B = "q13d0312h3_55b375c5d22e_73e2d9e6cde6"
+
+
+def test_new_fingerprint_after_learning() -> None:
+    st, rec = stage(new_fingerprint_learning=86400.0, suppress_window=3600.0)
+    assert st.account_fingerprint(T0, TV, ABROAD, JA4_A) is None  # first day: learned
+    assert st.account_fingerprint(T0 + 86399, TV, ABROAD, JA4_B) is None
+    alert = st.account_fingerprint(T0 + 86400, TV, ABROAD, JA4_A, "F1")
+    assert alert is not None and (alert.rule, alert.severity) == ("new_fingerprint", "info")
+    assert JA4_A in alert.summary and "Living-room TV" in alert.summary
+    assert alert.flow_uid == "F1"
+    # The same fingerprint again within the window (to anywhere) is a counted repeat; another
+    # fingerprint, or the same one on another device past its learning, is its own alert.
+    assert st.account_fingerprint(T0 + 86500, TV, UNKNOWN, JA4_A) is None
+    assert st.account_fingerprint(T0 + 86500, TV, ABROAD, JA4_B) is not None
+    assert st.account_fingerprint(T0 + 86500, PHONE, ABROAD, JA4_A) is None  # PHONE learning
+    assert st.account_fingerprint(T0 + 86500 + 86400, PHONE, ABROAD, JA4_A) is not None
+    s = st.stats()
+    assert s["learned_fingerprints"] == 3
+    assert s["suppressed"] == {"new_fingerprint": 1}
+    assert [a.rule for a in rec.alerts] == ["new_fingerprint"] * 3
+
+
+def test_new_fingerprint_disabled() -> None:
+    st, rec = stage(new_fingerprint_learning=0.0, disabled_rules=("new_fingerprint",))
+    assert st.account_fingerprint(T0, TV, ABROAD, JA4_A) is None
+    assert rec.alerts == [] and st.stats()["disabled"] == {"new_fingerprint": 1}
+
+
 def test_disabled_rule() -> None:
     st, _ = stage(disabled_rules=("identifier_cleartext",))
     assert st.observe(ident(dst=HOME)) is None
@@ -517,6 +550,8 @@ def test_disabled_rule() -> None:
         ("anomaly_k", -1.0),
         ("anomaly_min_periods", 0),
         ("new_country_learning", -1.0),
+        ("new_fingerprint_learning", -1.0),
+        ("new_fingerprint_learning", 400 * 86400.0),
         ("disabled_rules", ("no_such_rule",)),
         ("max_contacts", 1),
     ],

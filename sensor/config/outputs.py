@@ -56,6 +56,9 @@ class AlertsConfig:
     new_country_learning: float = 3600.0
     """Seconds after a device is first seen during which its countries are learned without
     new_country alerts."""
+    new_fingerprint_learning: float = 86400.0
+    """Seconds after a device is first seen during which its JA4 fingerprints are learned
+    without new_fingerprint alerts."""
     disabled_rules: tuple[str, ...] = ()
     """Rules that never fire (counted as disabled)."""
     max_devices: int = 4096
@@ -103,6 +106,8 @@ class AlertsConfig:
             raise ValueError("anomaly_min_periods: must be at least 1")
         if self.new_country_learning < 0:
             raise ValueError("new_country_learning: must not be negative")
+        if not 0 <= self.new_fingerprint_learning <= 365 * 86400:
+            raise ValueError("new_fingerprint_learning: must be between 0 and 365 days")
         for name in self.disabled_rules:
             if name not in RULES:
                 raise ValueError(f"disabled_rules: unknown rule {name!r}")

@@ -3,7 +3,9 @@ address → question-name mapping the flow table uses to name servers.
 
 Only what the sensor needs is decoded: the header, the questions and the answer section's
 A, AAAA, CNAME and SVCB/HTTPS records (other types are skipped; the authority and additional
-sections are not read). Nothing here raises: malformed input returns a `Weird`.
+sections are not read). Of an SVCB/HTTPS record, the target, the address hints and the public
+names of its ECH configurations (RFC 9849's cover names, from the "ech" parameter). Nothing
+here raises: malformed input returns a `Weird`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ TYPE_HTTPS = 65
 CLASS_IN = 1
 
 _SVC_IPV4HINT = 4
+_SVC_ECH = 5
 _SVC_IPV6HINT = 6
+_ECH_VERSION = 0xFE0D
+MAX_ECH_NAMES = 8
+"""ECH public names taken from one message."""
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
@@ -126,9 +132,10 @@ def _read_name(data: bytes, off: int) -> tuple[str, int] | Weird:
 
 
 def _svcb(
-    data: bytes, start: int, end: int, owner: str, rtype: int, ttl: int
+    data: bytes, start: int, end: int, owner: str, rtype: int, ttl: int, covers: list[str]
 ) -> list[DnsRecord] | Weird:
-    """The SVCB/HTTPS record itself (value = target name) plus one record per address hint."""
+    """The SVCB/HTTPS record itself (value = target name) plus one record per address hint;
+    the public names of its ECH configurations are added to `covers`."""
     if end - start < 2:
         return Weird("dns.bad_svcb")
     priority = _U16.unpack_from(data, start)[0]
@@ -154,8 +161,42 @@ def _svcb(
                 return Weird("dns.bad_svcb")
             for i in range(off, off + min(length, width * MAX_HINTS), width):
                 out.append(DnsRecord(owner, hint_type, ttl, _addr_text(data[i : i + width])))
+        elif key == _SVC_ECH:
+            for name in _ech_public_names(data[off : off + length]):
+                if name not in covers and len(covers) < MAX_ECH_NAMES:
+                    covers.append(name)
         off += length
     return out
+
+
+def _ech_public_names(blob: bytes) -> list[str]:
+    """The public_name of each ECHConfig (version 0xfe0d) in an ECHConfigList (RFC 9849 4):
+    list length, then per config version, length, and contents (config_id, kem_id, public
+    key, cipher suites, maximum_name_length, public_name, extensions). Configs of other
+    versions are skipped; a malformed list yields what was read before the fault (it names
+    covers, it does not name servers)."""
+    names: list[str] = []
+    if len(blob) < 2:
+        return names
+    end = min(len(blob), 2 + _U16.unpack_from(blob, 0)[0])
+    off = 2
+    while off + 4 <= end:
+        version, length = struct.unpack_from("!HH", blob, off)
+        body, off = blob[off + 4 : off + 4 + length], off + 4 + length
+        if off > end or version != _ECH_VERSION or len(body) < 5:
+            continue
+        pos = 3 + 2 + _U16.unpack_from(body, 3)[0]  # config_id, kem_id, public_key
+        if pos + 2 > len(body):
+            continue
+        pos += 2 + _U16.unpack_from(body, pos)[0] + 1  # cipher_suites, maximum_name_length
+        if pos + 1 > len(body):
+            continue
+        raw = body[pos + 1 : pos + 1 + body[pos]]
+        if raw and len(raw) == body[pos] and raw.isascii():
+            name = raw.decode("ascii").lower().removesuffix(".")
+            if name and name.isprintable():
+                names.append(name)
+    return names
 
 
 def _addr_text(raw: bytes) -> str:
@@ -186,6 +227,7 @@ def parse_dns(data: bytes | bytearray | memoryview) -> DnsMessage | Weird:
         off += 4
 
     answers: list[DnsRecord] = []
+    covers: list[str] = []
     for _ in range(min(ancount, MAX_ANSWERS)):
         got = _read_name(data, off)
         if isinstance(got, Weird):
@@ -215,7 +257,7 @@ def parse_dns(data: bytes | bytearray | memoryview) -> DnsMessage | Weird:
                     return Weird("dns.bad_rdata")
                 answers.append(DnsRecord(owner, rtype, ttl, target))
             elif rtype in (TYPE_SVCB, TYPE_HTTPS):
-                records = _svcb(data, off, rd_end, owner, rtype, ttl)
+                records = _svcb(data, off, rd_end, owner, rtype, ttl, covers)
                 if isinstance(records, Weird):
                     return records
                 answers.extend(records)
@@ -227,6 +269,7 @@ def parse_dns(data: bytes | bytearray | memoryview) -> DnsMessage | Weird:
         rcode=flags & 0x000F,
         questions=tuple(questions),
         answers=tuple(answers),
+        ech_public_names=tuple(covers),
     )
 
 

@@ -41,6 +41,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sensor.decode.gquic import chlo_length, parse_chlo
 from sensor.decode.tls import parse_client_hello
 from sensor.model import ClientHello, Weird
 
@@ -104,7 +105,6 @@ _BAD_FRAME = Weird("quic.bad_frame")
 _UNKNOWN_FRAME = Weird("quic.unknown_frame")
 _CRYPTO_OVERFLOW = Weird("quic.crypto_overflow")
 _NOT_CLIENT_HELLO = Weird("quic.not_client_hello")
-_BAD_CHLO = Weird("quic.bad_chlo")
 _FORCING_UNREAD = Weird("quic.forcing_negotiation")
 """Not counted: a version-forcing Initial we cannot read is normal (the real attempt follows)."""
 
@@ -589,49 +589,6 @@ def parse_gquic_frames(
     return InitialPayload(tuple(crypto), False)
 
 
-def parse_chlo(message: bytes) -> ClientHello | Weird:
-    """The server name (SNI tag) of a gQUIC CHLO handshake message.
-
-    Layout: tag "CHLO", entry count (uint16 LE), 2 bytes padding, then per entry a tag and the
-    end offset of its value (uint32 LE, non-decreasing), then the values back to back.
-    """
-    if len(message) < 8 or message[:4] != b"CHLO":
-        return _NOT_CLIENT_HELLO
-    count = int.from_bytes(message[4:6], "little")
-    values = 8 + 8 * count
-    if values > len(message):
-        return _BAD_CHLO
-    sni: str | None = None
-    start = 0
-    for i in range(count):
-        entry = 8 + 8 * i
-        end = int.from_bytes(message[entry + 4 : entry + 8], "little")
-        if end < start or values + end > len(message):
-            return _BAD_CHLO
-        if message[entry : entry + 4] == b"SNI\x00":
-            raw = message[values + start : values + end]
-            try:
-                sni = raw.decode("ascii")
-            except UnicodeDecodeError:
-                return _BAD_CHLO
-            if not sni or not sni.isprintable():
-                return _BAD_CHLO
-        start = end
-    return ClientHello(sni=sni, legacy_version=0)
-
-
-def chlo_length(buf: bytes | bytearray) -> int | None:
-    """The length of the CHLO message starting ``buf``, None until its tag table is there."""
-    if len(buf) < 8:
-        return None
-    count = int.from_bytes(buf[4:6], "little")
-    values = 8 + 8 * count
-    if len(buf) < values:
-        return None
-    last = int.from_bytes(buf[values - 4 : values], "little") if count else 0
-    return values + last
-
-
 def _skip_varints(data: bytes, pos: int, count: int) -> int | None:
     for _ in range(count):
         item = read_varint(data, pos)
@@ -751,7 +708,7 @@ class _Conn:
             return _CRYPTO_OVERFLOW
         if len(buf) < end:
             return None
-        return parse_client_hello(bytes(buf[:end]))
+        return parse_client_hello(bytes(buf[:end]), quic=True)
 
 
 def _is_chlo(version: int) -> bool:

@@ -11,14 +11,18 @@ as a `Weird` with a stable dotted reason (the counter label):
 - ``tls.bad_version``: legacy_version is not SSL 3.0 .. TLS 1.3 (0x0300 .. 0x0304).
 - ``tls.bad_extension`` / ``tls.duplicate_extension``: the extension block is malformed.
 - ``tls.bad_sni`` / ``tls.bad_alpn`` / ``tls.bad_supported_versions``: one of the extensions we
-  read is malformed.
+  read is malformed. (A malformed signature_algorithms only leaves it out of the JA4: it names
+  nothing, and the hello's name matters more than its fingerprint.)
 - ``tls.reassembly_overflow``: `ClientHelloAssembler` gave up (too many bytes or segments).
 
-`parse_client_hello` is also what the QUIC decoder uses on the reassembled CRYPTO stream.
+`parse_client_hello` is also what the QUIC decoder uses on the reassembled CRYPTO stream. Every
+hello gets its JA4 (`sensor.decode.ja4`) and is marked when it carries an Encrypted Client Hello
+extension (RFC 9849, 0xfe0d).
 """
 
 from __future__ import annotations
 
+from sensor.decode import ja4
 from sensor.model import ClientHello, Weird
 
 __all__ = [
@@ -33,6 +37,9 @@ _CLIENT_HELLO = 1
 _EXT_SERVER_NAME = 0
 _EXT_ALPN = 16
 _EXT_SUPPORTED_VERSIONS = 43
+_EXT_SIGNATURE_ALGORITHMS = 13
+_EXT_ECH = 0xFE0D
+"""RFC 9849: encrypted_client_hello; in a ClientHelloOuter its first byte is 0 (outer)."""
 _MAX_RECORD = 1 << 14
 """RFC 8446 5.1: a plaintext record carries at most 2^14 bytes."""
 
@@ -69,12 +76,14 @@ def _starts_like_tls(data: bytes | bytearray) -> bool:
     return n > 0 and data[0] == _HANDSHAKE and (n < 2 or data[1] == 3) and (n < 3 or data[2] <= 4)
 
 
-def parse_client_hello(msg: bytes) -> ClientHello | Weird:
+def parse_client_hello(msg: bytes, *, quic: bool = False) -> ClientHello | Weird:
     """Decode a TLS handshake message (type byte, 3-byte length, body) holding a ClientHello.
 
     Bytes after the message (e.g. a following handshake message) are ignored. The SNI is the
     first host_name entry, lower-cased and without a trailing dot; None when the extension is
-    absent. GREASE values are dropped from supported_versions and ALPN.
+    absent. GREASE values are dropped from supported_versions and ALPN (kept in the cipher,
+    extension and signature algorithm lists, which are as sent). `quic`: the hello came in
+    QUIC CRYPTO frames (its JA4 starts with "q").
     """
     if len(msg) < 4:
         return _TRUNCATED
@@ -102,6 +111,9 @@ def parse_client_hello(msg: bytes) -> ClientHello | Weird:
     cs_len = int.from_bytes(msg[pos : pos + 2], "big")
     if cs_len < 2 or cs_len % 2:
         return _BAD_CLIENT_HELLO
+    if pos + 2 + cs_len > end:
+        return _TRUNCATED
+    ciphers = _u16_list(msg, pos + 2, pos + 2 + cs_len)
     pos += 2 + cs_len
 
     # legacy_compression_methods<1..2^8-1>
@@ -115,7 +127,7 @@ def parse_client_hello(msg: bytes) -> ClientHello | Weird:
         return _TRUNCATED
     if pos == end:
         # Pre-TLS 1.2 clients may omit the extension block entirely.
-        return ClientHello(sni=None, legacy_version=legacy_version)
+        return _hello(quic, None, legacy_version, (), (), ciphers, (), (), None, ech=False)
 
     if pos + 2 > end:
         return _TRUNCATED
@@ -124,14 +136,58 @@ def parse_client_hello(msg: bytes) -> ClientHello | Weird:
         return _TRUNCATED
     if ext_end != end:
         return _BAD_CLIENT_HELLO
-    return _parse_extensions(msg, pos + 2, ext_end, legacy_version)
+    return _parse_extensions(msg, pos + 2, ext_end, legacy_version, ciphers, quic)
 
 
-def _parse_extensions(msg: bytes, pos: int, end: int, legacy_version: int) -> ClientHello | Weird:
+def _u16_list(data: bytes, start: int, end: int) -> tuple[int, ...]:
+    return tuple(int.from_bytes(data[i : i + 2], "big") for i in range(start, end - 1, 2))
+
+
+def _hello(
+    quic: bool,
+    sni: str | None,
+    legacy_version: int,
+    versions: tuple[int, ...],
+    alpn: tuple[str, ...],
+    ciphers: tuple[int, ...],
+    extensions: tuple[int, ...],
+    sigs: tuple[int, ...],
+    first_alpn: bytes | None,
+    *,
+    ech: bool,
+) -> ClientHello:
+    fp = ja4.fingerprint(
+        quic=quic,
+        legacy_version=legacy_version,
+        supported_versions=versions,
+        ciphers=ciphers,
+        extensions=extensions,
+        signature_algorithms=sigs,
+        first_alpn=first_alpn,
+    )
+    return ClientHello(
+        sni=sni,
+        legacy_version=legacy_version,
+        supported_versions=versions,
+        alpn=alpn,
+        ech=ech,
+        ja4=fp,
+        ciphers=ciphers,
+        extensions=extensions,
+        signature_algorithms=sigs,
+    )
+
+
+def _parse_extensions(
+    msg: bytes, pos: int, end: int, legacy_version: int, ciphers: tuple[int, ...], quic: bool
+) -> ClientHello | Weird:
     sni: str | None = None
     alpn: tuple[str, ...] = ()
+    first_alpn: bytes | None = None
     versions: tuple[int, ...] = ()
-    seen: set[int] = set()
+    sigs: tuple[int, ...] = ()
+    ech = False
+    seen: dict[int, None] = {}
     while pos < end:
         if pos + 4 > end:
             return _BAD_EXTENSION
@@ -141,7 +197,7 @@ def _parse_extensions(msg: bytes, pos: int, end: int, legacy_version: int) -> Cl
             return _BAD_EXTENSION
         if ext_type in seen:
             return _DUPLICATE_EXTENSION
-        seen.add(ext_type)
+        seen[ext_type] = None  # wire order, for JA4
         data = msg[pos + 4 : data_end]
         pos = data_end
         if ext_type == _EXT_SERVER_NAME:
@@ -153,14 +209,26 @@ def _parse_extensions(msg: bytes, pos: int, end: int, legacy_version: int) -> Cl
             parsed_alpn = _parse_alpn(data)
             if isinstance(parsed_alpn, Weird):
                 return parsed_alpn
-            alpn = parsed_alpn
+            # JA4 reads the first name as sent, GREASE or not (as the reference tools do).
+            first_alpn = parsed_alpn[0]
+            # Names are opaque bytes; escape the odd non-ASCII one rather than reject the hello.
+            alpn = tuple(
+                raw.decode("ascii", "backslashreplace")
+                for raw in parsed_alpn
+                if not (len(raw) == 2 and is_grease(int.from_bytes(raw, "big")))
+            )
+        elif ext_type == _EXT_SIGNATURE_ALGORITHMS:
+            if len(data) >= 2 and int.from_bytes(data[:2], "big") == len(data) - 2:
+                sigs = _u16_list(data, 2, len(data))
+        elif ext_type == _EXT_ECH:
+            ech = data[:1] == b"\x00"
         elif ext_type == _EXT_SUPPORTED_VERSIONS:
             parsed_versions = _parse_supported_versions(data)
             if isinstance(parsed_versions, Weird):
                 return parsed_versions
             versions = parsed_versions
-    return ClientHello(
-        sni=sni, legacy_version=legacy_version, supported_versions=versions, alpn=alpn
+    return _hello(
+        quic, sni, legacy_version, versions, alpn, ciphers, tuple(seen), sigs, first_alpn, ech=ech
     )
 
 
@@ -188,22 +256,18 @@ def _parse_sni(data: bytes) -> str | Weird | None:
     return None
 
 
-def _parse_alpn(data: bytes) -> tuple[str, ...] | Weird:
-    """RFC 7301 3.1: ProtocolNameList of non-empty opaque names; GREASE names are dropped."""
+def _parse_alpn(data: bytes) -> tuple[bytes, ...] | Weird:
+    """RFC 7301 3.1: ProtocolNameList of non-empty opaque names, as sent."""
     if len(data) < 2 or int.from_bytes(data[:2], "big") != len(data) - 2 or len(data) == 2:
         return _BAD_ALPN
-    names: list[str] = []
+    names: list[bytes] = []
     pos = 2
     while pos < len(data):
         name_end = pos + 1 + data[pos]
         if name_end == pos + 1 or name_end > len(data):
             return _BAD_ALPN
-        raw = data[pos + 1 : name_end]
+        names.append(data[pos + 1 : name_end])
         pos = name_end
-        if len(raw) == 2 and is_grease(int.from_bytes(raw, "big")):
-            continue
-        # Names are opaque bytes; escape the odd non-ASCII one rather than reject the hello.
-        names.append(raw.decode("ascii", "backslashreplace"))
     return tuple(names)
 
 

@@ -297,6 +297,21 @@ class Detector:
             out.append(_upload(flow, ts, who, dst, new))
         return out
 
+    def fingerprint(
+        self, flow: Flow, device: Device | None, ja4: str, ts: float
+    ) -> list[Observation]:
+        """A device showed a TLS client fingerprint new to it (the new_fingerprint rule)."""
+        return [
+            Observation(
+                what="fingerprint",
+                ts=ts,
+                device=self._device(device, flow),
+                dst=self._destination(flow, None),
+                flow_uid=flow.uid,
+                fingerprint=ja4,
+            )
+        ]
+
     def flow_end(self, flow: Flow, device: Device | None, dst: Destination) -> list[Observation]:
         """A flow ended: its country (unless reported while it ran) and the upload bytes not
         reported yet."""

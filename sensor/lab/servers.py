@@ -3,7 +3,7 @@
 `sensor.lab.netns` runs this module with the virtualenv's Python inside the lab's namespaces:
 
 - `serve CONFIG`: in the WAN namespace, every server in one asyncio process: a DNS resolver
-  (UDP and TCP) answering A, AAAA and CNAME from a fixed zone; HTTP on port 80, HTTPS on 443
+  (UDP and TCP) answering A, AAAA, CNAME and HTTPS from a fixed zone; HTTP on port 80, HTTPS on 443
   (certificate for every zone name, SNI recorded) and, when aioquic is there, HTTP/3 on UDP 443.
   The web servers accept any request, count the body bytes received and answer 200 with a JSON
   body saying what they saw (peer address, SNI or :authority, byte count); each completed request
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ctypes
 import functools
@@ -49,12 +50,38 @@ IO_TIMEOUT = 30.0
 CHUNK = 64 * 1024
 
 Zone = Mapping[str, Sequence[tuple[str, str]]]
-"""Owner name (lower case, no trailing dot) → records as (type, value): "A", "AAAA", "CNAME"."""
+"""Owner name (lower case, no trailing dot) → records as (type, value): "A", "AAAA", "CNAME",
+or "HTTPS" with SvcParams in presentation form, e.g. "alpn=h2,h3 ipv4hint=192.0.2.80
+ech=<base64 ECHConfigList>" (ServiceMode, priority 1, target the owner itself)."""
 
 
 # --- DNS ------------------------------------------------------------------------------------------
 
 _QTYPES = {"A": dpkt.dns.DNS_A, "AAAA": dpkt.dns.DNS_AAAA, "CNAME": dpkt.dns.DNS_CNAME}
+_QTYPES["HTTPS"] = 65
+_SVC_KEYS = {"alpn": 1, "ipv4hint": 4, "ech": 5, "ipv6hint": 6}
+
+
+def https_rdata(params: str) -> bytes:
+    """RFC 9460 RDATA of a ServiceMode HTTPS record (priority 1, target ".") from SvcParams in
+    presentation form: alpn and the address hints as comma lists, ech as base64."""
+    items: list[tuple[int, bytes]] = []
+    for token in params.split():
+        key, _, value = token.partition("=")
+        if key == "alpn":
+            raw = b"".join(bytes([len(a)]) + a.encode() for a in value.split(","))
+        elif key in ("ipv4hint", "ipv6hint"):
+            raw = b"".join(ipaddress.ip_address(a).packed for a in value.split(","))
+        elif key == "ech":
+            raw = base64.b64decode(value)
+        else:
+            raise ValueError(f"HTTPS record: unsupported SvcParam {key!r}")
+        items.append((_SVC_KEYS[key], raw))
+    out = struct.pack("!H", 1) + b"\x00"
+    for code, raw in sorted(items):
+        out += struct.pack("!HH", code, len(raw)) + raw
+    return out
+
 _QTYPE_NAMES = {v: k for k, v in _QTYPES.items()}
 DNS_TTL = 300
 
@@ -90,7 +117,9 @@ def dns_answer(zone: Zone, query: bytes) -> bytes | None:
         if _QTYPES.get(rtype) != question.type:
             continue
         rr = dpkt.dns.DNS.RR(name=owner, type=question.type, ttl=DNS_TTL)
-        if rtype == "A":
+        if rtype == "HTTPS":
+            rr.rdata = https_rdata(value)
+        elif rtype == "A":
             rr.ip = ipaddress.IPv4Address(value).packed
         elif rtype == "AAAA":
             rr.ip6 = ipaddress.IPv6Address(value).packed

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import itertools
 import struct
+from pathlib import Path
 
+import dpkt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -420,3 +422,67 @@ def test_wire_name_text() -> None:
     assert wire_name_text(b"\x04host") == "host"  # partial name: no root label
     assert wire_name_text(b"\x09host") is None
     assert wire_name_text(b"\xc0\x0c") is None
+
+
+# --- ECH configurations in HTTPS answers (RFC 9849 4, RFC 9460 "ech") ---------------------------
+
+
+def test_https_ech_public_name() -> None:
+    from tests.builders_proto import https_ech_response
+
+    msg = parse_dns(https_ech_response("private.example.org", ["192.0.2.80"], "cover.example.net"))
+    assert isinstance(msg, DnsMessage)
+    assert msg.ech_public_names == ("cover.example.net",)
+    assert ("192.0.2.80", "private.example.org", 300) in resolve_chain(msg)
+
+
+def test_ech_config_list_other_versions_and_garbage() -> None:
+    from tests.builders_proto import ech_config_list, raw_dns, raw_rr, svcb_rdata
+
+    good = ech_config_list("a.example", "b.example")
+    other = b"\xfe\x0a\x00\x03abc"  # an older draft's config: skipped
+    mixed = (len(other) + len(good) - 2).to_bytes(2, "big") + other + good[2:]
+    for value, names in (
+        (mixed, ("a.example", "b.example")),
+        (good[:-5], ("a.example",)),  # cut inside the second config
+        (b"\x00", ()),
+        (b"", ()),
+    ):
+        rdata = svcb_rdata(1, "", [(5, value)])
+        wire = raw_dns(
+            1, questions=[("x.example", 65)], answers=[raw_rr("x.example", 65, 60, rdata)]
+        )
+        msg = parse_dns(wire)
+        assert isinstance(msg, DnsMessage), value
+        assert msg.ech_public_names == names
+
+
+def test_zeek_ech_capture() -> None:
+    """Zeek's dns/ech.pcap (tests/README.md): real HTTPS answers for defo.ie and
+    cloudflare-ech.com with ECH configurations and address hints."""
+    path = Path(__file__).parents[1] / "captures" / "dns" / "zeek-dns-ech.pcap"
+    got = []
+    with path.open("rb") as fh:
+        for _ts, buf in dpkt.pcap.Reader(fh):
+            ip = dpkt.ip6.IP6(buf) if buf[0] >> 4 == 6 else dpkt.ip.IP(buf)
+            msg = parse_dns(bytes(ip.data.data))
+            assert isinstance(msg, DnsMessage)
+            if msg.is_response:
+                got.append((msg.questions[0][0], msg.ech_public_names, sorted(resolve_chain(msg))))
+    assert got == [
+        (
+            "defo.ie",
+            ("cover.defo.ie",),
+            [("213.108.108.101", "defo.ie", 1791), ("2a00:c6c0:0:116:5::10", "defo.ie", 1791)],
+        ),
+        (
+            "cloudflare-ech.com",
+            ("cloudflare-ech.com",),
+            [
+                ("104.18.10.118", "cloudflare-ech.com", 300),
+                ("104.18.11.118", "cloudflare-ech.com", 300),
+                ("2606:4700::6812:a76", "cloudflare-ech.com", 300),
+                ("2606:4700::6812:b76", "cloudflare-ech.com", 300),
+            ],
+        ),
+    ]

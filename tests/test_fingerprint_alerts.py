@@ -1,0 +1,59 @@
+"""End to end: a device's JA4 set in its record, and new_fingerprint once it has settled."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from sensor.analyze import analyze
+from sensor.synth import PHONE, Capture, TcpSession, client_hello
+from tests.builders import quic_initial_datagrams
+from tests.pipeline_helpers import build
+
+LEARNING = 600.0
+
+
+def records(capture: Path, config: Path) -> list[dict[str, Any]]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = analyze([str(capture)], config_path=str(config), as_json=True, out=out, err=err)
+    assert rc == 0, err.getvalue()
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_device_fingerprints_and_new_fingerprint_alert(tmp_path: Path) -> None:
+    def tls(cap: Capture, port: int, hello: bytes) -> None:
+        s = TcpSession(cap, PHONE, f"192.0.2.{port % 200}", port, 443)
+        s.open()
+        s.send(hello)
+        s.close()
+
+    def scenario(cap: Capture) -> None:
+        tls(cap, 40001, client_hello("a.example.com"))  # first seen: learned
+        cap.tick(LEARNING + 60)
+        tls(cap, 40002, client_hello("b.example.com"))  # same client software: nothing
+        tls(cap, 40003, client_hello("c.example.com", tls13=False))  # new: alert
+        for d in quic_initial_datagrams("d.example.net"):  # new (QUIC): alert
+            cap.udp(PHONE, "192.0.2.99", 50001, 443, d, up=True)
+        tls(cap, 40004, client_hello("e.example.com", tls13=False))  # known now
+
+    config = tmp_path / "phonehome.toml"
+    config.write_text(f"[alerts]\nnew_fingerprint_learning = {LEARNING}\n")
+    recs = records(build(tmp_path / "fp.pcap", scenario), config)
+    flows = {r["server_name"]: r for r in recs if r["type"] == "flow" and r.get("ja4")}
+    (device,) = [r for r in recs if r["type"] == "device" and r["mac"] == PHONE.mac]
+    alerts = [r for r in recs if r["type"] == "alert" and r["rule"] == "new_fingerprint"]
+    names = ("a.example.com", "c.example.com", "d.example.net")
+    tls13, tls12, quic = (flows[n]["ja4"] for n in names)
+    assert len({tls13, tls12, quic}) == 3
+    assert tls13.startswith("t13d") and tls12.startswith("t12d") and quic.startswith("q13d")
+    assert flows["b.example.com"]["ja4"] == tls13
+    # Least recently shown first: the TLS 1.2 client came back last.
+    assert device["ja4"] == [tls13, quic, tls12]
+    assert [a["flow_uid"] for a in alerts] == [
+        flows["c.example.com"]["uid"],
+        flows["d.example.net"]["uid"],
+    ]
+    assert all(a["severity"] == "info" and a["device_mac"] == PHONE.mac for a in alerts)
+    assert tls12 in alerts[0]["summary"]
