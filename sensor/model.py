@@ -16,7 +16,9 @@ Visibility = Literal["dns", "tls", "quic", "http", "ech", "relay", "none"]
 HTTP Host; hidden behind an ECH cover name; sent into a relay (Private Relay, Tor, VPN); or
 carrying no name at all. A bounded metric label."""
 
-DnsBypassProtocol = Literal["dot", "doq", "doh"]
+DnsBypassProtocol = Literal["dot", "doq", "doh", "dns"]
+"""How a bypassing device reaches its resolver: DNS over TLS, over QUIC, over HTTPS, or plain
+DNS (UDP/TCP 53) to a resolver the network did not hand out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,8 @@ class DhcpMessage:
     """Option 55 (v4) or the option request option 6 (v6)."""
     client_ip: str | None = None
     your_ip: str | None = None
+    dns_servers: tuple[str, ...] = ()
+    """The resolvers a server's message hands out: option 6 (v4), option 23 (v6)."""
 
 
 # --- flows and devices ------------------------------------------------------------------------
