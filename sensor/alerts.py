@@ -55,6 +55,10 @@ Rules
     enough that a new device is watched the same day. The home country (``abroad is False``)
     is learned but never alerted. Known pairs are remembered up to ``max_contacts``; one
     pushed out may alert again later.
+``dns_bypass`` (info, ``dns_bypass_severity``)
+    A device resolved names with a resolver the network did not hand out: DoT, DoQ, DoH to a
+    listed public resolver, or plain DNS elsewhere (sensor.detect.bypass decides what a flow
+    is; "dns_bypass" observations). Keyed per device and resolver.
 
 Suppression and rate
 --------------------
@@ -85,7 +89,7 @@ import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from sensor.model import Alert, Destination, DeviceRef, Observation
 from sensor.names import dns_name_text
@@ -124,6 +128,11 @@ RULES: Final[dict[str, Rule]] = {
             "a device's upload abroad far above its own exponentially weighted baseline",
         ),
         Rule("new_country", "info", "first contact of a device with a country"),
+        Rule(
+            "dns_bypass",
+            "info",
+            "a device resolves names with a resolver the network did not hand out",
+        ),
         Rule("policy_block", "warning", "a policy rule blocked a device's packets"),
         Rule(
             "policy_would_block",
@@ -133,6 +142,8 @@ RULES: Final[dict[str, Rule]] = {
     )
 }
 
+MAX_BYPASS_SERIES: Final = 64
+"""(resolver, protocol) pairs counted for the DNS-bypass metric; more fold into "other"."""
 UPLOAD_BUCKETS: Final = 12
 """Slices of the sliding upload window (5 minutes of a 1-hour window)."""
 MAX_COVERED: Final = 16
@@ -186,6 +197,8 @@ class AlertsConfig:
     new_country alerts."""
     disabled_rules: tuple[str, ...] = ()
     """Rules that never fire (counted as disabled)."""
+    dns_bypass_severity: str = "info"
+    """Severity of dns_bypass alerts: "info", "warning" or "critical"."""
     max_devices: int = 4096
     """Devices with learning and baseline state; the least recently seen go first."""
     max_contacts: int = 65536
@@ -231,6 +244,8 @@ class AlertsConfig:
             raise ValueError("anomaly_min_periods: must be at least 1")
         if self.new_country_learning < 0:
             raise ValueError("new_country_learning: must not be negative")
+        if self.dns_bypass_severity not in ("critical", "warning", "info"):
+            raise ValueError('dns_bypass_severity: must be "info", "warning" or "critical"')
         for name in self.disabled_rules:
             if name not in RULES:
                 raise ValueError(f"disabled_rules: unknown rule {name!r}")
@@ -455,6 +470,8 @@ class AlertStage:
         self.disabled: Counter[str] = Counter()
         self.sink_errors: Counter[str] = Counter()
         self.evicted: Counter[str] = Counter()
+        self.bypass_flows: Counter[tuple[str, str]] = Counter()
+        """DNS-bypass flows by (resolver, protocol), bounded: "other" past MAX_BYPASS_SERIES."""
         self.learned = 0
         self.learned_parties = 0
         self.values_redacted = 0
@@ -471,6 +488,8 @@ class AlertStage:
             return self.account_upload(obs.ts, obs.device, obs.dst, obs.bytes_up, obs.flow_uid)
         if obs.what == "country":
             return self.account_contact(obs.ts, obs.device, obs.dst, obs.flow_uid)
+        if obs.what == "dns_bypass":
+            return self._dns_bypass(obs)
         return None
 
     def account_upload(
@@ -629,6 +648,7 @@ class AlertStage:
             "disabled": dict(self.disabled),
             "sink_errors": dict(self.sink_errors),
             "evicted": dict(self.evicted),
+            "dns_bypass_flows": [[r, p, n] for (r, p), n in self.bypass_flows.items()],
             "learned_contacts": self.learned,
             "learned_parties": self.learned_parties,
             "values_redacted": self.values_redacted,
@@ -687,6 +707,27 @@ class AlertStage:
         )
         dest = dst.vendor or dst.server_name or dst.ip
         return self._emit(alert, dest, obs.identifier)
+
+    def _dns_bypass(self, obs: Observation) -> Alert | None:
+        found = obs.bypass
+        if found is None:
+            return None
+        key = (found.resolver, found.protocol)
+        if key not in self.bypass_flows and len(self.bypass_flows) >= MAX_BYPASS_SERIES - 1:
+            key = ("other", found.protocol)
+        self.bypass_flows[key] += 1
+        self._device(device_key(obs.device), obs.ts)
+        how = {"dot": "DNS over TLS", "doq": "DNS over QUIC", "doh": "DNS over HTTPS"}
+        summary = (
+            f"{_device_text(obs.device)} resolves names with {found.resolver} "
+            f"({how.get(found.protocol, 'plain DNS')}, {found.evidence}), not with the "
+            "network's resolvers"
+        )
+        alert = dataclasses.replace(
+            self._alert("dns_bypass", obs.ts, obs.device, obs.dst, summary, 0, obs.flow_uid),
+            severity=cast(Severity, self.cfg.dns_bypass_severity),
+        )
+        return self._emit(alert, found.resolver, None, "")
 
     def _anomaly(
         self,

@@ -32,6 +32,7 @@ from typing import Any, Final
 # The alert and sink settings live beside the code they tune (their validation needs its rule
 # names and label sets); the loader treats them like every other section.
 from sensor.alerts import AlertsConfig
+from sensor.detect.bypass import DnsBypassConfig
 from sensor.metrics import MetricsConfig
 from sensor.policy import PolicyConfig, PolicyRuleConfig, check_policy
 from sensor.sinks import AlertmanagerConfig, EventLogConfig, JournalConfig
@@ -409,6 +410,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     devices: tuple[DeviceConfig, ...] = ()
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dns_bypass: DnsBypassConfig = field(default_factory=DnsBypassConfig)
     source: str = "<defaults>"
 
 
@@ -427,6 +429,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "detect": DetectConfig,
     "daemon": DaemonConfig,
     "metrics": MetricsConfig,
+    "dns_bypass": DnsBypassConfig,
 }
 
 

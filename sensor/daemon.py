@@ -655,6 +655,8 @@ class Daemon:
         stages.devices = self.pipeline.devices
         if stages.detector is not None:
             self.metrics.tap(stages.detector.alerts)
+        if stages.bypass is not None and old.bypass is not None:
+            stages.bypass.resolvers.adopt(old.bypass.resolvers)  # what DHCP handed out
         self.pipeline.retarget(cfg, stages, stages)
         self._note_own_addresses()
         try:

@@ -290,6 +290,14 @@ def safe_label(value: object, limit: int = 64) -> str:
     return text[:limit]
 
 
+def _is_address(value: object) -> bool:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 def _vocab(value: str | None, allowed: frozenset[str]) -> str:
     if not value:
         return UNKNOWN
@@ -943,6 +951,22 @@ class Exporter:
         )
         for sink, n in sorted(_fold_keys(stats.get("sink_errors") or {}).items()):
             fam.add_metric([safe_label(sink)], carry.value(("sink_errors", sink), n))
+        yield fam
+        # DNS bypass (issue 16): the alert stage keeps the counts bounded (MAX_BYPASS_SERIES).
+        fam = CounterMetricFamily(
+            "phonehome_dns_bypass_flows",
+            "Flows to a resolver the network did not hand out, by resolver and protocol",
+            labels=["resolver", "protocol"],
+        )
+        bypass: dict[tuple[str, str], float] = {}
+        for resolver, protocol, n in stats.get("dns_bypass_flows") or ():
+            # A server's address is no identifier (safe_label would mask its digits).
+            label = resolver if _is_address(resolver) else safe_label(resolver) or UNKNOWN
+            series = (str(label), safe_label(protocol))
+            n = carry.value(("dns_bypass", resolver, protocol), n)
+            bypass[series] = bypass.get(series, 0.0) + n
+        for labels, n in sorted(bypass.items()):
+            fam.add_metric(list(labels), n)
         yield fam
         yield from self._alertmanager_families(stage, stats, carry)
 

@@ -216,9 +216,10 @@ class Observation:
     """What a detector saw; the alert rules decide what it means.
 
     `what` is "identifier" (an identifier in outbound plaintext), "upload" (bytes sent to one
-    vendor/provider abroad over a period) or "country" (first contact with a country)."""
+    vendor/provider abroad over a period), "country" (first contact with a country) or
+    "dns_bypass" (a flow to a resolver the network did not hand out)."""
 
-    what: Literal["identifier", "upload", "country"]
+    what: Literal["identifier", "upload", "country", "dns_bypass"]
     ts: float
     device: DeviceRef
     dst: Destination
@@ -238,6 +239,8 @@ class Observation:
     """Matched an identifier the owner configured or the sensor learned."""
     bytes_up: int = 0
     period: float = 0.0
+    bypass: DnsBypass | None = None
+    """dns_bypass: how, to which resolver, and what showed it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,9 @@ def flow_record(flow: Flow) -> dict[str, Any]:
         rec["quic_version"] = flow.quic_version
     if flow.http:
         rec["http"] = [_http_summary(r) for r in flow.http]
+    if flow.dns_bypass is not None:
+        b = flow.dns_bypass
+        rec["dns_bypass"] = {"protocol": b.protocol, "resolver": b.resolver, "evidence": b.evidence}
     for k, v in flow.extra.items():
         rec.setdefault(k, v)
     return rec

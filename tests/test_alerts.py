@@ -153,6 +153,7 @@ def test_rules_table() -> None:
         "foreign_upload": "warning",
         "foreign_upload_anomaly": "warning",
         "new_country": "info",
+        "dns_bypass": "info",
         "policy_block": "warning",
         "policy_would_block": "info",
     }
