@@ -267,3 +267,86 @@ def test_metric_by_resolver_and_protocol_is_bounded() -> None:
     assert len(rows) == MAX_BYPASS_SERIES
     assert rows[("other", "dot")] == 12.0  # 1 + 62 named series, the rest folded
     assert sum(rows.values()) == MAX_BYPASS_SERIES + 11
+
+
+# --- DoQ from a real QUIC client, resolvers from a Router Advertisement ---------------------------
+
+PHONE6 = Host("64:09:80:12:34:56", "fd00:1::23")
+
+
+def _router_advertisement(cap: Capture, *resolvers: str) -> None:
+    body = b"".join(ipaddress.IPv6Address(a).packed for a in resolvers)
+    rdnss = bytes([25, 1 + 2 * len(resolvers), 0, 0]) + (600).to_bytes(4, "big") + body
+    ra = (64).to_bytes(1, "big") + bytes(3) + bytes(8)  # hop limit, flags, lifetime, timers
+    icmp = dpkt.icmp6.ICMP6(type=134, code=0, data=ra + rdnss)
+    pkt = dpkt.ip6.IP6(src=ipaddress.IPv6Address("fe80::1").packed, nxt=58, hlim=255)
+    pkt.dst = ipaddress.IPv6Address("ff02::1").packed
+    pkt.data = icmp
+    pkt.plen = len(bytes(icmp))
+    cap.emit(bytes(pkt), True, PHONE6, False)
+
+
+def _doq(cap: Capture, dst: str, port: int = 853) -> None:
+    from tests.builders import quic_initial_datagrams
+
+    lport = cap.rng.randrange(20000, 60000)
+    for dgram in quic_initial_datagrams("dns.adguard-dns.com", alpn=("doq",)):
+        cap.udp(PHONE6, dst, lport, port, dgram, up=True)
+
+
+def test_doq_and_resolvers_from_router_advertisements(tmp_path: Path) -> None:
+    def scenario(cap: Capture) -> None:
+        _router_advertisement(cap, "2001:db8::53")
+        _doq(cap, "2001:db8::53")  # the resolver the RA handed out
+        _doq(cap, "2a10:50c0::ad1:ff")  # AdGuard's
+        _doq(cap, "2001:db8:ffff::9", 8853)  # ALPN alone says DoQ
+
+    flows, _, stats, _ = run_analyze(build(tmp_path / "ra.pcap", scenario))
+    assert "dns_bypass" not in flow_to(flows, "2001:db8::53", 853)
+    assert flow_to(flows, "2a10:50c0::ad1:ff", 853)["dns_bypass"] == {
+        "protocol": "doq",
+        "resolver": "dns.adguard-dns.com",
+        "evidence": "alpn=doq",
+    }
+    assert flow_to(flows, "2001:db8:ffff::9", 8853)["dns_bypass"]["protocol"] == "doq"
+    assert stats["skipped"].get("ip.not_tcp_udp") == 1  # the RA: read, then skipped as before
+
+
+def test_malformed_router_advertisement_is_counted(tmp_path: Path) -> None:
+    def scenario(cap: Capture) -> None:
+        icmp = dpkt.icmp6.ICMP6(type=134, code=0, data=bytes(12) + b"\x19\x00" + bytes(6))
+        pkt = dpkt.ip6.IP6(src=ipaddress.IPv6Address("fe80::1").packed, nxt=58, hlim=255)
+        pkt.dst = ipaddress.IPv6Address("ff02::1").packed
+        pkt.data = icmp
+        pkt.plen = len(bytes(icmp))
+        cap.emit(bytes(pkt), True, PHONE6, False)
+
+    _, _, stats, _ = run_analyze(build(tmp_path / "bad.pcap", scenario))
+    assert stats["weird"] == {"ndp.zero_length_option": 1}
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def test_configuration_keys(tmp_path: Path) -> None:
+    from sensor.config import ConfigError
+    from sensor.validate import load_config
+
+    path = tmp_path / "phonehome.toml"
+    path.write_text(
+        '[dns_bypass]\nallowed_resolvers = ["192.0.2.53", "2001:db8::/48"]\nplain_dns = false\n'
+        '[alerts]\ndns_bypass_severity = "warning"\n'
+    )
+    cfg = load_config(path)
+    assert cfg.dns_bypass == DnsBypassConfig(("192.0.2.53", "2001:db8::/48"), plain_dns=False)
+    assert cfg.alerts.dns_bypass_severity == "warning"
+    for text, key, reason in (
+        ('[dns_bypass]\nallowed_resolvers = ["dns.google"]\n', "allowed_resolvers[0]", "not an"),
+        ('[dns_bypass]\nallowed_resolvers = ["0.0.0.0/0"]\n', "allowed_resolvers[0]", "wider"),
+        ("[dns_bypass]\nplain = true\n", "dns_bypass.plain", "unknown key"),
+        ('[alerts]\ndns_bypass_severity = "loud"\n', "dns_bypass_severity", "must be"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert key in err.value.key and reason in err.value.reason, str(err.value)
