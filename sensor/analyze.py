@@ -331,6 +331,8 @@ def _analyze(
     if stages.detector is not None:
         stats["detect"] = stages.detector.stats()
         stats["alerts"] = stages.detector.alerts.stats()
+    if stages.bypass is not None:
+        stats["dns_bypass"] = stages.bypass.stats()
     warnings = [w for f in files for w in f.warnings]
     for f in files:
         for lt in sorted(f.linktypes - SUPPORTED_LINKTYPES):

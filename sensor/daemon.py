@@ -739,6 +739,8 @@ class Daemon:
         if self.stages.detector is not None:
             stats["detect"] = self.stages.detector.stats()
             stats["alerts"] = self.stages.detector.alerts.stats()
+        if self.stages.bypass is not None:
+            stats["dns_bypass"] = self.stages.bypass.stats()
         return {
             "ts": now,
             "version": __version__,

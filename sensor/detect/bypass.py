@@ -185,6 +185,7 @@ class BypassDetector:
         self.resolvers = NetworkResolvers(cfg.allowed_resolvers, lan_networks)
         self.flows = 0
         """Flows found bypassing."""
+        self.errors = 0
         self.canaries = 0
 
     # --- what the network hands out ---------------------------------------------------------
@@ -204,14 +205,15 @@ class BypassDetector:
             return flow.dns_bypass
         try:
             found = self._classify(flow)
-        except Exception:  # a bug here must not lose the flow
+            if found is None:
+                return None
+            flow.dns_bypass = found
+            self.flows += 1
+            self._observe(flow, device, found, ts)
+        except Exception:  # a bug here must not lose the flow or stop the packet loop
+            self.errors += 1
             log.exception("dns bypass check of %s failed", flow.uid)
-            return None
-        if found is None:
-            return None
-        flow.dns_bypass = found
-        self.flows += 1
-        self._observe(flow, device, found, ts)
+            return flow.dns_bypass
         return found
 
     def _classify(self, flow: Flow) -> DnsBypass | None:
@@ -259,6 +261,7 @@ class BypassDetector:
         return {
             "flows": self.flows,
             "canaries": self.canaries,
+            "errors": self.errors,
             "network_resolvers": len(self.resolvers.learned),
             "doh_list": len(self.doh),
         }

@@ -189,7 +189,8 @@ def _home(cap: Capture, dhcp: bool = True) -> None:
 
 def test_analyze_reports_bypass_flows_canaries_and_alerts(tmp_path: Path) -> None:
     pcap = build(tmp_path / "home.pcap", _home)
-    flows, devices, _, _ = run_analyze(pcap)
+    flows, devices, stats, _ = run_analyze(pcap)
+    assert stats["dns_bypass"]["flows"] == 3 and stats["dns_bypass"]["canaries"] == 2
     dot = flow_to(flows, "203.0.113.53", 853)
     assert dot["dns_bypass"] == {
         "protocol": "dot",
@@ -350,3 +351,14 @@ def test_configuration_keys(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as err:
             load_config(path)
         assert key in err.value.key and reason in err.value.reason, str(err.value)
+
+
+def test_a_failing_alert_stage_loses_nothing() -> None:
+    class Broken:
+        def observe(self, obs: object) -> None:
+            raise RuntimeError("boom")
+
+    det = BypassDetector(DnsBypassConfig(), DOH, Broken())  # type: ignore[arg-type]
+    f = _flow("203.0.113.53", 853)
+    assert det.check(f, None, 1.0) == DnsBypass("dot", "203.0.113.53", "tcp/853")
+    assert f.dns_bypass is not None and det.stats()["errors"] == 1
