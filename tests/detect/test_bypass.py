@@ -362,3 +362,18 @@ def test_a_failing_alert_stage_loses_nothing() -> None:
     f = _flow("203.0.113.53", 853)
     assert det.check(f, None, 1.0) == DnsBypass("dot", "203.0.113.53", "tcp/853")
     assert f.dns_bypass is not None and det.stats()["errors"] == 1
+
+
+def test_text_summary_names_the_bypass_and_canaries(tmp_path: Path) -> None:
+    import io
+
+    from sensor.analyze import analyze
+
+    out = io.StringIO()
+    assert analyze([str(build(tmp_path / "home.pcap", _home))], out=out, err=io.StringIO()) == 0
+    text = out.getvalue()
+    assert (
+        "  DNS bypass: dns to 198.51.100.53 (1 flow), doh to dns.google (1 flow), "
+        "dot to dot.example.net (1 flow)\n" in text
+    )
+    assert "  DNS canaries asked: mask.icloud.com, use-application-dns.net\n" in text
