@@ -63,6 +63,10 @@ Rules
     seconds (default one day) after the stage first sees a device its fingerprints are learned
     silently: a phone runs dozens of apps in its first hours. Suppressed per (device,
     fingerprint).
+``dns_bypass`` (info, ``dns_bypass_severity``)
+    A device resolved names with a resolver the network did not hand out: DoT, DoQ, DoH to a
+    listed public resolver, or plain DNS elsewhere (sensor.detect.bypass decides what a flow
+    is; "dns_bypass" observations). Keyed per device and resolver.
 
 Suppression and rate
 --------------------
@@ -93,7 +97,7 @@ import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sensor.config.outputs import AlertsConfig as AlertsConfig  # the [alerts] settings
 from sensor.model import RULES as RULES
@@ -105,6 +109,8 @@ from sensor.sinks import AlertSink, Coverage, LogLimiter, ResolvingSink
 
 log = logging.getLogger(__name__)
 
+MAX_BYPASS_SERIES: Final = 64
+"""(resolver, protocol) pairs counted for the DNS-bypass metric; more fold into "other"."""
 UPLOAD_BUCKETS: Final = 12
 """Slices of the sliding upload window (5 minutes of a 1-hour window)."""
 MAX_COVERED: Final = 16
@@ -326,6 +332,8 @@ class AlertStage:
         self.disabled: Counter[str] = Counter()
         self.sink_errors: Counter[str] = Counter()
         self.evicted: Counter[str] = Counter()
+        self.bypass_flows: Counter[tuple[str, str]] = Counter()
+        """DNS-bypass flows by (resolver, protocol), bounded: "other" past MAX_BYPASS_SERIES."""
         self.learned = 0
         self.learned_parties = 0
         self.learned_fingerprints = 0
@@ -361,6 +369,8 @@ class AlertStage:
             return self.account_fingerprint(
                 obs.ts, obs.device, obs.dst, obs.fingerprint, obs.flow_uid
             )
+        if obs.what == "dns_bypass":
+            return self._dns_bypass(obs)
         return None
 
     def account_upload(
@@ -540,6 +550,7 @@ class AlertStage:
             "disabled": dict(self.disabled),
             "sink_errors": dict(self.sink_errors),
             "evicted": dict(self.evicted),
+            "dns_bypass_flows": [[r, p, n] for (r, p), n in self.bypass_flows.items()],
             "learned_contacts": self.learned,
             "learned_parties": self.learned_parties,
             "learned_fingerprints": self.learned_fingerprints,
@@ -599,6 +610,27 @@ class AlertStage:
         )
         dest = dst.vendor or dst.server_name or dst.ip
         return self._emit(alert, dest, obs.identifier)
+
+    def _dns_bypass(self, obs: Observation) -> Alert | None:
+        found = obs.bypass
+        if found is None:
+            return None
+        key = (found.resolver, found.protocol)
+        if key not in self.bypass_flows and len(self.bypass_flows) >= MAX_BYPASS_SERIES - 1:
+            key = ("other", found.protocol)
+        self.bypass_flows[key] += 1
+        self._device(device_key(obs.device), obs.ts)
+        how = {"dot": "DNS over TLS", "doq": "DNS over QUIC", "doh": "DNS over HTTPS"}
+        summary = (
+            f"{_device_text(obs.device)} resolves names with {found.resolver} "
+            f"({how.get(found.protocol, 'plain DNS')}, {found.evidence}), not with the "
+            "network's resolvers"
+        )
+        alert = dataclasses.replace(
+            self._alert("dns_bypass", obs.ts, obs.device, obs.dst, summary, 0, obs.flow_uid),
+            severity=cast(Severity, self.cfg.dns_bypass_severity),
+        )
+        return self._emit(alert, found.resolver, None, "")
 
     def _anomaly(
         self,

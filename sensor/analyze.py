@@ -332,6 +332,8 @@ def _analyze(
         stats["detect"] = stages.detector.stats()
     if stages.alerts is not None:
         stats["alerts"] = stages.alerts.stats()
+    if stages.bypass is not None:
+        stats["dns_bypass"] = stages.bypass.stats()
     warnings = [w for f in files for w in f.warnings]
     for f in files:
         for lt in sorted(f.linktypes - SUPPORTED_LINKTYPES):

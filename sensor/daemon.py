@@ -685,6 +685,8 @@ class Daemon:
         stages.devices = self.pipeline.devices
         if stages.alerts is not None:
             stages.alerts.add_listener(self.metrics.observation)
+        if stages.bypass is not None and old.bypass is not None:
+            stages.bypass.resolvers.adopt(old.bypass.resolvers)  # what DHCP handed out
         self.pipeline.retarget(cfg, stages, stages)
         self._note_own_addresses()
         try:
@@ -768,6 +770,8 @@ class Daemon:
             stats["detect"] = self.stages.detector.stats()
         if self.stages.alerts is not None:
             stats["alerts"] = self.stages.alerts.stats()
+        if self.stages.bypass is not None:
+            stats["dns_bypass"] = self.stages.bypass.stats()
         return {
             "ts": now,
             "version": __version__,

@@ -16,7 +16,9 @@ Visibility = Literal["dns", "tls", "quic", "http", "ech", "relay", "none"]
 HTTP Host; hidden behind an ECH cover name; sent into a relay (Private Relay, Tor, VPN); or
 carrying no name at all. A bounded metric label."""
 
-DnsBypassProtocol = Literal["dot", "doq", "doh"]
+DnsBypassProtocol = Literal["dot", "doq", "doh", "dns"]
+"""How a bypassing device reaches its resolver: DNS over TLS, over QUIC, over HTTPS, or plain
+DNS (UDP/TCP 53) to a resolver the network did not hand out."""
 
 # --- identifier vocabulary: spelled once here, the tuples derived --------------------------------
 
@@ -175,6 +177,8 @@ class DhcpMessage:
     """Option 55 (v4) or the option request option 6 (v6)."""
     client_ip: str | None = None
     your_ip: str | None = None
+    dns_servers: tuple[str, ...] = ()
+    """The resolvers a server's message hands out: option 6 (v4), option 23 (v6)."""
 
 
 # --- flows and devices ------------------------------------------------------------------------
@@ -280,9 +284,10 @@ class Observation:
 
     `what` is "identifier" (an identifier in outbound plaintext), "upload" (bytes sent to one
     vendor/provider abroad over a period), "country" (first contact with a country) or
-    "fingerprint" (a TLS client fingerprint new to the device)."""
+    "fingerprint" (a TLS client fingerprint new to the device) or "dns_bypass" (a flow to a
+    resolver the network did not hand out)."""
 
-    what: Literal["identifier", "upload", "country", "fingerprint"]
+    what: Literal["identifier", "upload", "country", "fingerprint", "dns_bypass"]
     ts: float
     device: DeviceRef
     dst: Destination
@@ -301,6 +306,8 @@ class Observation:
     fingerprint: str | None = None
     """what="fingerprint": the JA4 the device showed for the first time (not a secret: it
     names a TLS stack, not a person)."""
+    bypass: DnsBypass | None = None
+    """what="dns_bypass": how, to which resolver, and what showed it."""
 
 
 # --- alert vocabulary: the rules and their severities ------------------------------------------
@@ -340,6 +347,11 @@ RULES: Final[dict[str, Rule]] = {
             "new_fingerprint",
             "info",
             "a device showed a JA4 TLS client fingerprint it never showed before",
+        ),
+        Rule(
+            "dns_bypass",
+            "info",
+            "a device resolves names with a resolver the network did not hand out",
         ),
         Rule("policy_block", "warning", "a policy rule blocked a device's packets"),
         Rule(

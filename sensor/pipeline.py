@@ -24,6 +24,7 @@ from sensor.config import Config
 from sensor.decode import dhcp as dhcp_dec
 from sensor.decode import dns as dns_dec
 from sensor.decode import http as http_dec
+from sensor.decode import ndp
 from sensor.decode import quic as quic_dec
 from sensor.decode import tls as tls_dec
 from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
@@ -455,6 +456,8 @@ class Pipeline:
         if isinstance(ipk, Weird):
             return self._skip(ipk.reason)
         if ipk.proto != TCP and ipk.proto != UDP:
+            if ipk.proto == ndp.ICMPV6:
+                self._icmp6(frame[ipk.l4 : ipk.end], ts)
             return self._skip("ip.not_tcp_udp")
         if ipk.frag_offset:
             # A later fragment: no ports. Count it to the flow its first fragment opened.
@@ -734,6 +737,9 @@ class Pipeline:
             else:
                 flow.server_name = sni
                 flow.name_source = "tls" if source == "tls" else "quic"
+        hook = getattr(self.observer, "client_hello", None)
+        if hook is not None:  # DNS bypass: SNI and ALPN say DoT, DoQ or DoH
+            self._observe(hook, flow, entry.up.last)
 
     def _inspect_udp(
         self, entry: FlowEntry, h: Half, sport: int, dport: int, payload: bytes, ts: float
@@ -821,6 +827,8 @@ class Pipeline:
         if isinstance(msg, Weird):
             self._weird(msg.reason)
             return
+        if msg.dns_servers:
+            self._resolvers_offered(msg.dns_servers, ts)
         mac = msg.client_mac or fallback_mac
         if mac is None or msg.message_type in (2, 5, 6, 7):  # server replies describe no client
             return
@@ -836,6 +844,23 @@ class Pipeline:
         for ip in (msg.requested_ip, msg.client_ip):
             if ip:
                 self._note_device(mac, ip, ts)
+
+    def _icmp6(self, icmp: bytes, ts: float) -> None:
+        """Router Advertisements: the resolvers they hand out (RDNSS)."""
+        got = ndp.parse_ra_resolvers(icmp)
+        if isinstance(got, Weird):
+            self._weird(got.reason)
+        elif got:
+            self._resolvers_offered(got, ts)
+
+    def _resolvers_offered(self, addresses: tuple[str, ...], ts: float) -> None:
+        hook = getattr(self.observer, "resolvers_offered", None)
+        if hook is not None:
+            try:
+                hook(addresses, ts)
+            except Exception:
+                self._weird("internal.observer")
+                log.exception("observer failed")
 
     # --- devices --------------------------------------------------------------------------------
 
@@ -976,6 +1001,9 @@ class Pipeline:
             except (OSError, ValueError):
                 continue
         self.gateway_addresses = frozenset(packed)
+        hook = getattr(self.observer, "gateway_addresses", None)
+        if hook is not None:  # the gateway's resolver is the network's own (DNS bypass)
+            hook(sorted(ip_str(p) for p in packed))
 
     def retarget(self, cfg: Config, sink: FlowSink, observer: Observer) -> None:
         """New configuration and stages (SIGHUP); flows and devices carry over."""

@@ -80,6 +80,9 @@ def flow_record(flow: Flow) -> dict[str, Any]:
         rec["outer_server_name"] = flow.outer_server_name
     if flow.http:
         rec["http"] = [_http_summary(r) for r in flow.http]
+    if flow.dns_bypass is not None:
+        b = flow.dns_bypass
+        rec["dns_bypass"] = {"protocol": b.protocol, "resolver": b.resolver, "evidence": b.evidence}
     for k, v in flow.extra.items():
         rec.setdefault(k, v)
     return rec
@@ -447,6 +450,8 @@ class SummarySink:
         self.devices: dict[str, Device] = {}
         self.alerts: dict[str, list[Alert]] = defaultdict(list)
         self.alerts_dropped = 0
+        self.bypass: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+        """Device -> (protocol, resolver) -> flows that bypassed the network's resolvers."""
 
     def alert(self, alert: Alert) -> None:
         kept = self.alerts[alert.severity]
@@ -460,6 +465,11 @@ class SummarySink:
             return
         dev = flow.device_mac or f"ip {flow.src_ip}"
         x = flow.extra
+        if flow.dns_bypass is not None:
+            seen = self.bypass[dev]
+            pair = (flow.dns_bypass.protocol, flow.dns_bypass.resolver)
+            if pair in seen or len(seen) < MAX_SUMMARY_SERVERS:
+                seen[pair] = seen.get(pair, 0) + 1
         scope = self.scope(flow.dst_ip)
         name = flow.server_name or flow.dst_ip
         if scope is None:
@@ -526,6 +536,7 @@ class SummarySink:
                 f"  {len(servers)} servers, {len(local)} local/broadcast/multicast, "
                 f"{human_bytes(up)} up, {human_bytes(down)} down\n"
             )
+            w(_bypass_lines(self.bypass.get(dev_key, {}), self.devices.get(dev_key)))
             if servers:
                 w(_HEADER)
                 self._rows(servers, "servers", _server_line)
@@ -541,6 +552,23 @@ class SummarySink:
             w("skipped: " + ", ".join(f"{k}={v}" for k, v in skipped.items()) + "\n")
         for warning in stats.get("warnings") or ():
             w(f"warning: {clean(str(warning))}\n")
+
+
+def _bypass_lines(bypass: Mapping[tuple[str, str], int], dev: Device | None) -> str:
+    """A device's DNS bypass and the canary names it asked (docs/ENCRYPTED.md)."""
+    out = ""
+    if bypass:
+        items = sorted(bypass.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(
+            f"{proto} to {resolver} ({n} flow{'s' if n > 1 else ''})"
+            for (proto, resolver), n in items[:8]
+        )
+        more = f", … {len(items) - 8} more" if len(items) > 8 else ""
+        out += f"  DNS bypass: {clean(shown)}{more}\n"
+    canaries = dev.extra.get("dns_canaries") if dev is not None else None
+    if isinstance(canaries, list) and canaries:
+        out += f"  DNS canaries asked: {clean(', '.join(str(c) for c in canaries))}\n"
+    return out
 
 
 def _severity_rank(severity: str) -> int:

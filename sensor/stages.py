@@ -20,7 +20,9 @@ from typing import Protocol
 
 from sensor.alerts import AlertStage
 from sensor.config import Config
+from sensor.detect.bypass import BypassDetector
 from sensor.detect.stage import Detector, load_or_create_key, read_key
+from sensor.enrich import doh
 from sensor.enrich.stage import Enricher
 from sensor.model import Alert, Device, Flow, HttpRequest, Observation
 from sensor.sinks import AlertSink
@@ -58,12 +60,14 @@ class Stages:
         output: Output,
         detector: Detector | None = None,
         alerts: AlertStage | None = None,
+        bypass: BypassDetector | None = None,
     ) -> None:
         self.enricher = enricher
         self.output = output
         self.detector = detector
         self.alerts = alerts
-        """Where the detector's Observations go (None: nowhere, e.g. without a detector)."""
+        """Where the detectors' Observations go (None: nowhere, e.g. without a detector)."""
+        self.bypass = bypass
         self.devices: Mapping[str, Device] = {}
         """The pipeline's device table (set once the pipeline exists)."""
         self.failures = 0
@@ -84,6 +88,8 @@ class Stages:
     # --- FlowSink: ended flows and devices ------------------------------------------------------
 
     def flow(self, flow: Flow) -> None:
+        if self.bypass is not None:  # before the record is written: it carries dns_bypass
+            self.bypass.check(flow, self._device(flow.device_mac), flow.last_seen)
         if self.enricher is not None:
             try:
                 dst = self.enricher.annotate_flow(flow)
@@ -110,8 +116,24 @@ class Stages:
             self._observe(self.detector.http_request(flow, device, req, ts))
 
     def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
+        if self.bypass is not None:
+            self.bypass.dns_query(flow, device, qname, ts)
         if self.detector is not None:
             self._observe(self.detector.dns_query(flow, device, qname, ts))
+
+    def client_hello(self, flow: Flow, device: Device | None, ts: float) -> None:
+        """A flow's TLS or QUIC ClientHello was decoded (its SNI and ALPN are set)."""
+        if self.bypass is not None:
+            self.bypass.check(flow, device, ts)
+
+    def resolvers_offered(self, addresses: tuple[str, ...], ts: float) -> None:
+        """Resolvers the network handed out (DHCP, DHCPv6, Router Advertisements)."""
+        if self.bypass is not None:
+            self.bypass.resolvers_offered(addresses, ts)
+
+    def gateway_addresses(self, addresses: list[str]) -> None:
+        if self.bypass is not None:
+            self.bypass.gateway_addresses(addresses)
 
     def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
         if self.detector is not None:
@@ -169,7 +191,12 @@ def build(
     alerts = AlertStage(cfg.alerts, alert_sinks)
     learned = state / "learned.json" if persistent else None
     detector = Detector(cfg, key, enricher, learned)
-    stages = Stages(enricher, output, detector, alerts)
+    resolvers, errors = doh.load(state / "data")
+    enricher.errors += errors
+    bypass = BypassDetector(
+        cfg.dns_bypass, resolvers, alerts.observe, enricher, cfg.site.lan_networks
+    )
+    stages = Stages(enricher, output, detector, alerts, bypass)
     stages.notes = notes
     stages.key_source = "throwaway" if throwaway else "install"
     return stages

@@ -12,6 +12,7 @@ they agree on what is an error. Every error is a `ConfigError` naming file, key 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import stat
@@ -65,6 +66,7 @@ def validate(cfg: Config) -> None:
     check_identifiers(src, "identifiers", cfg.identifiers.as_mapping(), home)
     for i, dev in enumerate(cfg.devices):
         check_identifiers(src, f"devices[{i}].identifiers", dev.identifiers, home)
+    check_allowed_resolvers(src, cfg.dns_bypass.allowed_resolvers)
     if cfg.update.urls:
         from sensor.update.datafiles import DEFAULT_URLS
 
@@ -74,6 +76,26 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(
                     src, dotted("update.urls", name), f"unknown source (known: {known})"
                 )
+
+
+MAX_RESOLVER_PREFIX: Final = {4: 16, 6: 32}
+"""The widest prefix `dns_bypass.allowed_resolvers` takes per IP version: wider ones would call
+much of the internet the network's own resolver (turn the rule off in alerts.disabled_rules
+instead)."""
+
+
+def check_allowed_resolvers(src: str, resolvers: Sequence[str]) -> None:
+    """Resolver addresses and prefixes (their syntax is config.py's); not whole networks."""
+    for i, text in enumerate(resolvers):
+        net = ipaddress.ip_network(text, strict=False)
+        widest = MAX_RESOLVER_PREFIX[net.version]
+        if net.prefixlen < widest:
+            raise ConfigError(
+                src,
+                f"dns_bypass.allowed_resolvers[{i}]",
+                f"{text} is wider than a /{widest}: list the resolvers' addresses (to stop "
+                'dns_bypass alerts, add "dns_bypass" to alerts.disabled_rules)',
+            )
 
 
 def require_home_country(cfg: Config) -> None:

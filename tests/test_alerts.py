@@ -154,6 +154,7 @@ def test_rules_table() -> None:
         "foreign_upload_anomaly": "warning",
         "new_country": "info",
         "new_fingerprint": "info",
+        "dns_bypass": "info",
         "policy_block": "warning",
         "policy_would_block": "info",
     }

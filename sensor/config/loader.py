@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sensor.config.common import ConfigError, dotted, normalize_mac
+from sensor.config.encrypted import DnsBypassConfig
 from sensor.config.outputs import (
     AlertmanagerConfig,
     AlertsConfig,
@@ -102,6 +103,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     devices: tuple[DeviceConfig, ...] = ()
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dns_bypass: DnsBypassConfig = field(default_factory=DnsBypassConfig)
     source: str = "<defaults>"
 
 
@@ -120,6 +122,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "detect": DetectConfig,
     "daemon": DaemonConfig,
     "metrics": MetricsConfig,
+    "dns_bypass": DnsBypassConfig,
 }
 
 

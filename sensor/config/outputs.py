@@ -61,6 +61,8 @@ class AlertsConfig:
     without new_fingerprint alerts."""
     disabled_rules: tuple[str, ...] = ()
     """Rules that never fire (counted as disabled)."""
+    dns_bypass_severity: str = "info"
+    """Severity of dns_bypass alerts: "info", "warning" or "critical"."""
     max_devices: int = 4096
     """Devices with learning and baseline state; the least recently seen go first."""
     max_contacts: int = 65536
@@ -108,6 +110,8 @@ class AlertsConfig:
             raise ValueError("new_country_learning: must not be negative")
         if not 0 <= self.new_fingerprint_learning <= 365 * 86400:
             raise ValueError("new_fingerprint_learning: must be between 0 and 365 days")
+        if self.dns_bypass_severity not in ("critical", "warning", "info"):
+            raise ValueError('dns_bypass_severity: must be "info", "warning" or "critical"')
         for name in self.disabled_rules:
             if name not in RULES:
                 raise ValueError(f"disabled_rules: unknown rule {name!r}")

@@ -18,10 +18,13 @@ MAGIC = b"\x63\x82\x53\x63"
 MAX_TEXT = 255
 """Longest hostname or vendor class kept; the options cannot be longer unless concatenated."""
 MAX_RELAY_DEPTH = 8
+MAX_DNS_SERVERS = 8
+"""Resolvers kept from one message (the options could list 63 IPv4 or 4,095 IPv6 ones)."""
 """DHCPv6 relay wrappers unwrapped to reach the client's message (the hop limit is 32)."""
 
 _OPT_PAD = 0
 _OPT_END = 255
+_OPT_DNS_SERVERS = 6
 _OPT_HOSTNAME = 12
 _OPT_REQUESTED_IP = 50
 _OPT_OVERLOAD = 52
@@ -39,6 +42,7 @@ _V6_IAADDR = 5
 _V6_ORO = 6
 _V6_RELAY_MSG = 9
 _V6_VENDOR_CLASS = 16
+_V6_DNS_SERVERS = 23
 _V6_FQDN = 39
 _V6_RELAY_FORW = 12
 _V6_RELAY_REPL = 13
@@ -71,6 +75,26 @@ def _v4_addr(raw: bytes) -> str | None:
     if len(raw) != 4 or raw == b"\x00\x00\x00\x00":
         return None
     return str(ipaddress.IPv4Address(raw))
+
+
+def _v4_list(raw: bytes) -> tuple[str, ...]:
+    """A list of IPv4 addresses (option 6), the unspecified address left out."""
+    out: list[str] = []
+    for i in range(0, len(raw) - 3, 4):
+        addr = _v4_addr(raw[i : i + 4])
+        if addr is not None and addr not in out and len(out) < MAX_DNS_SERVERS:
+            out.append(addr)
+    return tuple(out)
+
+
+def _v6_list(raw: bytes) -> tuple[str, ...]:
+    """A list of IPv6 addresses (DHCPv6 option 23, the RA RDNSS option), :: left out."""
+    out: list[str] = []
+    for i in range(0, len(raw) - 15, 16):
+        addr = ipaddress.IPv6Address(raw[i : i + 16])
+        if not addr.is_unspecified and str(addr) not in out and len(out) < MAX_DNS_SERVERS:
+            out.append(str(addr))
+    return tuple(out)
 
 
 def _read_v4_options(data: bytes, off: int, end: int, opts: dict[int, bytearray]) -> Weird | None:
@@ -135,6 +159,7 @@ def parse_dhcp(data: bytes | bytearray | memoryview) -> DhcpMessage | Weird:
     vendor = opts.get(_OPT_VENDOR_CLASS)
     params = opts.get(_OPT_PARAM_LIST)
     hostname_raw = opts.get(_OPT_HOSTNAME)
+    dns = opts.get(_OPT_DNS_SERVERS)
     hostname = _text(bytes(hostname_raw)) if hostname_raw is not None else None
     if hostname is None:
         fqdn = opts.get(_OPT_CLIENT_FQDN)
@@ -152,6 +177,8 @@ def parse_dhcp(data: bytes | bytearray | memoryview) -> DhcpMessage | Weird:
         param_list=tuple(params) if params is not None else (),
         client_ip=_v4_addr(data[12:16]),
         your_ip=_v4_addr(data[16:20]),
+        # Only a server's message hands resolvers out (op 2, BOOTREPLY).
+        dns_servers=_v4_list(bytes(dns)) if dns is not None and op == 2 else (),
     )
 
 
@@ -247,6 +274,7 @@ def parse_dhcpv6(data: bytes | bytearray | memoryview) -> DhcpMessage | Weird:
     fqdn = opts.get(_V6_FQDN)
     ia_na = opts.get(_V6_IA_NA)
     ia_addr = _ia_na_address(ia_na) if ia_na is not None else None
+    dns = opts.get(_V6_DNS_SERVERS)
 
     return DhcpMessage(
         version=6,
@@ -258,4 +286,5 @@ def parse_dhcpv6(data: bytes | bytearray | memoryview) -> DhcpMessage | Weird:
         vendor_class=_vendor_class_text(vendor) if vendor is not None else None,
         param_list=tuple(_U16.unpack_from(oro, i)[0] for i in range(0, len(oro) - 1, 2)),
         your_ip=ia_addr if msg_type in _V6_SERVER_TYPES else None,
+        dns_servers=_v6_list(dns) if dns is not None and msg_type in _V6_SERVER_TYPES else (),
     )

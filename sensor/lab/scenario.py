@@ -118,6 +118,9 @@ def sensor_config(lab: Lab, state_dir: Path, extra: str = "") -> str:
         f'[geo]\noverrides = "{overrides}"\n'
         f'[daemon]\ninterfaces = ["{lab.lan_bridge}"]\nallow_root = true\nuser = ""\n'
         f"conntrack_interval = 1.0\nsnapshot_interval = 0.5\n"
+        # The lab's devices use the WAN resolver their resolv.conf names (no DHCP here): that
+        # is the network's resolver, not a DNS bypass.
+        f'[dns_bypass]\nallowed_resolvers = ["{lab.resolver.ipv4}", "{lab.resolver.ipv6}"]\n'
         f'[[devices]]\nmac = "{lab.devices["xiaomi"].mac}"\nname = "Redmi phone"\n'
         f'kind = "phone"\n' + extra
     )

@@ -1,13 +1,15 @@
 """`phonehome update-data`: fetch the cloud providers' range files, a free IP-to-ASN dataset
 and a domain-owner dataset into `<state_dir>/data/`.
 
-Besides the range files (`cloud.CLOUD_SOURCES`) there are two more sources (`EXTRA_SOURCES`):
+Besides the range files (`cloud.CLOUD_SOURCES`) there are three more sources (`EXTRA_SOURCES`):
 `asn`, iptoasn.com's ip2asn-combined.tsv.gz (public domain; or DB-IP's ASN Lite CSV through
 `[update.urls] asn`, CC BY 4.0 with attribution) for AS numbers without a MaxMind database
-(asn.py), and `owners`, Exodus Privacy's tracker list (ODbL 1.0) naming the company behind
-the hosts of mobile tracking SDKs (party.py). A Disconnect or DuckDuckGo entity list may be
-set as the `owners` URL instead; they are licensed for non-commercial use only, so that is the
-owner's choice, never the default. Both follow the same rules as the range files.
+(asn.py); `owners`, Exodus Privacy's tracker list (ODbL 1.0) naming the company behind the
+hosts of mobile tracking SDKs (party.py); and `doh`, DNSCrypt's list of public DoH resolvers
+(BSD-2-Clause, doh.py), which tells DNS-over-HTTPS from other HTTPS. A Disconnect or
+DuckDuckGo entity list may be set as the `owners` URL instead; they are licensed for
+non-commercial use only, so that is the owner's choice, never the default. All follow the
+same rules as the range files.
 
 Each source (`cloud.CLOUD_SOURCES`) is downloaded with urllib from its default URL or the one
 `[update.urls]` sets, or imported from a local folder (`--from DIR`, for routers without
@@ -52,6 +54,7 @@ from urllib.parse import urljoin, urlsplit
 
 from sensor.config import one_line
 from sensor.enrich import asn as asn_data
+from sensor.enrich import doh
 from sensor.enrich.cloud import CLOUD_SOURCES, CloudSource, identify
 from sensor.enrich.geo import EmbeddedGeo, GeoDataError, geo_cache_dir
 from sensor.enrich.party import MAX_OWNERS, OWNERS_FILE, DomainOwners
@@ -87,6 +90,7 @@ DEFAULT_URLS: Final[Mapping[str, str]] = {
     "huawei": "https://res-static.hc-cdn.cn/cloudbu-site/china/zh-cn/IP-location/google-geo-feed.csv",
     "asn": "https://iptoasn.com/data/ip2asn-combined.tsv.gz",
     "owners": "https://etip.exodus-privacy.eu.org/trackers/export",
+    "doh": "https://download.dnscrypt.info/resolvers-list/v3/public-resolvers.md",
 }
 """Where each source is published (overridable per source in `[update.urls]`)."""
 
@@ -136,6 +140,14 @@ EXTRA_SOURCES: Final[tuple[DataSource, ...]] = (
         (OWNERS_FILE, "trackers.json", "entity_map.json", "disconnect-entitylist.json"),
         MAX_OWNERS,
         "names",
+    ),
+    DataSource(
+        "doh",
+        doh.LIST_FILE,
+        doh.ResolverList.parse,
+        (doh.LIST_FILE, doh.EMBEDDED),
+        doh.MAX_RESOLVERS,
+        "resolvers",
     ),
 )
 Source = CloudSource | DataSource

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 import pytest
@@ -245,3 +246,30 @@ def test_v6_random_option_values_never_raise(opts: list[tuple[int, bytes]]) -> N
     data = b"\x01\x00\x00\x01" + b"".join(v6_option(code, value) for code, value in opts)
     assert isinstance(parse_dhcpv6(data), DhcpMessage | Weird)
     assert isinstance(parse_dhcpv6(dhcpv6_relay_forw(data)), DhcpMessage | Weird)
+
+
+# --- resolvers handed out (issue 16: DNS bypass) --------------------------------------------------
+
+
+def test_ack_hands_out_resolvers() -> None:
+    dns = ipaddress.IPv4Address("192.0.2.1").packed + ipaddress.IPv4Address("192.0.2.2").packed
+    ack = dhcp_request(op=2, msg_type=5, yiaddr="192.0.2.10", extra_opts=[(6, dns)])
+    assert _v4(ack).dns_servers == ("192.0.2.1", "192.0.2.2")
+
+
+def test_client_option_6_is_no_resolver_and_odd_lengths_are_cut() -> None:
+    # A client's message lists what it asks for; only a server's hands resolvers out.
+    dns = ipaddress.IPv4Address("192.0.2.1").packed
+    assert _v4(dhcp_request(extra_opts=[(6, dns)])).dns_servers == ()
+    # A trailing partial address, duplicates and 0.0.0.0 are left out.
+    raw = dns + dns + b"\x00\x00\x00\x00" + b"\xc0\x00"
+    ack = dhcp_request(op=2, msg_type=5, extra_opts=[(6, raw)])
+    assert _v4(ack).dns_servers == ("192.0.2.1",)
+
+
+def test_dhcpv6_reply_hands_out_resolvers() -> None:
+    dns = b"".join(ipaddress.IPv6Address(a).packed for a in ("2001:db8::53", "::"))
+    reply = dhcpv6_solicit(msg_type=7, oro=(), extra_opts=[v6_option(23, dns + b"\x01")])
+    assert _v6(reply).dns_servers == ("2001:db8::53",)
+    solicit = dhcpv6_solicit(extra_opts=[v6_option(23, dns)])
+    assert _v6(solicit).dns_servers == ()

@@ -39,6 +39,7 @@ from sensor.update.datafiles import (
     update,
 )
 from sensor.validate import validate
+from tests.enrich.test_doh import SAMPLE_MD
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
 
@@ -184,6 +185,7 @@ def serve_everything(srv: _Server) -> dict[str, str]:
     srv.serve("/huawei", HUAWEI)
     srv.serve("/asn", IP2ASN)
     srv.serve("/owners", EXODUS)
+    srv.serve("/doh", SAMPLE_MD)
     srv.serve("/dl/ServiceTags_Public_20250721.json", shared_bytes("azure"))
     escaped = f"{srv.base}/dl/ServiceTags_Public_20250721.json".replace("/", "\\/")
     page = (
@@ -209,6 +211,7 @@ def test_update_everything(server: _Server, tmp_path: Path) -> None:
     assert [r.name for r in results] == [s.name for s in ALL_SOURCES]
     assert {r.name: r.status for r in results} == {s.name: "updated" for s in ALL_SOURCES}
     assert (by_name(results)["asn"].records, by_name(results)["owners"].records) == (3, 3)
+    assert by_name(results)["doh"].records == 3
     assert "/dl/ServiceTags_Public_20250714.json" not in server.hits  # the newest link won
 
     data = tmp_path / DATA_SUBDIR

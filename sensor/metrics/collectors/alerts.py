@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sensor.alerts import RULES
 from sensor.detect import placeholders
-from sensor.metrics.cardinality import MAX_REASONS, fold_keys, safe_label
+from sensor.metrics.cardinality import MAX_REASONS, UNKNOWN, fold_keys, safe_label
 from sensor.metrics.families import Carries, Carry, Families, copy_items, gauge
 from sensor.metrics.views import AlertStageView, DetectorView, PipelineView, PushSink
 
@@ -57,7 +58,36 @@ def alert_stage_families(alerts: AlertStats, carries: Carries) -> Families:
     for sink, n in sorted(fold_keys(stats.get("sink_errors") or {}).items()):
         fam.add_metric([safe_label(sink)], carry.value(("sink_errors", sink), n))
     yield fam
+    yield _dns_bypass_family(stats, carry)
     yield from _alertmanager_families(stage, stats, carry)
+
+
+def _is_address(value: object) -> bool:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _dns_bypass_family(stats: Mapping[str, Any], carry: Carry) -> CounterMetricFamily:
+    """DNS-bypass flows by resolver and protocol; the alert stage keeps the pairs bounded
+    (`sensor.alerts.MAX_BYPASS_SERIES`, the rest under "other")."""
+    fam = CounterMetricFamily(
+        "phonehome_dns_bypass_flows",
+        "Flows to a resolver the network did not hand out, by resolver and protocol",
+        labels=["resolver", "protocol"],
+    )
+    bypass: dict[tuple[str, str], float] = {}
+    for resolver, protocol, n in stats.get("dns_bypass_flows") or ():
+        # A server's address is no identifier (safe_label would mask its digits).
+        label = resolver if _is_address(resolver) else safe_label(resolver) or UNKNOWN
+        series = (str(label), safe_label(protocol))
+        n = carry.value(("dns_bypass", resolver, protocol), n)
+        bypass[series] = bypass.get(series, 0.0) + n
+    for labels, n in sorted(bypass.items()):
+        fam.add_metric(list(labels), n)
+    return fam
 
 
 def _alertmanager_families(
