@@ -14,7 +14,7 @@ from sensor.alerts import AlertStage
 from sensor.detect.bypass import BypassDetector, DnsBypassConfig, NetworkResolvers, classify
 from sensor.enrich.doh import embedded
 from sensor.model import Alert, Device, DnsBypass, Flow
-from sensor.synth import Capture, Host, TcpSession, client_hello
+from sensor.lab.synth import Capture, Host, TcpSession, client_hello
 from tests.pipeline_helpers import build, flow_to, run_analyze
 
 DOH = embedded()
@@ -237,24 +237,20 @@ def test_without_dhcp_plain_dns_is_not_judged(tmp_path: Path) -> None:
 
 
 def test_metric_by_resolver_and_protocol_is_bounded() -> None:
-    from types import SimpleNamespace
-
     from prometheus_client.parser import text_string_to_metric_families
 
     from sensor.alerts import MAX_BYPASS_SERIES
-    from sensor.metrics import COLLECTORS, Exporter, MetricsConfig
+    from sensor.metrics import COLLECTORS, Exporter, MetricsConfig, SensorView
 
     alerts = AlertStage()
     det = BypassDetector(DnsBypassConfig(), DOH, alerts.observe)
     det.check(_flow("8.8.8.8", 443, server_name="dns.google", name_source="tls"), None, 1.0)
     for i in range(MAX_BYPASS_SERIES + 10):  # more resolvers than the metric keeps
         det.check(_flow(f"203.0.113.{i}", 853), None, 1.0)
-    sensor = SimpleNamespace(
-        stages=SimpleNamespace(detector=SimpleNamespace(alerts=alerts), enricher=None),
-        pipeline=None,
-    )
     off = tuple(c for c in COLLECTORS if c != "alerts")
-    exporter = Exporter(MetricsConfig(port=0, disabled_collectors=off), sensor)
+    exporter = Exporter(
+        MetricsConfig(port=0, disabled_collectors=off), SensorView(alert_stage=lambda: alerts)
+    )
     try:
         text = exporter.render().decode()
     finally:
