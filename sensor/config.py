@@ -252,6 +252,24 @@ class UpdateConfig:
                 )
 
 
+@dataclass(frozen=True, slots=True)
+class RelaysConfig:
+    vpn_lists: dict[str, str] = field(default_factory=dict)
+    """The owner's VPN endpoint lists: name -> file (one address or prefix a line, "#"
+    comments; or a JSON array). A flow to an address in one is relay "vpn:<name>"."""
+    vpn_protocols: bool = True
+    """Mark flows whose first bytes are a WireGuard or OpenVPN client handshake as relay
+    "vpn" (weaker evidence than a list: any server can speak them)."""
+
+    def validate(self) -> None:
+        for name in self.vpn_lists:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,31}", name):
+                raise ValueError(
+                    f"{dotted('vpn_lists', name)}: a name is 1-32 of a-z, 0-9, '.', '_', '-' "
+                    "(it becomes part of the relay name and a metric label)"
+                )
+
+
 IDENTIFIER_KINDS = (
     "imei",
     "imsi",
@@ -409,6 +427,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     devices: tuple[DeviceConfig, ...] = ()
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    relays: RelaysConfig = field(default_factory=RelaysConfig)
     source: str = "<defaults>"
 
 
@@ -427,6 +446,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "detect": DetectConfig,
     "daemon": DaemonConfig,
     "metrics": MetricsConfig,
+    "relays": RelaysConfig,
 }
 
 

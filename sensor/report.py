@@ -73,6 +73,8 @@ def flow_record(flow: Flow) -> dict[str, Any]:
         rec["alpn"] = list(flow.alpn)
     if flow.quic_version is not None:
         rec["quic_version"] = flow.quic_version
+    if flow.relay is not None:
+        rec["relay"] = flow.relay
     if flow.http:
         rec["http"] = [_http_summary(r) for r in flow.http]
     for k, v in flow.extra.items():

@@ -18,9 +18,11 @@ from typing import Protocol
 from sensor.alerts import AlertStage
 from sensor.config import Config
 from sensor.detect.stage import Detector, load_or_create_key, read_key
+from sensor.enrich.relays import VPN, vpn_protocol
 from sensor.enrich.stage import Enricher
 from sensor.model import Alert, Device, Flow, HttpRequest
 from sensor.sinks import Sink
+from sensor.visibility import account
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class Stages:
         """What the reader of a report should know about how it was made (a throwaway key)."""
         self.key_source = "install"
         """"install" (the daemon's identity key) or "throwaway" (this run only)."""
+        self.vpn_protocols = True
+        """Mark flows that open with a VPN handshake as relay "vpn" (relays.vpn_protocols)."""
 
     def _device(self, mac: str | None) -> Device | None:
         return self.devices.get(mac) if mac else None
@@ -75,6 +79,10 @@ class Stages:
         if self.enricher is not None:
             try:
                 dst = self.enricher.annotate_flow(flow)
+                vis = flow.extra.get("visibility")
+                device = self._device(flow.device_mac)
+                if device is not None and isinstance(vis, str):
+                    account(device, flow, vis)
                 if self.detector is not None:
                     self.detector.flow_end(flow, self._device(flow.device_mac), dst)
             except Exception:  # one broken stage must not lose the flow record
@@ -102,13 +110,18 @@ class Stages:
             self.detector.dns_query(flow, device, qname, ts)
 
     def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
+        if flow.relay is None and self.vpn_protocols:
+            protocol = vpn_protocol(flow.proto, flow.dst_port, data)
+            if protocol is not None:
+                flow.relay = VPN
+                flow.extra["vpn_protocol"] = protocol
         if self.detector is not None:
             self.detector.payload(flow, device, data, ts)
 
     def upload_progress(self, flow: Flow, device: Device | None, new: int, ts: float) -> None:
         """A live flow's upload grew by `new` bytes (conntrack counters)."""
         if self.detector is not None and self.enricher is not None:
-            dst = self.enricher.destination(flow.dst_ip, flow.dst_port, flow.server_name)
+            dst = self.enricher.place(flow)
             self.detector.upload_progress(flow, device, dst, ts)
 
     def tick(self, ts: float) -> None:
@@ -149,5 +162,6 @@ def build(cfg: Config, output: Output, alert_sinks: list[Sink], *, record: bool 
     detector = Detector(cfg, key, alerts, enricher, learned)
     stages = Stages(enricher, output, detector)
     stages.notes = notes
+    stages.vpn_protocols = cfg.relays.vpn_protocols
     stages.key_source = "throwaway" if throwaway else "install"
     return stages

@@ -57,6 +57,14 @@ from sensor.enrich import asn as asn_data
 from sensor.enrich.cloud import CLOUD_SOURCES, CloudSource, identify
 from sensor.enrich.geo import EmbeddedGeo, GeoDataError, geo_cache_dir
 from sensor.enrich.party import MAX_OWNERS, OWNERS_FILE, DomainOwners
+from sensor.enrich.relays import (
+    MAX_TOR_ENDPOINTS,
+    MAX_VPN_ENTRIES,
+    TOR_FILE,
+    VPN_PROTON_FILE,
+    AddressList,
+    TorRelays,
+)
 from sensor.files import write_atomically
 
 if TYPE_CHECKING:
@@ -88,6 +96,10 @@ DEFAULT_URLS: Final[Mapping[str, str]] = {
     "huawei": "https://res-static.hc-cdn.cn/cloudbu-site/china/zh-cn/IP-location/google-geo-feed.csv",
     "asn": "https://iptoasn.com/data/ip2asn-combined.tsv.gz",
     "owners": "https://etip.exodus-privacy.eu.org/trackers/export",
+    "tor": "https://onionoo.torproject.org/details?type=relay&running=true"
+    "&fields=or_addresses,flags,running",
+    "vpn-protonvpn": "https://raw.githubusercontent.com/tn3w/ProtonVPN-IPs/master/"
+    "protonvpn_entry_ips.txt",
 }
 """Where each source is published (overridable per source in `[update.urls]`)."""
 
@@ -137,6 +149,25 @@ EXTRA_SOURCES: Final[tuple[DataSource, ...]] = (
         (OWNERS_FILE, "trackers.json", "entity_map.json", "disconnect-entitylist.json"),
         MAX_OWNERS,
         "names",
+    ),
+    # Relays' ingress (relays.py): the Tor consensus's ORPorts (Onionoo's details of running
+    # relays, or a consensus document; Tor Metrics data, CC0) and ProtonVPN's entry
+    # addresses (tn3w/ProtonVPN-IPs, Apache-2.0).
+    DataSource(
+        "tor",
+        TOR_FILE,
+        TorRelays.parse,
+        (TOR_FILE, "details.json", "consensus", "*-consensus"),
+        MAX_TOR_ENDPOINTS,
+        "ORPorts",
+    ),
+    DataSource(
+        "vpn-protonvpn",
+        VPN_PROTON_FILE,
+        AddressList.parse,
+        (VPN_PROTON_FILE, "protonvpn_entry_ips.txt", "protonvpn_entry_ips.json"),
+        MAX_VPN_ENTRIES,
+        "entries",
     ),
 )
 Source = CloudSource | DataSource
