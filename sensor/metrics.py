@@ -118,6 +118,8 @@ from sensor import __version__
 from sensor.alerts import RULES
 from sensor.detect import placeholders
 from sensor.detect.identifiers import ENCODINGS, KINDS
+from sensor.metrics_visibility import VisibilityCounter, visibility_of
+from sensor.metrics_visibility import family as visibility_family
 from sensor.model import Alert, Flow, Observation
 from sensor.sinks import LogLimiter
 
@@ -548,6 +550,10 @@ class Exporter:
         )
         """(identifier, encoding, dst_country, party) -> [exposures]."""
         self._alerts = Table(1, (None, None), cfg.max_devices, cfg.max_series_per_device)
+        self._visibility = VisibilityCounter(
+            Table(2, (None,), cfg.max_devices, cfg.max_series_per_device)
+        )
+        """(visibility class) -> [bytes up, bytes down] (sensor.metrics_visibility)."""
         """(rule, severity) -> [alerts delivered]."""
         self._live: dict[str, list[Any]] = {}
         """uid -> [bytes up counted, bytes down counted, scrape generation last seen]."""
@@ -598,6 +604,9 @@ class Exporter:
         scrape. Call with the enriched record (the daemon's output sink). Never raises."""
         try:
             labels = self._flow_labels(flow)
+            vis = visibility_of(
+                getattr(getattr(self.sensor, "stages", None), "enricher", None), flow
+            )
             dev = flow.device_mac or ""
             up, down = flow.bytes_up, flow.bytes_down
             with self._lock:
@@ -606,10 +615,12 @@ class Exporter:
                 seen = self._live.pop(flow.uid, None)
                 if seen is None:
                     self._traffic.add(dev, labels, (up, down, 1), up + down)
+                    self._visibility.add(dev, vis, up, down)
                 else:
                     du, dd = max(0, up - seen[0]), max(0, down - seen[1])
                     if du or dd:
                         self._traffic.add(dev, labels, (du, dd, 0), du + dd)
+                        self._visibility.add(dev, vis, du, dd)
         except Exception as exc:
             self._limiter.warning("flow_ended", "metrics: counting an ended flow failed: %r", exc)
 
@@ -865,7 +876,8 @@ class Exporter:
         self._settle_live()
         with self._lock:
             rows = self._traffic.snapshot()
-        names = self._device_labels({d for d, _, _ in rows})
+            vis_rows = self._visibility.snapshot()
+        names = self._device_labels({d for d, _, _ in rows} | {d for d, _, _ in vis_rows})
         labels = ["device", "party", "provider", "cloud_region", "dst_country"]
         up = CounterMetricFamily(
             "phonehome_upload_bytes",
@@ -894,6 +906,7 @@ class Exporter:
         for fkey, n in flows.items():
             fam.add_metric(list(fkey), n)
         yield fam
+        yield visibility_family(vis_rows, names)
         yield _gauge(
             "phonehome_metrics_tracked_flows",
             "Live flows whose counted bytes the exporter remembers",
@@ -1412,13 +1425,15 @@ class Exporter:
                     ended = self._ended_during or set()
                     live = self._live
                     add = self._traffic.add
-                    for uid, dev, labels, up, down in rows[i : i + APPLY_SLICE]:
+                    add_vis = self._visibility.add
+                    for uid, dev, labels, up, down, vis in rows[i : i + APPLY_SLICE]:
                         if uid in ended:
                             continue
                         seen = live.get(uid)
                         if seen is None:
                             live[uid] = [up, down, gen]
                             add(dev, labels, (up, down, 1), up + down)
+                            add_vis(dev, vis, up, down)
                             continue
                         du, dd = up - seen[0], down - seen[1]
                         seen[2] = gen
@@ -1427,6 +1442,7 @@ class Exporter:
                             seen[0] += du
                             seen[1] += dd
                             add(dev, labels, (du, dd, 0), du + dd)
+                            add_vis(dev, vis, du, dd)
         finally:
             with self._lock:
                 self._ended_during = None
@@ -1442,7 +1458,7 @@ class Exporter:
 
     def _read_live(
         self, pipeline: Any, gen: int
-    ) -> list[tuple[str, str, tuple[str, ...], int, int]]:
+    ) -> list[tuple[str, str, tuple[str, ...], int, int, str | None]]:
         """(uid, device, labels, bytes up, bytes down) of the live flows that sent something
         since they were last counted; the others are only marked as still live."""
         entries = _copy_values(pipeline.flows.entries)
@@ -1453,7 +1469,7 @@ class Exporter:
             self._dest_owner = enricher
         resolve = self._dest_labels
         live = self._live  # read without the lock: dict.get is atomic; only this thread adds
-        out: list[tuple[str, str, tuple[str, ...], int, int]] = []
+        out: list[tuple[str, str, tuple[str, ...], int, int, str | None]] = []
         append = out.append
         for e in entries:
             f = e.flow
@@ -1462,9 +1478,9 @@ class Exporter:
             if seen is not None and seen[0] == up and seen[1] == down:
                 seen[2] = gen
                 continue
-            append(
-                (f.uid, f.device_mac or "", resolve(enricher, f.dst_ip, f.server_name), up, down)
-            )
+            vis = visibility_of(enricher, f)
+            name = None if vis == "relay" else f.server_name  # a relay's name is no party
+            append((f.uid, f.device_mac or "", resolve(enricher, f.dst_ip, name), up, down, vis))
         return out
 
     def _dest_labels(self, enricher: Any, ip: str, name: str | None) -> tuple[str, str, str, str]:
