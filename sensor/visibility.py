@@ -7,7 +7,7 @@
 2. ``ech``: the hello carried Encrypted Client Hello and no DNS answer named the flow (its
    outer name is a cover, never the destination);
 3. the flow's name source: ``dns``, ``tls`` (SNI), ``quic`` (SNI of an Initial), ``http``
-   (Host);
+   (Host); a plain DNS exchange (to port 53) is ``dns`` too: its questions are in the clear;
 4. ``none``: no name at all.
 
 Traffic that stays on the LAN (or goes to multicast/broadcast) is not about where data goes
@@ -25,6 +25,7 @@ from sensor.model import Device, Flow, Visibility
 
 VISIBILITIES: Final[tuple[Visibility, ...]] = get_args(Visibility)
 """Every class, in the order dashboards show them."""
+DNS_PORT: Final = 53
 MAX_RELAYS_PER_DEVICE: Final = 32
 """Relay names kept per device record; more fold into "other" (names come from config and
 data, so this is only a bound)."""
@@ -38,6 +39,8 @@ def classify(flow: Flow) -> Visibility:
         return "ech"
     if flow.server_name and flow.name_source is not None:
         return flow.name_source
+    if flow.dst_port == DNS_PORT:
+        return "dns"
     return "none"
 
 

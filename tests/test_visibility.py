@@ -19,6 +19,8 @@ def flow(**kw: object) -> Flow:
     ("fields", "expected"),
     [
         ({}, "none"),
+        ({"dst_port": 53, "proto": "udp"}, "dns"),  # a plain DNS exchange: questions in clear
+        ({"dst_port": 853}, "none"),  # DNS over TLS says nothing
         ({"server_name": "a.example", "name_source": "dns"}, "dns"),
         ({"server_name": "a.example", "name_source": "tls"}, "tls"),
         ({"server_name": "a.example", "name_source": "quic"}, "quic"),
