@@ -459,7 +459,8 @@ class SummarySink:
         scope = self.scope(flow.dst_ip)
         name = flow.server_name or flow.dst_ip
         if scope is None:
-            party = str(x.get("party") or "-")  # no name: no party, the host column speaks
+            # no name: no party, the host column speaks; into a relay: the relay, never its name
+            party = str(x.get("party") or (_relay_text(flow.relay) if flow.relay else "-"))
             key: _Key = (str(x.get("country") or "--"), _host(x), party, name)
             table = self.usage[dev]
         else:
@@ -520,7 +521,8 @@ class SummarySink:
             w("\n" + c.bold(_device_title(dev_key, self.devices.get(dev_key))) + "\n")
             w(
                 f"  {len(servers)} servers, {len(local)} local/broadcast/multicast, "
-                f"{human_bytes(up)} up, {human_bytes(down)} down\n"
+                f"{human_bytes(up)} up, {human_bytes(down)} down"
+                f"{_hidden_text(self.devices.get(dev_key))}\n"
             )
             if servers:
                 w(_HEADER)
@@ -537,6 +539,38 @@ class SummarySink:
             w("skipped: " + ", ".join(f"{k}={v}" for k, v in skipped.items()) + "\n")
         for warning in stats.get("warnings") or ():
             w(f"warning: {clean(str(warning))}\n")
+
+
+def _relay_text(relay: str) -> str:
+    """A relay as the party column shows it: "(Private Relay)", "(Tor)", "(VPN office)"."""
+    if relay == "icloud-private-relay":
+        return "(Private Relay)"
+    if relay == "tor":
+        return "(Tor)"
+    return "(VPN" + (f" {relay[4:]})" if relay.startswith("vpn:") else ")")
+
+
+def _hidden_text(dev: Device | None) -> str:
+    """", 1.2 MB through relays (tor), 3 kB without a name": what the sensor could not see
+    of a device's traffic (the device record's visibility_bytes, docs/ENCRYPTED.md)."""
+    vis = dev.extra.get("visibility_bytes") if dev is not None else None
+    if not isinstance(vis, dict):
+        return ""
+
+    def both(cls: str) -> int:
+        cell = vis.get(cls)
+        return int(cell["up"] + cell["down"]) if isinstance(cell, dict) else 0
+
+    out = ""
+    relays = dev.extra.get("relay_bytes") if dev is not None else None
+    if both("relay"):
+        names = ", ".join(sorted(relays)) if isinstance(relays, dict) else ""
+        out += f", {human_bytes(both('relay'))} through relays ({names})"
+    if both("ech"):
+        out += f", {human_bytes(both('ech'))} hidden by ECH"
+    if both("none"):
+        out += f", {human_bytes(both('none'))} without a name"
+    return out
 
 
 def _severity_rank(severity: str) -> int:

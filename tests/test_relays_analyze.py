@@ -106,3 +106,20 @@ def test_without_fetched_lists_the_authorities_stand_in(tmp_path: Path) -> None:
     flows, _, _, _ = run_analyze(pcap, config=config(tmp_path, tmp_path / "empty"))
     assert flow_to(flows, *AUTHORITY)["relay"] == "tor"
     assert "relay" not in flow_to(flows, TOR_GUARD, TOR_GUARD_PORT)
+
+
+def test_text_summary_says_what_was_hidden(tmp_path: Path) -> None:
+    import io
+
+    from sensor.analyze import analyze
+
+    state = tmp_path / "state"
+    (state / "data").mkdir(parents=True)
+    (state / "data" / TOR_FILE).write_bytes(ONIONOO)
+    pcap = build(tmp_path / "r.pcap", scenario)
+    out, err = io.StringIO(), io.StringIO()
+    assert analyze([str(pcap)], config_path=str(config(tmp_path, state)), out=out, err=err) == 0
+    text = out.getvalue()
+    assert "through relays (icloud-private-relay)" in text
+    assert "through relays (tor, vpn), " in text and "without a name" in text
+    assert "(Private Relay)" in text and "(Tor)" in text and "(VPN)" in text
