@@ -551,8 +551,8 @@ def _relay_text(relay: str) -> str:
 
 
 def _hidden_text(dev: Device | None) -> str:
-    """", 1.2 MB through relays (tor), 3 kB without a name": what the sensor could not see
-    of a device's traffic (the device record's visibility_bytes, docs/ENCRYPTED.md)."""
+    """What the sensor could not see of a device's traffic, e.g. ", 1.2 MB through relays (tor),
+    3 kB without a name" (the device record's visibility_bytes, docs/ENCRYPTED.md)."""
     vis = dev.extra.get("visibility_bytes") if dev is not None else None
     if not isinstance(vis, dict):
         return ""
