@@ -9,7 +9,8 @@ prefixes each, all made up in documentation-like space. Then prints, per flow:
 - `RelayMatcher.match` uncached (every destination new) and cached (the exporter asks again
   for every live flow at each scrape);
 - `Enricher.visibility` (site locality + relay + class), what the exporter runs per live flow
-  that changed since the last scrape, on destinations that repeat as traffic does (1 in 8).
+  that changed since the last scrape, on destinations that repeat as traffic does (1 in 8):
+  the first pass (every server new to the caches) and the next (a running daemon).
 """
 
 from __future__ import annotations
@@ -71,12 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"relay match: {first:.2f} us/flow uncached, {cached:.2f} us/flow cached")
 
     local = Locality(("192.168.0.0/16", "fd00::/8"))
-    t = time.perf_counter()
-    for f in flows:
-        if not local(f.dst_ip):
-            classify(f) if matcher.match(f) is None else "relay"
-    vis = (time.perf_counter() - t) / len(flows) * 1e6
-    print(f"visibility (locality + relay + class): {vis:.2f} us/flow")
+
+    def classify_all() -> float:
+        t = time.perf_counter()
+        for f in flows:
+            if not local(f.dst_ip):
+                classify(f) if matcher.match(f) is None else "relay"
+        return (time.perf_counter() - t) / len(flows) * 1e6
+
+    cold = classify_all()
+    vis = classify_all()
+    print(f"visibility (locality + relay + class): {cold:.2f} us/flow first, {vis:.2f} warm")
     print(f"10,000 live flows changed since the last scrape: {vis * 10_000 / 1000:.1f} ms a scrape")
     return 0
 
