@@ -26,6 +26,8 @@ from sensor.model import Device, Flow, Visibility
 VISIBILITIES: Final[tuple[Visibility, ...]] = get_args(Visibility)
 """Every class, in the order dashboards show them."""
 DNS_PORT: Final = 53
+LOCALITY_CACHE: Final = 16_384
+"""Addresses whose locality is remembered; all are forgotten when it is full."""
 MAX_RELAYS_PER_DEVICE: Final = 32
 """Relay names kept per device record; more fold into "other" (names come from config and
 data, so this is only a bound)."""
@@ -68,7 +70,7 @@ class Locality:
             or ip == "255.255.255.255"
             or self._in_lan(addr)
         )
-        if len(self._cache) >= 65536:
+        if len(self._cache) >= LOCALITY_CACHE:
             self._cache.clear()
         self._cache[ip] = local
         return local

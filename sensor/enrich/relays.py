@@ -54,7 +54,7 @@ FETCHED_VPN_LISTS: Final[Mapping[str, str]] = {"protonvpn": VPN_PROTON_FILE}
 MAX_TOR_ENDPOINTS: Final = 100_000
 """ORPorts one Tor list may hold (the network has about 8,000 relays, ~10,000 ORPorts)."""
 MAX_VPN_ENTRIES: Final = 500_000
-MATCH_CACHE: Final = 65_536
+MATCH_CACHE: Final = 16_384
 """(address, port, name) verdicts remembered; all are forgotten when it is full."""
 """Addresses and prefixes one VPN list may hold."""
 VPN_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
