@@ -45,13 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         for i in range(2)
     }
-    servers = [_addr(rng) for _ in range(max(1, args.flows // 8))]
-    flows = [
-        Flow(f"F{i}", "tcp", "192.168.1.2", 40000, rng.choice(servers), 443, None, 0.0, 0.0,
-             server_name=rng.choice((None, "api.example.com", "mask.icloud.com")),
-             name_source="tls")
-        for i in range(args.flows)
-    ]  # fmt: skip
+    # A server is reached under one name or none; one in thirty is Private Relay's ingress.
+    servers = [
+        (
+            _addr(rng),
+            rng.choice((None, f"api{n}.example.com", "mask.icloud.com")[: 2 + (n % 10 == 0)]),
+        )
+        for n in range(max(1, args.flows // 8))
+    ]
+    flows = []
+    for i in range(args.flows):
+        ip, name = rng.choice(servers)
+        flows.append(Flow(f"F{i}", "tcp", "192.168.1.2", 40000, ip, 443, None, 0.0, 0.0,
+                          server_name=name, name_source="tls" if name else None))  # fmt: skip
     print(f"== relays and visibility: {args.flows} flows, {len(servers)} servers ==")
     print(f"tor ORPorts {len(tor)}, VPN lists 2 x {args.vpn_entries} entries")
 
