@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 from sensor.enrich.relays import TOR_FILE
 from sensor.flows import FlowEntry
 from sensor.synth import LAPTOP, PHONE
 from sensor.visibility import classify
+from tests import test_dashboards
 from tests.pipeline_helpers import build
 from tests.relay_fixtures import ONIONOO, TOR_GUARD
+from tests.test_dashboards import Prometheus
 from tests.test_metrics import FakeSensor, Wired, assert_monotonic, home_config, parse, total
 from tests.test_relays_analyze import BARE_IP, PLAIN_IP, RELAY_IP, WG_IP, scenario
 
@@ -101,3 +104,33 @@ def test_class_changes_mid_flow_count_each_byte_once() -> None:
     assert {v for (n, labels), v in final.items() if n == NAME} and all(
         dict(labels)["visibility"] in {"none", "tls", "relay"} for (n, labels) in final if n == NAME
     )
+
+
+live = test_dashboards.live
+"""A real Prometheus scraping an exporter over TLS (the dashboard tests' fixture)."""
+
+
+def test_shares_in_a_real_prometheus(live: tuple[Wired, Prometheus, SimpleNamespace]) -> None:
+    """The recording rules on a real Prometheus scraping the exporter: the phone's only traffic
+    beyond the site goes into Private Relay (hidden share 1), the laptop's partly."""
+    w, prom, ctl = live
+    tmp: Path = ctl.tmp
+    w.feed(build(tmp / "first.pcap", scenario))
+    prom.wait_ready()
+    sel = '{job="phonehome"}'
+    prom.wait_for(f"count_over_time({NAME}{sel}[1m])", 2)
+    before = float(w.pipeline.packets_read)
+    w.feed(build(tmp / "second.pcap", scenario, start=1_700_000_600.0))  # the counters grow
+    prom.wait_for(f"phonehome_packets_read_total{sel}", float(w.pipeline.packets_read))
+    assert w.pipeline.packets_read > before
+    share = 'phonehome:device_visibility_bytes:share1h{device="Redmi phone", visibility="relay"}'
+    prom.wait_for(share, 1.0)
+    hidden = "phonehome:device_hidden_bytes:share1h"
+    prom.wait_for(f'{hidden}{{device="Redmi phone"}}', 1.0)
+    laptop = prom.value(f'{hidden}{{device="{LAPTOP.mac}"}}')
+    assert laptop is not None and 0 < laptop < 1
+    classes = {
+        r["metric"]["visibility"]
+        for r in prom.query(f'phonehome:device_visibility_bytes:share1h{{device="{LAPTOP.mac}"}}')
+    }
+    assert classes == {"tls", "none", "relay"}  # www.example.com; 203.0.113.5; WireGuard
