@@ -264,6 +264,8 @@ def _text_items(data: bytes) -> list[tuple[str, str]]:
         item = line.split("#", 1)[0].strip()
         if item:
             out.append((f"line {n}", item))
+            if len(out) > MAX_VPN_ENTRIES:  # before parsing: parsing is what costs memory
+                raise RelayDataError(f"more than {MAX_VPN_ENTRIES} entries")
     return out
 
 
@@ -272,6 +274,10 @@ def _json_items(data: bytes) -> list[tuple[str, str]]:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise RelayDataError(f"not JSON: {exc}") from None
+    if not isinstance(doc, list):
+        raise RelayDataError("expected a JSON array")
+    if len(doc) > MAX_VPN_ENTRIES:
+        raise RelayDataError(f"more than {MAX_VPN_ENTRIES} entries")
     out = []
     for i, v in enumerate(doc):
         if isinstance(v, str):

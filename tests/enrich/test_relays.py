@@ -149,3 +149,20 @@ def test_vpn_handshake_shapes() -> None:
     tcp = (len(reset) + 2).to_bytes(2, "big") + reset + bytes(2)
     assert vpn_protocol("tcp", 443, tcp) == "openvpn"
     assert vpn_protocol("tcp", 443, b"\x16\x03\x01" + bytes(40)) is None
+
+
+def test_oversized_lists_are_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sensor.enrich import relays
+
+    monkeypatch.setattr(relays, "MAX_VPN_ENTRIES", 100)
+    monkeypatch.setattr(relays, "MAX_TOR_ENDPOINTS", 2)
+    with pytest.raises(RelayDataError, match="more than 100 entries"):
+        AddressList.parse(b"192.0.2.1\n" * 101)
+    with pytest.raises(RelayDataError, match="more than 100 entries"):
+        AddressList.parse(json.dumps(["192.0.2.1"] * 101).encode())
+    with pytest.raises(RelayDataError, match="not JSON"):
+        AddressList.parse(b'["192.0.2.1"')  # cut short
+    with pytest.raises(RelayDataError, match="more than 2 ORPorts"):
+        TorRelays.parse(ONIONOO)
+    with pytest.raises(RelayDataError, match="more than 2 ORPorts"):
+        TorRelays.parse(CONSENSUS)
