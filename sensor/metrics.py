@@ -550,11 +550,11 @@ class Exporter:
         )
         """(identifier, encoding, dst_country, party) -> [exposures]."""
         self._alerts = Table(1, (None, None), cfg.max_devices, cfg.max_series_per_device)
+        """(rule, severity) -> [alerts delivered]."""
         self._visibility = VisibilityCounter(
             Table(2, (None,), cfg.max_devices, cfg.max_series_per_device)
         )
         """(visibility class) -> [bytes up, bytes down] (sensor.metrics_visibility)."""
-        """(rule, severity) -> [alerts delivered]."""
         self._live: dict[str, list[Any]] = {}
         """uid -> [bytes up counted, bytes down counted, scrape generation last seen]."""
         self._ended_during: set[str] | None = None
@@ -1459,8 +1459,9 @@ class Exporter:
     def _read_live(
         self, pipeline: Any, gen: int
     ) -> list[tuple[str, str, tuple[str, ...], int, int, str | None]]:
-        """(uid, device, labels, bytes up, bytes down) of the live flows that sent something
-        since they were last counted; the others are only marked as still live."""
+        """(uid, device, labels, bytes up, bytes down, visibility class) of the live flows that
+        sent something since they were last counted; the others are only marked as still
+        live."""
         entries = _copy_values(pipeline.flows.entries)
         stages = getattr(self.sensor, "stages", None)
         enricher = getattr(stages, "enricher", None)
