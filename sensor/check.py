@@ -94,7 +94,8 @@ def _check_data(cfg: Config, out: TextIO, now: float) -> int:
     try:
         from sensor.enrich.stage import Enricher
 
-        status = Enricher.load(cfg).status()
+        enricher = Enricher.load(cfg)
+        status = enricher.status()
         write(f"  geo: {'; '.join(status.geo)}\n")
         for line in geo_age_lines(status.geo, now):
             write(f"  {line}\n")
@@ -102,6 +103,7 @@ def _check_data(cfg: Config, out: TextIO, now: float) -> int:
             f"  cloud: {', '.join(status.cloud_sources) or 'none'} "
             f"({status.cloud_prefixes} prefixes)\n"
         )
+        write(f"  relays: {'; '.join(enricher.relays.describe())}\n")
         for err in status.errors:
             write(f"  data error: {err}\n")
             problems += 1

@@ -757,9 +757,12 @@ class Daemon:
         # The most recently active flows only: under a flood the table holds hundreds of
         # thousands, and records (with their enrichment) are built for the few written.
         recent = heapq.nlargest(MAX_SNAPSHOT_FLOWS, p.flows.entries.values(), key=_last_seen)
-        live = [flow_record(e.sync()) for e in recent]
-        for rec in live:
-            rec.update(_destination_fields(self.stages, rec))
+        live = []
+        for e in recent:
+            flow = e.sync()
+            rec = flow_record(flow)
+            rec.update(_destination_fields(self.stages, flow))
+            live.append(rec)
         stats: dict[str, Any] = dict(p.stats())
         stats["source"] = self.source.stats() if self.source is not None else {}
         if self.conntrack is not None:
@@ -857,13 +860,22 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _last_seen = operator.attrgetter("last_seen")
 
 
-def _destination_fields(stages: Stages, rec: dict[str, Any]) -> dict[str, Any]:
-    if stages.enricher is None:
+def _destination_fields(stages: Stages, flow: Flow) -> dict[str, Any]:
+    """What enrichment will write into a live flow's record when it ends: the destination, and
+    the relay and visibility class as they stand now."""
+    enricher = stages.enricher
+    if enricher is None:
         return {}
     from sensor.enrich.stage import destination_fields
 
-    d = stages.enricher.destination(rec["dst_ip"], rec["dst_port"], rec["server_name"])
-    return destination_fields(d)
+    fields = destination_fields(enricher.place(flow))
+    relay = flow.relay or enricher.relays.match(flow)
+    if relay is not None:
+        fields["relay"] = relay
+    vis = enricher.visibility(flow)
+    if vis is not None:
+        fields["visibility"] = vis
+    return fields
 
 
 def main(config_path: str | None) -> int:

@@ -78,6 +78,8 @@ def flow_record(flow: Flow) -> dict[str, Any]:
     if flow.ech:
         rec["ech"] = True
         rec["outer_server_name"] = flow.outer_server_name
+    if flow.relay is not None:
+        rec["relay"] = flow.relay
     if flow.http:
         rec["http"] = [_http_summary(r) for r in flow.http]
     if flow.dns_bypass is not None:
@@ -473,7 +475,8 @@ class SummarySink:
         scope = self.scope(flow.dst_ip)
         name = flow.server_name or flow.dst_ip
         if scope is None:
-            party = str(x.get("party") or "-")  # no name: no party, the host column speaks
+            # no name: no party, the host column speaks; into a relay: the relay, never its name
+            party = str(x.get("party") or (_relay_text(flow.relay) if flow.relay else "-"))
             key: _Key = (str(x.get("country") or "--"), _host(x), party, name)
             table = self.usage[dev]
         else:
@@ -534,7 +537,8 @@ class SummarySink:
             w("\n" + c.bold(_device_title(dev_key, self.devices.get(dev_key))) + "\n")
             w(
                 f"  {len(servers)} servers, {len(local)} local/broadcast/multicast, "
-                f"{human_bytes(up)} up, {human_bytes(down)} down\n"
+                f"{human_bytes(up)} up, {human_bytes(down)} down"
+                f"{_hidden_text(self.devices.get(dev_key))}\n"
             )
             w(_bypass_lines(self.bypass.get(dev_key, {}), self.devices.get(dev_key)))
             if servers:
@@ -568,6 +572,38 @@ def _bypass_lines(bypass: Mapping[tuple[str, str], int], dev: Device | None) -> 
     canaries = dev.extra.get("dns_canaries") if dev is not None else None
     if isinstance(canaries, list) and canaries:
         out += f"  DNS canaries asked: {clean(', '.join(str(c) for c in canaries))}\n"
+    return out
+
+
+def _relay_text(relay: str) -> str:
+    """A relay as the party column shows it: "(Private Relay)", "(Tor)", "(VPN office)"."""
+    if relay == "icloud-private-relay":
+        return "(Private Relay)"
+    if relay == "tor":
+        return "(Tor)"
+    return "(VPN" + (f" {relay[4:]})" if relay.startswith("vpn:") else ")")
+
+
+def _hidden_text(dev: Device | None) -> str:
+    """What the sensor could not see of a device's traffic, e.g. ", 1.2 MB through relays (tor),
+    3 kB without a name" (the device record's visibility_bytes, docs/ENCRYPTED.md)."""
+    vis = dev.extra.get("visibility_bytes") if dev is not None else None
+    if not isinstance(vis, dict):
+        return ""
+
+    def both(cls: str) -> int:
+        cell = vis.get(cls)
+        return int(cell["up"] + cell["down"]) if isinstance(cell, dict) else 0
+
+    out = ""
+    relays = dev.extra.get("relay_bytes") if dev is not None else None
+    if both("relay"):
+        names = ", ".join(sorted(relays)) if isinstance(relays, dict) else ""
+        out += f", {human_bytes(both('relay'))} through relays ({names})"
+    if both("ech"):
+        out += f", {human_bytes(both('ech'))} hidden by ECH"
+    if both("none"):
+        out += f", {human_bytes(both('none'))} without a name"
     return out
 
 

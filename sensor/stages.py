@@ -23,9 +23,11 @@ from sensor.config import Config
 from sensor.detect.bypass import BypassDetector
 from sensor.detect.stage import Detector, load_or_create_key, read_key
 from sensor.enrich import doh
+from sensor.enrich.relays import VPN, vpn_protocol
 from sensor.enrich.stage import Enricher
 from sensor.model import Alert, Device, Flow, HttpRequest, Observation
 from sensor.sinks import AlertSink
+from sensor.visibility import account
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class Stages:
         """What the reader of a report should know about how it was made (a throwaway key)."""
         self.key_source = "install"
         """"install" (the daemon's identity key) or "throwaway" (this run only)."""
+        self.vpn_protocols = True
+        """Mark flows that open with a VPN handshake as relay "vpn" (relays.vpn_protocols)."""
 
     def _device(self, mac: str | None) -> Device | None:
         return self.devices.get(mac) if mac else None
@@ -93,6 +97,10 @@ class Stages:
         if self.enricher is not None:
             try:
                 dst = self.enricher.annotate_flow(flow)
+                vis = flow.extra.get("visibility")
+                device = self._device(flow.device_mac)
+                if device is not None and isinstance(vis, str):
+                    account(device, flow, vis)
                 if self.detector is not None:
                     self._observe(self.detector.flow_end(flow, self._device(flow.device_mac), dst))
             except Exception:  # one broken stage must not lose the flow record
@@ -136,13 +144,18 @@ class Stages:
             self.bypass.gateway_addresses(addresses)
 
     def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
+        if flow.relay is None and self.vpn_protocols:
+            protocol = vpn_protocol(flow.proto, flow.dst_port, data)
+            if protocol is not None:
+                flow.relay = VPN
+                flow.extra["vpn_protocol"] = protocol
         if self.detector is not None:
             self._observe(self.detector.payload(flow, device, data, ts))
 
     def upload_progress(self, flow: Flow, device: Device | None, new: int, ts: float) -> None:
         """A live flow's upload grew by `new` bytes (conntrack counters)."""
         if self.detector is not None and self.enricher is not None:
-            dst = self.enricher.destination(flow.dst_ip, flow.dst_port, flow.server_name)
+            dst = self.enricher.place(flow)
             self._observe(self.detector.upload_progress(flow, device, dst, ts))
 
     def fingerprint(self, flow: Flow, device: Device | None, ja4: str, ts: float) -> None:
@@ -198,5 +211,6 @@ def build(
     )
     stages = Stages(enricher, output, detector, alerts, bypass)
     stages.notes = notes
+    stages.vpn_protocols = cfg.relays.vpn_protocols
     stages.key_source = "throwaway" if throwaway else "install"
     return stages

@@ -246,6 +246,15 @@ def check_files(cfg: Config, *, metrics_files: bool = True) -> None:
         except GeoDataError as exc:
             raise ConfigError(src, "geo.overrides", str(exc)) from None
     _check_key_file(cfg, state)
+    for name, path in cfg.relays.vpn_lists.items():
+        from sensor.enrich.relays import AddressList, RelayDataError
+
+        key = dotted("relays.vpn_lists", name)
+        _existing_file(src, key, path)
+        try:
+            AddressList.parse(Path(path).read_bytes())
+        except (OSError, RelayDataError) as exc:
+            raise ConfigError(src, key, f"{path}: {exc}") from None
     log_path = cfg.eventlog.path
     if cfg.eventlog.enabled and log_path is not None:
         _creatable_file(src, "eventlog.path", log_path)

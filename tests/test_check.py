@@ -108,3 +108,23 @@ def test_root_check_ok_exits_0(tmp_path: Path) -> None:
     proc = _cmd(["check", "--config", str(cfg)], ["unshare", "--net"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.endswith("result: OK\n")
+
+
+def test_check_shows_the_relay_lists(tmp_path: Path) -> None:
+    from sensor.enrich.relays import TOR_FILE
+    from tests.relay_fixtures import ONIONOO
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[site]\nhome_country = 'DE'\n[paths]\nstate_dir = '{tmp_path}/state'\n")
+    out = io.StringIO()
+    check(str(cfg), out)
+    assert "  relays: tor: 14 ORPorts (embedded, 0 guards)\n" in out.getvalue()
+    (tmp_path / "state" / "data").mkdir(parents=True)
+    (tmp_path / "state" / "data" / TOR_FILE).write_bytes(ONIONOO)
+    out = io.StringIO()
+    check(str(cfg), out)
+    assert "  relays: tor: 3 ORPorts (onionoo, 1 guards)\n" in out.getvalue()
+    (tmp_path / "state" / "data" / TOR_FILE).write_bytes(b"{}")
+    out = io.StringIO()
+    check(str(cfg), out)
+    assert "data error: tor relays:" in out.getvalue()

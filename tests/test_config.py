@@ -940,3 +940,23 @@ def test_alertmanager_urls(tmp_path: Path) -> None:
     assert err.key == "alertmanager.urls[1]"
     err = error(tmp_path, "[alertmanager]\nurls = 'http://a:1'\n")
     assert err.key == "alertmanager.urls" and "expected a list" in err.reason
+
+
+def test_relays_section(tmp_path: Path) -> None:
+    good = tmp_path / "office.txt"
+    good.write_text("# the office's VPN concentrator\n192.0.2.200\n2001:db8:5::/48\n")
+    cfg = files_config(tmp_path, f"[relays]\nvpn_lists = {{ office = '{good}' }}\n")
+    check_files(cfg)
+    assert cfg.relays.vpn_lists == {"office": str(good)} and cfg.relays.vpn_protocols
+    bad = tmp_path / "bad.txt"
+    bad.write_text("192.0.2.200\nvpn.example.com\n")
+    err = files_error(tmp_path, f"[relays]\nvpn_lists = {{ office = '{bad}' }}\n")
+    assert err.key == "relays.vpn_lists.office" and "line 2: not an address" in err.reason
+    err = files_error(tmp_path, f"[relays]\nvpn_lists = {{ office = '{tmp_path}/none' }}\n")
+    assert err.key == "relays.vpn_lists.office"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, f"[relays]\nvpn_lists = {{ 'My VPN' = '{good}' }}\n"))
+    assert exc.value.key == 'relays.vpn_lists."My VPN"' and "a name is" in exc.value.reason
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "[relays]\nvpn_protocols = 'yes'\n"))
+    assert exc.value.key == "relays.vpn_protocols"

@@ -272,6 +272,8 @@ def panels() -> list[Json]:
     down = f"phonehome_download_bytes_total{{{DEV}}}"
     exposures = f"phonehome_identifier_exposures_total{{{DEV}}}"
     alerts = f"phonehome_alerts_total{{{DEV}}}"
+    vis = f"phonehome_device_visibility_bytes_total{{{DEV}}}"
+    hidden = f'phonehome_device_visibility_bytes_total{{{DEV}, visibility=~"relay|ech|none"}}'
     return [
         row("Devices"),
         stat(
@@ -379,6 +381,40 @@ def panels() -> list[Json]:
             "Download by device",
             targets((f"sum by (device) (rate({down}[$__rate_interval]))", "{{device}}")),
             "Bps",
+        ),
+        timeseries(
+            "What the sensor can see",
+            targets(
+                (
+                    f"sum by (visibility) (rate({vis}[$__rate_interval])) / ignoring (visibility)"
+                    f" group_left () (sum(rate({vis}[$__rate_interval])) > 0)",
+                    "{{visibility}}",
+                )
+            ),
+            "percentunit",
+            stack=True,
+            description="Share of the selected devices' bytes beyond the site by how their "
+            "destination is known: named by dns, tls, quic or http; hidden by ech (a cover "
+            "name), sent into a relay (iCloud Private Relay, Tor, a VPN), or none (no name at "
+            "all). docs/ENCRYPTED.md.",
+        ),
+        bargauge(
+            "Hidden from the sensor, per device",
+            targets(
+                (
+                    f"sort_desc((sum by (device) (increase({hidden}[$__range])) or 0 * sum by"
+                    f" (device) (increase({vis}[$__range]))) / (sum by (device) (increase("
+                    f"{vis}[$__range])) > 0))",
+                    "{{device}}",
+                ),
+                instant=True,
+            ),
+            "percentunit",
+            w=12,
+            h=8,
+            description="Share of each device's bytes beyond the site whose destination the "
+            "sensor cannot name (through a relay, behind ECH, or without any name) in the "
+            "time range.",
         ),
         row("Where uploads go"),
         panel(

@@ -13,7 +13,7 @@ stage can import its settings from here without an import cycle:
   detect, daemon, devices);
 - `outputs`: the alert rules, the sinks and the metrics endpoint;
 - `policy`: ``[policy]`` and its rules;
-- `encrypted`: what the sensor sees through encryption (``[dns_bypass]``);
+- `encrypted`: what the sensor sees through encryption (``[dns_bypass]``, ``[relays]``);
 - `loader`: `Config`, the TOML walk and the file reader.
 """
 
@@ -22,6 +22,7 @@ from sensor.config.common import dotted as dotted
 from sensor.config.common import normalize_mac as normalize_mac
 from sensor.config.common import one_line as one_line
 from sensor.config.encrypted import DnsBypassConfig as DnsBypassConfig
+from sensor.config.encrypted import RelaysConfig as RelaysConfig
 from sensor.config.loader import MAX_CONFIG_BYTES as MAX_CONFIG_BYTES
 from sensor.config.loader import Config as Config
 from sensor.config.loader import _build as _build  # tests build single sections with it

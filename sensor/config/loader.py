@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sensor.config.common import ConfigError, dotted, normalize_mac
-from sensor.config.encrypted import DnsBypassConfig
+from sensor.config.encrypted import DnsBypassConfig, RelaysConfig
 from sensor.config.outputs import (
     AlertmanagerConfig,
     AlertsConfig,
@@ -104,6 +104,7 @@ class Config:
     devices: tuple[DeviceConfig, ...] = ()
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dns_bypass: DnsBypassConfig = field(default_factory=DnsBypassConfig)
+    relays: RelaysConfig = field(default_factory=RelaysConfig)
     source: str = "<defaults>"
 
 
@@ -123,6 +124,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "daemon": DaemonConfig,
     "metrics": MetricsConfig,
     "dns_bypass": DnsBypassConfig,
+    "relays": RelaysConfig,
 }
 
 

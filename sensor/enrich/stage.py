@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sensor.config import Config
+from sensor.config import DEFAULT_LAN_NETWORKS, Config
 from sensor.enrich.asn import ASN_FILE, AsnData, AsnDataError
 from sensor.enrich.asn import parse as parse_asn
 from sensor.enrich.cloud import CloudAsns, CloudRanges
 from sensor.enrich.device import DeviceIdentifier, DeviceIdentity, OuiRegistry
 from sensor.enrich.geo import GeoDB, geo_cache_dir
 from sensor.enrich.party import OWNERS_FILE, DomainOwners, OwnersDataError, PartyResolver
+from sensor.enrich.relays import RelayMatcher
 from sensor.enrich.vendors import VendorMap
-from sensor.model import Destination, Device, DeviceRef, Flow
+from sensor.model import Destination, Device, DeviceRef, Flow, Visibility
+from sensor.visibility import Locality, classify
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class Enricher:
         *,
         parties: PartyResolver | None = None,
         cloud_asns: CloudAsns | None = None,
+        relays: RelayMatcher | None = None,
+        lan_networks: tuple[str, ...] | None = None,
     ) -> None:
         self.geo = geo
         self.cloud = cloud
@@ -65,6 +69,9 @@ class Enricher:
         self.cloud_asns = cloud_asns if cloud_asns is not None else CloudAsns.load()
         self.devices = devices
         self.home_country = home_country
+        self.relays = relays if relays is not None else RelayMatcher.load(None)[0]
+        self.local = Locality(lan_networks if lan_networks is not None else DEFAULT_LAN_NETWORKS)
+        """Destinations that stay on the site: no visibility class."""
         self.errors: list[str] = []
         """Problems with optional data files (each also logged)."""
         self._dest: OrderedDict[tuple[str, str | None, int], Destination] = OrderedDict()
@@ -96,6 +103,7 @@ class Enricher:
         vendors = VendorMap.load()
         owners, errors = load_owners(state / "data")
         devices = DeviceIdentifier(OuiRegistry(), cfg.devices)
+        relays, relay_errors = RelayMatcher.load(state / "data", cfg.relays.vpn_lists)
         enricher = cls(
             geo,
             cloud,
@@ -103,8 +111,10 @@ class Enricher:
             devices,
             cfg.site.home_country,
             parties=PartyResolver(vendors, owners),
+            relays=relays,
+            lan_networks=cfg.site.lan_networks,
         )
-        enricher.errors = asn_errors + errors
+        enricher.errors = asn_errors + errors + relay_errors
         return enricher
 
     def status(self) -> DataStatus:
@@ -174,10 +184,34 @@ class Enricher:
         )
 
     def annotate_flow(self, flow: Flow) -> Destination:
-        """Add the destination fields to the flow record and return them."""
-        d = self.destination(flow.dst_ip, flow.dst_port, flow.server_name)
+        """Add the destination fields (and the relay, the visibility class) to the flow
+        record and return them."""
+        relay = self.relays.match(flow)
+        if relay is not None:  # a list's name wins over a handshake's shape ("vpn")
+            flow.relay = relay
+        d = self.place(flow)
         flow.extra.update(destination_fields(d))
+        vis = self.visibility(flow)
+        if vis is not None:
+            flow.extra["visibility"] = vis
         return d
+
+    def place(self, flow: Flow) -> Destination:
+        """The flow's destination. Into a relay, its name (mask.icloud.com) is the relay's,
+        not the party's: the destination is placed without it (the hosting side speaks)."""
+        relay = flow.relay or self.relays.match(flow)
+        return self.destination(flow.dst_ip, flow.dst_port, None if relay else flow.server_name)
+
+    def visibility(self, flow: Flow) -> Visibility | None:
+        """The flow's visibility class (relays matched now for a live flow); None for
+        traffic that stays on the site."""
+        if self.local(flow.dst_ip):
+            return None
+        if flow.relay is None:
+            relay = self.relays.match(flow)
+            if relay is not None:
+                return "relay"
+        return classify(flow)
 
     # --- devices ------------------------------------------------------------------------------
 

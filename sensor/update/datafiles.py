@@ -58,6 +58,14 @@ from sensor.enrich import doh
 from sensor.enrich.cloud import CLOUD_SOURCES, CloudSource, identify
 from sensor.enrich.geo import EmbeddedGeo, GeoDataError, geo_cache_dir
 from sensor.enrich.party import MAX_OWNERS, OWNERS_FILE, DomainOwners
+from sensor.enrich.relays import (
+    MAX_TOR_ENDPOINTS,
+    MAX_VPN_ENTRIES,
+    TOR_FILE,
+    VPN_PROTON_FILE,
+    AddressList,
+    TorRelays,
+)
 from sensor.files import write_atomically
 from sensor.update import manifest as manifest_file
 from sensor.update.manifest import MANIFEST as MANIFEST
@@ -91,6 +99,10 @@ DEFAULT_URLS: Final[Mapping[str, str]] = {
     "asn": "https://iptoasn.com/data/ip2asn-combined.tsv.gz",
     "owners": "https://etip.exodus-privacy.eu.org/trackers/export",
     "doh": "https://download.dnscrypt.info/resolvers-list/v3/public-resolvers.md",
+    "tor": "https://onionoo.torproject.org/details?type=relay&running=true"
+    "&fields=or_addresses,flags,running",
+    "vpn-protonvpn": "https://raw.githubusercontent.com/tn3w/ProtonVPN-IPs/master/"
+    "protonvpn_entry_ips.txt",
 }
 """Where each source is published (overridable per source in `[update.urls]`)."""
 
@@ -148,6 +160,25 @@ EXTRA_SOURCES: Final[tuple[DataSource, ...]] = (
         (doh.LIST_FILE, doh.EMBEDDED),
         doh.MAX_RESOLVERS,
         "resolvers",
+    ),
+    # Relays' ingress (relays.py): the Tor consensus's ORPorts (Onionoo's details of running
+    # relays, or a consensus document; Tor Metrics data, CC0) and ProtonVPN's entry
+    # addresses (tn3w/ProtonVPN-IPs, Apache-2.0).
+    DataSource(
+        "tor",
+        TOR_FILE,
+        TorRelays.parse,
+        (TOR_FILE, "details.json", "consensus", "*-consensus"),
+        MAX_TOR_ENDPOINTS,
+        "ORPorts",
+    ),
+    DataSource(
+        "vpn-protonvpn",
+        VPN_PROTON_FILE,
+        AddressList.parse,
+        (VPN_PROTON_FILE, "protonvpn_entry_ips.txt", "protonvpn_entry_ips.json"),
+        MAX_VPN_ENTRIES,
+        "entries",
     ),
 )
 Source = CloudSource | DataSource

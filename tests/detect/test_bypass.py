@@ -13,8 +13,8 @@ import pytest
 from sensor.alerts import AlertStage
 from sensor.detect.bypass import BypassDetector, DnsBypassConfig, NetworkResolvers, classify
 from sensor.enrich.doh import embedded
-from sensor.model import Alert, Device, DnsBypass, Flow
 from sensor.lab.synth import Capture, Host, TcpSession, client_hello
+from sensor.model import Alert, Device, DnsBypass, Flow
 from tests.pipeline_helpers import build, flow_to, run_analyze
 
 DOH = embedded()

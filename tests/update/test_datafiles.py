@@ -40,6 +40,7 @@ from sensor.update.datafiles import (
 )
 from sensor.validate import validate
 from tests.enrich.test_doh import SAMPLE_MD
+from tests.relay_fixtures import CONSENSUS, ONIONOO, PROTONVPN
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
 
@@ -186,6 +187,8 @@ def serve_everything(srv: _Server) -> dict[str, str]:
     srv.serve("/asn", IP2ASN)
     srv.serve("/owners", EXODUS)
     srv.serve("/doh", SAMPLE_MD)
+    srv.serve("/tor", ONIONOO)
+    srv.serve("/vpn-protonvpn", PROTONVPN)
     srv.serve("/dl/ServiceTags_Public_20250721.json", shared_bytes("azure"))
     escaped = f"{srv.base}/dl/ServiceTags_Public_20250721.json".replace("/", "\\/")
     page = (
@@ -688,3 +691,40 @@ def test_import_asn_and_owner_datasets_under_their_published_names(tmp_path: Pat
     results = by_name(update(tmp_path / "state", from_dir=src, sources=["asn", "owners"]))
     assert results["asn"].status == results["owners"].status == "updated"
     assert (tmp_path / "state" / DATA_SUBDIR / "ip-to-asn").read_bytes() == IP2ASN
+
+
+# --- relay lists ------------------------------------------------------------------------------
+
+
+def test_relay_lists_fetched_validated_and_kept(server: _Server, tmp_path: Path) -> None:
+    from sensor.enrich.relays import TOR_FILE, RelayMatcher
+
+    urls = loopback_urls(server)
+    server.serve("/tor", ONIONOO)
+    server.serve("/vpn-protonvpn", PROTONVPN)
+    first = by_name(update(tmp_path, urls, sources=["tor", "vpn-protonvpn"], timeout=10))
+    assert (first["tor"].status, first["tor"].records) == ("updated", 3)
+    assert (first["vpn-protonvpn"].status, first["vpn-protonvpn"].records) == ("updated", 3)
+    assert "ORPorts" in format_result(first["tor"])
+    # Onionoo answering with an error page, then an empty consensus: the last good copy stays.
+    server.serve("/tor", b"<html>503</html>", status=200)
+    server.serve("/vpn-protonvpn", b"# moved\n")
+    second = by_name(update(tmp_path, urls, sources=["tor", "vpn-protonvpn"], timeout=10))
+    assert second["tor"].status == second["vpn-protonvpn"].status == "failed"
+    assert second["tor"].kept_previous and "not a valid" in (second["tor"].error or "")
+    assert (tmp_path / DATA_SUBDIR / TOR_FILE).read_bytes() == ONIONOO
+    matcher, errors = RelayMatcher.load(tmp_path / DATA_SUBDIR)
+    assert errors == [] and len(matcher.tor) == 3 and "protonvpn" in matcher.vpns
+    # A directory authority's consensus document is accepted as well.
+    server.serve("/tor", CONSENSUS)
+    (third,) = update(tmp_path, urls, sources=["tor"], timeout=10)
+    assert (third.status, third.records) == ("updated", 3)
+
+
+def test_relay_lists_imported_by_name(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "details.json").write_bytes(ONIONOO)
+    (inbox / "protonvpn_entry_ips.txt").write_bytes(PROTONVPN)
+    got = by_name(update(tmp_path / "state", from_dir=inbox, sources=["tor", "vpn-protonvpn"]))
+    assert got["tor"].status == got["vpn-protonvpn"].status == "updated"

@@ -37,6 +37,8 @@ from sensor.metrics.collectors.devices import Devices
 from sensor.metrics.families import Families, copy_items, copy_values, gauge
 from sensor.metrics.settings import MetricsConfig
 from sensor.metrics.views import EnricherView, PipelineView
+from sensor.metrics.visibility import VisibilityCounter, visibility_of
+from sensor.metrics.visibility import family as visibility_family
 from sensor.model import ENCODINGS, IDENTIFIER_KINDS, Alert, Flow, Observation
 from sensor.sinks import LogLimiter
 
@@ -92,6 +94,9 @@ class Accounting:
         """(identifier, encoding, dst_country, party) -> [exposures]."""
         self.alerts = Table(1, (None, None), cfg.max_devices, cfg.max_series_per_device)
         """(rule, severity) -> [alerts delivered]."""
+        self.visible = Table(2, (None,), cfg.max_devices, cfg.max_series_per_device)
+        """(visibility class) -> [bytes up, bytes down] (sensor.metrics.visibility)."""
+        self.visibility = VisibilityCounter(self.visible)
         self._live: dict[str, list[int]] = {}
         """uid -> [bytes up counted, bytes down counted, scrape generation last seen]."""
         self._ended_during: set[str] | None = None
@@ -109,6 +114,7 @@ class Accounting:
         scrape. Call with the enriched record (the daemon's output sink). Never raises."""
         try:
             labels = self._flow_labels(flow)
+            vis = visibility_of(self.enricher(), flow)
             dev = flow.device_mac or ""
             up, down = flow.bytes_up, flow.bytes_down
             with self.lock:
@@ -117,10 +123,12 @@ class Accounting:
                 seen = self._live.pop(flow.uid, None)
                 if seen is None:
                     self.traffic.add(dev, labels, (up, down, 1), up + down)
+                    self.visibility.add(dev, vis, up, down)
                 else:
                     du, dd = max(0, up - seen[0]), max(0, down - seen[1])
                     if du or dd:
                         self.traffic.add(dev, labels, (du, dd, 0), du + dd)
+                        self.visibility.add(dev, vis, du, dd)
         except Exception as exc:
             self.limiter.warning("flow_ended", "metrics: counting an ended flow failed: %r", exc)
 
@@ -158,7 +166,8 @@ class Accounting:
         self._settle_live()
         with self.lock:
             rows = self.traffic.snapshot()
-        names = self.devices.labels({d for d, _, _ in rows})
+            vis_rows = self.visibility.snapshot()
+        names = self.devices.labels({d for d, _, _ in rows} | {d for d, _, _ in vis_rows})
         labels = ["device", "party", "provider", "cloud_region", "dst_country"]
         up = CounterMetricFamily(
             "phonehome_upload_bytes",
@@ -187,6 +196,7 @@ class Accounting:
         for fkey, n in flows.items():
             fam.add_metric(list(fkey), n)
         yield fam
+        yield visibility_family(vis_rows, names)
         yield gauge(
             "phonehome_metrics_tracked_flows",
             "Live flows whose counted bytes the exporter remembers",
@@ -224,7 +234,7 @@ class Accounting:
         with self.lock:
             return {
                 m
-                for t in (self.traffic, self.exposures, self.alerts)
+                for t in (self.traffic, self.exposures, self.alerts, self.visible)
                 for m in t.rows
                 if m not in ("", OTHER)
             }
@@ -250,13 +260,15 @@ class Accounting:
                     ended = self._ended_during or set()
                     live = self._live
                     add = self.traffic.add
-                    for uid, dev, labels, up, down in rows[i : i + APPLY_SLICE]:
+                    add_vis = self.visibility.add
+                    for uid, dev, labels, up, down, vis in rows[i : i + APPLY_SLICE]:
                         if uid in ended:
                             continue
                         seen = live.get(uid)
                         if seen is None:
                             live[uid] = [up, down, gen]
                             add(dev, labels, (up, down, 1), up + down)
+                            add_vis(dev, vis, up, down)
                             continue
                         du, dd = up - seen[0], down - seen[1]
                         seen[2] = gen
@@ -265,6 +277,7 @@ class Accounting:
                             seen[0] += du
                             seen[1] += dd
                             add(dev, labels, (du, dd, 0), du + dd)
+                            add_vis(dev, vis, du, dd)
         finally:
             with self.lock:
                 self._ended_during = None
@@ -280,13 +293,14 @@ class Accounting:
 
     def _read_live(
         self, pipeline: PipelineView, gen: int
-    ) -> list[tuple[str, str, Labels, int, int]]:
-        """(uid, device, labels, bytes up, bytes down) of the live flows that sent something
-        since they were last counted; the others are only marked as still live."""
+    ) -> list[tuple[str, str, Labels, int, int, str | None]]:
+        """(uid, device, labels, bytes up, bytes down, visibility class) of the live flows that
+        sent something since they were last counted; the others are only marked as still
+        live."""
         entries = copy_values(pipeline.flows.entries)
         enricher = self.enricher()
         live = self._live  # read without the lock: dict.get is atomic; only this thread adds
-        out: list[tuple[str, str, Labels, int, int]] = []
+        out: list[tuple[str, str, Labels, int, int, str | None]] = []
         append = out.append
         places: dict[tuple[str, int, str | None], Labels] = {}
         """Destinations placed in this scrape (flows share them), dropped after it."""
@@ -297,11 +311,13 @@ class Accounting:
             if seen is not None and seen[0] == up and seen[1] == down:
                 seen[2] = gen
                 continue
-            where = (f.dst_ip, f.dst_port, f.server_name)
+            vis = visibility_of(enricher, f)
+            name = None if vis == "relay" else f.server_name  # a relay's name is no party
+            where = (f.dst_ip, f.dst_port, name)
             labels = places.get(where)
             if labels is None:
                 labels = places[where] = self._place(enricher, *where)
-            append((f.uid, f.device_mac or "", labels, up, down))
+            append((f.uid, f.device_mac or "", labels, up, down, vis))
         return out
 
     def _place(self, enricher: EnricherView | None, ip: str, port: int, name: str | None) -> Labels:
