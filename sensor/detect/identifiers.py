@@ -44,6 +44,8 @@ from typing import Final, Literal, TypeAlias
 import ahocorasick_rs
 import phonenumbers
 
+from sensor.detect import digest_tokens
+
 Kind: TypeAlias = Literal[
     "imei",
     "imsi",
@@ -240,16 +242,14 @@ _COMPILE_DUTY: Final = 0.1
 _DIGEST_ENCODINGS: Final = frozenset(
     {"md5", "sha1", "sha256", "md5_base64", "sha1_base64", "sha256_base64"}
 )
-_HEX_TOKEN: Final = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32,64}(?![0-9a-f])")
-_HEX_DIGEST_LENGTHS: Final = frozenset({32, 40, 64})
-_B64_TOKEN: Final = re.compile(rb"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{22,43}(?![A-Za-z0-9+/_\-])")
-_B64_DIGEST_LENGTHS: Final = frozenset({22, 27, 43})
-"""Unpadded base64 of an MD5, SHA-1, SHA-256 digest (a padding ``=`` ends the token)."""
 _QUIET_SHARE: Final = 0.1
 """Wall time counts this much towards the compile budget besides CPU time."""
 _COMPILE_BURST: Final = 0.05
 """Compile time (seconds) that may be spent at once after a quiet spell: a few values learned
 now and then are searched for from the next scan on."""
+_COMPILE_CHECK: Final = 0.005
+"""Seconds between looks at a spent compile budget (reading the CPU clock costs a system
+call, about 2 µs here, too much for every scanned part)."""
 _MIN_VALUE_LEN: Final = 6
 """Shorter configured values are refused: they would match all over unrelated data."""
 _MIN_ENCODED_LEN: Final = 8
@@ -685,6 +685,8 @@ class LearnedIdentifiers:
         self._budget = _COMPILE_BURST
         self._budget_at = time.monotonic()
         self._budget_cpu = time.process_time()
+        self._next_check = 0.0
+        """No compile before this (monotonic) time: the budget was spent."""
 
     def __len__(self) -> int:
         return len(self._order)
@@ -793,11 +795,17 @@ class LearnedIdentifiers:
         quiet sensor still compiles what it learned, within seconds)."""
         if not self.dirty:
             return False
-        now, cpu = time.monotonic(), time.process_time()
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        cpu = time.process_time()  # a system call: not on every scan
         earned = (cpu - self._budget_cpu) + (now - self._budget_at) * _QUIET_SHARE
         self._budget = min(_COMPILE_BURST, self._budget + earned * _COMPILE_DUTY)
         self._budget_at, self._budget_cpu = now, cpu
-        return self._budget > 0
+        if self._budget > 0:
+            return True
+        self._next_check = now + _COMPILE_CHECK
+        return False
 
     def compile(self) -> None:
         """Compute the new values' wire forms and rebuild the automaton over all of them."""
@@ -827,15 +835,7 @@ class LearnedIdentifiers:
     def digest_tokens(self, data: bytes, folded: bytes) -> Iterator[tuple[_Variant, int, int]]:
         """(variant, start, end) of each whole hex or base64 token that is a compiled value's
         digest. A digest run together with other hex or base64 characters is not found."""
-        digests = self.digests
-        for m in _HEX_TOKEN.finditer(folded):
-            if m.end() - m.start() in _HEX_DIGEST_LENGTHS:
-                for v in digests.get(m.group(), ()):
-                    yield v, m.start(), m.end()
-        for m in _B64_TOKEN.finditer(data):
-            if m.end() - m.start() in _B64_DIGEST_LENGTHS:
-                for v in digests.get(m.group(), ()):
-                    yield v, m.start(), m.end()
+        return digest_tokens.find(data, folded, self.digests)
 
     def stats(self) -> dict[str, object]:
         """What does not depend on timing (the metrics have the compile figures too)."""
