@@ -236,14 +236,15 @@ _LUHN_DOUBLED: Final = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3
 _HEX_CHARS: Final = frozenset("0123456789abcdef")
 _DFA_MAX_PATTERNS: Final = 8000
 """Up to this many patterns (some 240 identifiers) the automaton is a DFA (about 35 MB)."""
-_COMPILE_DUTY: Final = 0.1
-"""At most this share of the scanner's time goes to compiling learned identifiers' automaton
-(a budget refilled at this rate, in seconds per second of wall time)."""
+_COMPILE_DUTY: Final = 0.05
+"""At most this share of the process's CPU time goes to compiling learned identifiers'
+automaton (a budget refilled at this rate, in seconds per CPU second)."""
 _DIGEST_ENCODINGS: Final = frozenset(
     {"md5", "sha1", "sha256", "md5_base64", "sha1_base64", "sha256_base64"}
 )
-_QUIET_SHARE: Final = 0.1
-"""Wall time counts this much towards the compile budget besides CPU time."""
+_QUIET_RATE: Final = 0.01
+"""Compile seconds earned per second of wall time besides the CPU share: a quiet sensor still
+compiles what it learned (a full 512-value rebuild over its burst within about 15 s)."""
 _COMPILE_BURST: Final = 0.05
 """Compile time (seconds) that may be spent at once after a quiet spell: a few values learned
 now and then are searched for from the next scan on."""
@@ -642,7 +643,8 @@ class LearnedIdentifiers:
 
     Adding a value costs a few dictionary operations, whatever was learned before. Its wire
     forms are computed, and the automaton over all learned values rebuilt, in batches: at most
-    `_COMPILE_DUTY` of wall time (plus a burst of `_COMPILE_BURST`) goes to compiling, so a host
+    `_COMPILE_DUTY` of CPU time (plus `_QUIET_RATE` of wall time and a burst of
+    `_COMPILE_BURST`) goes to compiling, so a host
     that sends a new value with every request costs a bounded share of the loop, and the values
     learned meanwhile are searched for from the next compile on. The configured identifiers'
     automaton is never rebuilt for learning.
@@ -790,17 +792,17 @@ class LearnedIdentifiers:
     def compile_due(self) -> bool:
         """True when values changed and the compile budget allows a compile now.
 
-        The budget grows with the process's CPU time (compiling takes at most a tenth of
-        the work, however loaded the machine), and with wall time at a tenth of that rate (a
-        quiet sensor still compiles what it learned, within seconds)."""
+        The budget grows with the process's CPU time (compiling takes at most a twentieth of
+        the work, however loaded the machine), and with wall time at a hundredth (a quiet
+        sensor still compiles what it learned, within seconds)."""
         if not self.dirty:
             return False
         now = time.monotonic()
         if now < self._next_check:
             return False
         cpu = time.process_time()  # a system call: not on every scan
-        earned = (cpu - self._budget_cpu) + (now - self._budget_at) * _QUIET_SHARE
-        self._budget = min(_COMPILE_BURST, self._budget + earned * _COMPILE_DUTY)
+        earned = (cpu - self._budget_cpu) * _COMPILE_DUTY + (now - self._budget_at) * _QUIET_RATE
+        self._budget = min(_COMPILE_BURST, self._budget + earned)
         self._budget_at, self._budget_cpu = now, cpu
         if self._budget > 0:
             return True
