@@ -3,32 +3,31 @@ within a compile budget."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Final, TypeAlias
 
+from sensor.detect import digest_tokens
 from sensor.detect.checks import keyed_hash, redact
 from sensor.detect.forms import Automaton, Ident, Variant, wire_forms
 from sensor.model import IdentifierKind
 
-_COMPILE_DUTY: Final = 0.1
-"""At most this share of the scanner's time goes to compiling learned identifiers' automaton
-(a budget refilled at this rate, in seconds per second of wall time)."""
-_QUIET_SHARE: Final = 0.1
-"""Wall time counts this much towards the compile budget besides CPU time."""
+_COMPILE_DUTY: Final = 0.05
+"""At most this share of the process's CPU time goes to compiling learned identifiers'
+automaton (a budget refilled at this rate, in seconds per CPU second)."""
+_QUIET_RATE: Final = 0.01
+"""Compile seconds earned per second of wall time besides the CPU share: a quiet sensor still
+compiles what it learned (a full 512-value rebuild over its burst within about 15 s)."""
 _COMPILE_BURST: Final = 0.05
 """Compile time (seconds) that may be spent at once after a quiet spell: a few values learned
 now and then are searched for from the next scan on."""
+_COMPILE_CHECK: Final = 0.005
+"""Seconds between looks at a spent compile budget (reading the CPU clock costs a system
+call, about 2 µs here, too much for every scanned part)."""
 _DIGEST_ENCODINGS: Final = frozenset(
     {"md5", "sha1", "sha256", "md5_base64", "sha1_base64", "sha256_base64"}
 )
-_HEX_TOKEN: Final = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32,64}(?![0-9a-f])")
-_HEX_DIGEST_LENGTHS: Final = frozenset({32, 40, 64})
-_B64_TOKEN: Final = re.compile(rb"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{22,43}(?![A-Za-z0-9+/_\-])")
-_B64_DIGEST_LENGTHS: Final = frozenset({22, 27, 43})
-"""Unpadded base64 of an MD5, SHA-1, SHA-256 digest (a padding ``=`` ends the token)."""
 
 _Slot: TypeAlias = tuple[str, str, str | None]
 """(kind, canonical value, owner) of a learned identifier."""
@@ -39,7 +38,8 @@ class LearnedIdentifiers:
 
     Adding a value costs a few dictionary operations, whatever was learned before. Its wire
     forms are computed, and the automaton over all learned values rebuilt, in batches: at most
-    `_COMPILE_DUTY` of wall time (plus a burst of `_COMPILE_BURST`) goes to compiling, so a host
+    `_COMPILE_DUTY` of CPU time (plus `_QUIET_RATE` of wall time and a burst of
+    `_COMPILE_BURST`) goes to compiling, so a host
     that sends a new value with every request costs a bounded share of the loop, and the values
     learned meanwhile are searched for from the next compile on. The configured identifiers'
     automaton is never rebuilt for learning.
@@ -82,6 +82,8 @@ class LearnedIdentifiers:
         self._budget = _COMPILE_BURST
         self._budget_at = time.monotonic()
         self._budget_cpu = time.process_time()
+        self._next_check = 0.0
+        """No compile before this (monotonic) time: the budget was spent."""
 
     def __len__(self) -> int:
         return len(self._order)
@@ -185,16 +187,22 @@ class LearnedIdentifiers:
     def compile_due(self) -> bool:
         """True when values changed and the compile budget allows a compile now.
 
-        The budget grows with the process's CPU time (compiling takes at most a tenth of
-        the work, however loaded the machine), and with wall time at a tenth of that rate (a
-        quiet sensor still compiles what it learned, within seconds)."""
+        The budget grows with the process's CPU time (compiling takes at most a twentieth of
+        the work, however loaded the machine), and with wall time at a hundredth (a quiet
+        sensor still compiles what it learned, within seconds)."""
         if not self.dirty:
             return False
-        now, cpu = time.monotonic(), time.process_time()
-        earned = (cpu - self._budget_cpu) + (now - self._budget_at) * _QUIET_SHARE
-        self._budget = min(_COMPILE_BURST, self._budget + earned * _COMPILE_DUTY)
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        cpu = time.process_time()  # a system call: not on every scan
+        earned = (cpu - self._budget_cpu) * _COMPILE_DUTY + (now - self._budget_at) * _QUIET_RATE
+        self._budget = min(_COMPILE_BURST, self._budget + earned)
         self._budget_at, self._budget_cpu = now, cpu
-        return self._budget > 0
+        if self._budget > 0:
+            return True
+        self._next_check = now + _COMPILE_CHECK
+        return False
 
     def compile(self) -> None:
         """Compute the new values' wire forms and rebuild the automaton over all of them."""
@@ -224,15 +232,7 @@ class LearnedIdentifiers:
     def digest_tokens(self, data: bytes, folded: bytes) -> Iterator[tuple[Variant, int, int]]:
         """(variant, start, end) of each whole hex or base64 token that is a compiled value's
         digest. A digest run together with other hex or base64 characters is not found."""
-        digests = self.digests
-        for m in _HEX_TOKEN.finditer(folded):
-            if m.end() - m.start() in _HEX_DIGEST_LENGTHS:
-                for v in digests.get(m.group(), ()):
-                    yield v, m.start(), m.end()
-        for m in _B64_TOKEN.finditer(data):
-            if m.end() - m.start() in _B64_DIGEST_LENGTHS:
-                for v in digests.get(m.group(), ()):
-                    yield v, m.start(), m.end()
+        return digest_tokens.find(data, folded, self.digests)
 
     def stats(self) -> dict[str, object]:
         """What does not depend on timing (the metrics have the compile figures too)."""

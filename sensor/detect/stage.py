@@ -27,6 +27,7 @@ from sensor.detect.identifiers import (
     Location,
     Scanner,
 )
+from sensor.detect.learn_rate import LearnRate
 from sensor.enrich.stage import Enricher
 from sensor.files import errno_name, write_atomically
 from sensor.model import Destination, Device, DeviceRef, Flow, HttpRequest, Observation
@@ -35,8 +36,6 @@ log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 MAX_ACCOUNTED_FLOWS = 262144
-MAX_LEARN_BUCKETS = 4096
-"""Devices whose learning rate is tracked; a forgotten one starts again with a full burst."""
 MAX_LEARNED_ON_DISK = 16384
 """Keyed hashes kept in learned.json, oldest dropped first: a host sending a new identifier
 with every request must not grow the file (and each save) without bound."""
@@ -141,8 +140,7 @@ class Detector:
         """What learned.json holds (insertion order: oldest first)."""
         self._accounted: OrderedDict[str, int] = OrderedDict()
         """Upload bytes already accounted per live flow (uid)."""
-        self._learn_buckets: dict[str | None, tuple[float, float]] = {}
-        """Device -> (tokens, packet time) of its learning rate; least recently used first."""
+        self._learn_rate = LearnRate(cfg.detect.learn_rate, cfg.detect.learn_burst)
         self.findings = 0
         self.learned = 0
         self.scanned_bytes = 0
@@ -236,7 +234,7 @@ class Detector:
         if learned.touch_hash(f.kind, f.keyed_hash):
             return  # seen before: no cost but a lookup
         owner = device.mac if device else None
-        if not self._learn_allowed(owner, ts):
+        if not self._learn_rate.allow(owner, ts):
             learned.refuse("rate")
             return
         raw = data[f.offset : f.offset + f.length]
@@ -247,19 +245,6 @@ class Detector:
             if len(on_disk) > MAX_LEARNED_ON_DISK:
                 del on_disk[next(iter(on_disk))]
             self._unsaved = self.learned_path is not None
-
-    def _learn_allowed(self, owner: str | None, ts: float) -> bool:
-        """A token from the device's learning bucket (detect.learn_rate, learn_burst), by
-        packet time: `analyze` gives the same answer however fast it runs."""
-        cfg = self.cfg.detect
-        buckets = self._learn_buckets
-        tokens, at = buckets.pop(owner, (float(cfg.learn_burst), ts))
-        tokens = min(float(cfg.learn_burst), tokens + max(0.0, ts - at) * cfg.learn_rate)
-        allowed = tokens >= 1.0
-        buckets[owner] = (tokens - 1.0 if allowed else tokens, max(at, ts))
-        if len(buckets) > MAX_LEARN_BUCKETS:
-            del buckets[next(iter(buckets))]
-        return allowed
 
     def _destination(self, flow: Flow, dns_name: str | None) -> Destination:
         if dns_name is not None:
