@@ -42,11 +42,11 @@ from typing import Any
 
 import cramjam
 
-from sensor.capture import CaptureFile, read_captures
 from sensor.config import parse_config
 from sensor.metrics import Exporter
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
+from sensor.sources.pcap import CaptureFile, read_captures
 from sensor.stages import build as build_stages
 from sensor.synth import (
     DEMO_IMEI,

@@ -20,7 +20,7 @@ import struct
 import numpy as np
 from numpy.typing import NDArray
 
-from sensor.capture import MAX_RECORD, Chunk
+from sensor.sources.pcap import MAX_RECORD, Chunk
 
 I64 = NDArray[np.int64]
 U8 = NDArray[np.uint8]

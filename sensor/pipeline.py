@@ -19,7 +19,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sensor.capture import MAX_RECORD, Chunk, Packet, pack_chunks
 from sensor.config import Config
 from sensor.decode import dhcp as dhcp_dec
 from sensor.decode import dns as dns_dec
@@ -32,6 +31,7 @@ from sensor.detect import placeholders
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.names import DnsCache, redact_name
+from sensor.sources.pcap import MAX_RECORD, Chunk, Packet, pack_chunks
 
 if TYPE_CHECKING:
     from sensor.fastpath import Columns

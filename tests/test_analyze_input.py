@@ -22,7 +22,7 @@ import dpkt
 import pytest
 
 from sensor.analyze import Options, analyze
-from sensor.capture import CaptureFile
+from sensor.sources.pcap import CaptureFile
 from sensor.synth import PcapWriter, write_sample
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
@@ -174,7 +174,7 @@ def test_capture_file_never_seeks(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def _walked(cf: CaptureFile) -> list[Any]:
-    from sensor.capture import walk_records
+    from sensor.sources.pcap import walk_records
 
     chunks = []
     for chunk in cf.chunks():

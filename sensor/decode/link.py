@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from sensor.model import Weird
@@ -11,6 +12,16 @@ ETH_IPV6 = 0x86DD
 ETH_ARP = 0x0806
 _VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
 _MAX_TAGS = 4
+
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+DLT_RAW_BSD = 12
+DLT_RAW_OPENBSD = 14
 
 SUPPORTED_LINKTYPES = frozenset({0, 1, 12, 14, 101, 113, 228, 229, 276})
 """The link-layer types `parse_link` decodes (others are counted as skipped)."""
@@ -59,6 +70,15 @@ def linktype_label(linktype: int) -> str:
 # Linux packet types (sll_pkttype): how the frame passed the capturing interface.
 PACKET_HOST = 0
 PACKET_OUTGOING = 4
+
+# ARP hardware types (sll_hatype) of the interfaces a cooked header names.
+ARPHRD_ETHER = 1
+ARPHRD_LOOPBACK = 772
+ARPHRD_VOID = 0xFFFF
+
+SLL2_HEADER = struct.Struct(">HHIHBB8s")
+"""Linux cooked v2: protocol, reserved, ifindex, ARPHRD type, packet type, address length,
+address."""
 
 
 @dataclass(frozen=True, slots=True)
