@@ -160,9 +160,7 @@ def _check_live(cfg: Config, out: TextIO) -> int:
     try:
         from sensor.kernel import conntrack, links
 
-        ifaces = list(cfg.daemon.interfaces) or links.interfaces_for_prefixes(
-            cfg.site.lan_networks
-        )
+        ifaces = list(cfg.daemon.interfaces) or links.interfaces_for_prefixes(cfg.site.lan_networks)
         acct = conntrack.accounting_enabled()
     except (ImportError, OSError) as exc:
         write(f"live capture: cannot inspect this host: {exc}\n")

@@ -226,9 +226,7 @@ class Daemon:
             self._install_rules()
             self.source = NflogSource(d.nflog_group, budget_table=NFT_TABLE)
         else:
-            self.source = PacketSocketSource(
-                self.interfaces, wide=self.accounting == "capture"
-            )
+            self.source = PacketSocketSource(self.interfaces, wide=self.accounting == "capture")
         self.sel.register(self.source, selectors.EVENT_READ, self._on_packets)
 
     def _install_rules(self) -> None:
@@ -297,7 +295,7 @@ class Daemon:
         if compiled is None:
             return
         p = self.cfg.policy
-        resolvers = list(p.resolvers) or links.local_addresses(self.interfaces)
+        resolvers = list(p.resolvers) or links.addresses(self.interfaces)
         enforcer = enforce.Enforcer(
             compiled,
             resolvers=resolvers,
@@ -403,7 +401,7 @@ class Daemon:
         from sensor.kernel import links
 
         try:
-            self.pipeline.set_gateway_addresses(links.own_addresses())
+            self.pipeline.set_gateway_addresses(links.addresses())
         except OSError as exc:
             log.warning("cannot list the gateway's own addresses: %s", exc)
 

@@ -3,6 +3,7 @@ sensor.sources.live (the source protocol), sensor.sources.nflog, sensor.sources.
 sensor.sources.bpf and sensor.kernel.nftables (the capture rules, the nft counter)."""
 
 from sensor.decode.link import ARPHRD_ETHER, ARPHRD_LOOPBACK, ARPHRD_VOID
+from sensor.kernel.conntrack import ACCT_SYSCTL
 from sensor.kernel.netlink import (
     NETLINK_NETFILTER,
     NLA_TYPE_MASK,
@@ -11,7 +12,6 @@ from sensor.kernel.netlink import (
     NLMSG_ERROR,
 )
 from sensor.kernel.nftables import (
-    CONNTRACK_ACCT,
     DEFAULT_FIRST_PACKETS,
     DEFAULT_HOST_BURST,
     DEFAULT_HOST_RATE,
@@ -49,6 +49,8 @@ from sensor.sources.nflog import (
     NflogSource,
 )
 from sensor.sources.packet import RAW_IP_HATYPES, Interface, PacketSocketSource
+
+CONNTRACK_ACCT = str(ACCT_SYSCTL)
 
 __all__ = [
     "ACCEPT_ALL",

@@ -1,6 +1,8 @@
 """Compatibility re-exports, removed after the move: sensor.netlink is now sensor.kernel.netlink
 (sockets, framing), sensor.kernel.conntrack and sensor.kernel.links."""
 
+from collections.abc import Collection
+
 from sensor.kernel.conntrack import (
     ACCT_SYSCTL,
     AccountingResult,
@@ -17,12 +19,11 @@ from sensor.kernel.links import (
     LinkEvent,
     NeighbourEvent,
     NeighbourMonitor,
+    addresses,
     interfaces_for_prefixes,
     lan_prefixes,
     link_state,
-    local_addresses,
     neighbours,
-    own_addresses,
 )
 from sensor.kernel.netlink import (
     DEFAULT_EVENT_RCVBUF,
@@ -31,6 +32,17 @@ from sensor.kernel.netlink import (
     NETNS_RUN_DIR,
     NetlinkError,
 )
+
+
+def own_addresses(*, netns: str | None = None) -> list[str]:
+    """`sensor.kernel.links.addresses()` of every interface."""
+    return addresses(netns=netns)
+
+
+def local_addresses(interfaces: Collection[str], *, netns: str | None = None) -> list[str]:
+    """`sensor.kernel.links.addresses(interfaces)`."""
+    return addresses(interfaces, netns=netns)
+
 
 __all__ = [
     "ACCT_SYSCTL",

@@ -26,7 +26,7 @@ from sensor.decode import http as http_dec
 from sensor.decode import quic as quic_dec
 from sensor.decode import tls as tls_dec
 from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
-from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
+from sensor.decode.link import FIXED_LAYOUTS, PACKET_OUTGOING, mac_str, parse_link
 from sensor.detect import placeholders
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
@@ -1005,19 +1005,18 @@ def _fastpath_available() -> bool:
     return True
 
 
-# Per link type: a struct reading, at the frame's start, the link's EtherType and the IPv4
-# fields the fast path needs; the network header's offset; whether the link is raw IP (no
-# EtherType: the version nibble decides).
+def _lead(eto: int | None, l3: int) -> struct.Struct:
+    """Reads, at a frame's start, the link's EtherType (unless `eto` is None: raw IP) and the
+    IPv4 fields the fast path needs: version/IHL, total length, flags/fragment, protocol."""
+    ip = "BxHxxHxB"
+    return struct.Struct(f">{l3}x{ip}" if eto is None else f">{eto}xH{l3 - eto - 2}x{ip}")
+
+
 _LINK_LAYOUTS: dict[int, tuple[struct.Struct, int, bool]] = {
-    1: (struct.Struct(">12xHBxHxxHxB"), 14, False),  # Ethernet (tagged frames go slow)
-    113: (struct.Struct(">14xHBxHxxHxB"), 16, False),  # Linux SLL
-    276: (struct.Struct(">H18xBxHxxHxB"), 20, False),  # Linux SLL2
-    101: (struct.Struct(">BxHxxHxB"), 0, True),  # raw IP
-    12: (struct.Struct(">BxHxxHxB"), 0, True),
-    14: (struct.Struct(">BxHxxHxB"), 0, True),
-    228: (struct.Struct(">BxHxxHxB"), 0, True),
-    229: (struct.Struct(">BxHxxHxB"), 0, True),
+    lt: (_lead(eto, l3), l3, eto is None) for lt, (eto, l3) in FIXED_LAYOUTS.items()
 }
+"""Per link type (sensor.decode.link's fixed layouts; tagged Ethernet frames go slow): the
+struct above, the network header's offset, whether the link is raw IP."""
 _V6_HEADER = struct.Struct(">4xHB")
 """IPv6 payload length and next header."""
 

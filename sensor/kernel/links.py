@@ -193,25 +193,20 @@ def lan_prefixes(
     return out
 
 
-def own_addresses(*, netns: str | None = None) -> list[str]:
-    """Every global address this host (namespace) holds, on any interface: what the gateway's
-    own connections come from."""
+def addresses(interfaces: Collection[str] | None = None, *, netns: str | None = None) -> list[str]:
+    """The global addresses (no prefix length) this host (namespace) holds on `interfaces`, or
+    on any interface when None, each once; link-local and host-scope ones left out. All of
+    them: what the gateway's own connections come from; those on the LAN interfaces: where its
+    own services (its DNS resolver) answer the LAN."""
     with _Rtnl(netns) as rtnl:
-        return list(dict.fromkeys(str(iface.ip) for _, iface in rtnl.addresses()))
-
-
-def local_addresses(interfaces: Collection[str], *, netns: str | None = None) -> list[str]:
-    """The addresses (no prefix length) the host holds on `interfaces`, link-local left out:
-    where the gateway's own services (its DNS resolver) answer the LAN."""
-    with _Rtnl(netns) as rtnl:
-        links = rtnl.links()
-        addresses = rtnl.addresses()
-    out: list[str] = []
-    for index, iface in addresses:
-        name = links.get(index, (None, 0))[0]
-        if name in interfaces and not iface.ip.is_link_local and str(iface.ip) not in out:
-            out.append(str(iface.ip))
-    return out
+        links = rtnl.links() if interfaces is not None else {}
+        held = rtnl.addresses()
+    out = (
+        str(iface.ip)
+        for index, iface in held
+        if interfaces is None or links.get(index, (None, 0))[0] in interfaces
+    )
+    return list(dict.fromkeys(out))
 
 
 def interfaces_for_prefixes(prefixes: Iterable[str], *, netns: str | None = None) -> list[str]:

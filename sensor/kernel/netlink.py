@@ -199,6 +199,11 @@ def open_socket(
     return sock
 
 
+def message(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
+    """One netlink message: the header (port id 0: the kernel fills in ours), then `body`."""
+    return NLMSGHDR.pack(16 + len(body), mtype, flags, seq, 0) + body
+
+
 def split(data: bytes) -> Iterator[tuple[int, int, int, int]]:
     """(type, flags, sequence number, offset) of each message in a netlink datagram."""
     offset = 0
@@ -210,7 +215,8 @@ def split(data: bytes) -> Iterator[tuple[int, int, int, int]]:
         offset += (length + 3) & ~3
 
 
-def error_code(data: bytes, offset: int) -> int:
+def error_code(data: bytes | bytearray | memoryview, offset: int) -> int:
+    """The errno of the NLMSG_ERROR message at `offset` (0: an acknowledgement)."""
     return -int(struct.unpack_from("=i", data, offset + 16)[0])
 
 
@@ -226,7 +232,7 @@ def request_dump(
     seq = int(time.monotonic_ns() & 0x7FFFFFFF) or 1
     flags = NLM_F_REQUEST | NLM_F_DUMP
     if isinstance(request, bytes):
-        sock.send(struct.pack("=IHHII", 16 + len(request), msg_type, flags, seq, 0) + request)
+        sock.send(message(msg_type, flags, seq, request))
     else:
         request["header"]["type"] = msg_type
         request["header"]["flags"] = flags

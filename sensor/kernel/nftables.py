@@ -1,5 +1,6 @@
-"""nftables: the one runner of `nft`, the capture rules (what the kernel sends to NFLOG), and a
-reader of one named counter over netlink."""
+"""nftables: the one runner of `nft` (`run_nft`, `load_script`), the capture rules (what the
+kernel sends to NFLOG: `nft_rules`, `install_rules`, `remove_rules`), and `NftCounter`, a reader
+of one named counter over netlink. sensor.enforce loads its policy table through the runner."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import struct
 import subprocess
 from collections.abc import Sequence
 
+from sensor.kernel.conntrack import enable_accounting
 from sensor.kernel.links import IFNAME_RE
 from sensor.kernel.netlink import (
     NETLINK_NETFILTER,
     NLM_F_REQUEST,
     NLMSG_ERROR,
     NLMSGHDR,
+    error_code,
     find_attr,
+    message,
     nla,
 )
 
@@ -44,7 +48,6 @@ QUIC_FIRST_PACKETS_FACTOR = 4
 4 x first_packets packets of a UDP connection, not only the first first_packets: a Retry or a
 version negotiation restarts the Initials after 0-RTT packets, and Chrome's first flight alone
 can take several datagrams. Long headers end with the handshake, so this adds little."""
-CONNTRACK_ACCT = "/proc/sys/net/netfilter/nf_conntrack_acct"
 
 
 def nft_rules(
@@ -221,17 +224,49 @@ table inet {table} {{
 """
 
 
-def _run_in(netns: str | None, argv: Sequence[str], stdin: str | None = None) -> str:
-    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+def run_nft(
+    args: Sequence[str],
+    *,
+    stdin: str | None = None,
+    netns: str | None = None,
+    nft: str = "nft",
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """Runs `nft ARGS` (inside the named namespace `netns` through `ip netns exec`) and returns
+    what it did; its exit status is the caller's to judge. NftError when it cannot be run at
+    all (not installed, no permission, no answer within `timeout` seconds)."""
+    argv = [nft, *args]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
     try:
-        proc = subprocess.run(
-            full, input=stdin, capture_output=True, text=True, timeout=30, check=False
+        return subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NftError(f"{' '.join(full)}: {exc}") from None
+        raise NftError(f"{' '.join(argv)}: {exc}") from None
+
+
+def load_script(
+    script: str,
+    *,
+    netns: str | None = None,
+    nft: str = "nft",
+    timeout: float = 30.0,
+) -> str:
+    """`nft -f -` of `script`: one transaction, all of it or nothing. Returns what nft printed;
+    NftError with nft's last words when it refuses."""
+    proc = run_nft(["-f", "-"], stdin=script, netns=netns, nft=nft, timeout=timeout)
     if proc.returncode != 0:
-        raise NftError(f"{' '.join(full)} failed: {proc.stderr.strip()}")
+        err = proc.stderr.strip().splitlines()
+        raise NftError(f"nft failed: {' / '.join(err[-3:]) or f'exit status {proc.returncode}'}")
     return proc.stdout
+
+
+def drop_table(table: str) -> str:
+    """A script deleting `table inet TABLE`, harmless when it is absent: declaring the table
+    first makes the delete succeed either way (and, ahead of a new definition, the load an
+    atomic replace)."""
+    return f"table inet {table}\ndelete table inet {table}\n"
 
 
 def install_rules(
@@ -249,7 +284,7 @@ def install_rules(
     lan_prefixes: Sequence[str] = (),
 ) -> None:
     """Load `nft_rules` (replacing an older version of the table in the same transaction) and
-    switch conntrack accounting on. `netns` runs it in a named namespace (`ip netns exec`)."""
+    switch conntrack accounting on. `netns` runs it in a named namespace."""
     rules = nft_rules(
         group,
         lan_ifaces,
@@ -261,28 +296,18 @@ def install_rules(
         hosts=hosts,
         lan_prefixes=lan_prefixes,
     )
-    # Declaring then deleting the table makes the load an atomic replace, also the first time.
-    script = f"table inet {table}\ndelete table inet {table}\n{rules}"
-    _run_in(netns, [nft, "-f", "-"], stdin=script)
+    load_script(drop_table(table) + rules, netns=netns, nft=nft)
     # After the load: the rules' conntrack use creates net.netfilter in a fresh namespace.
-    if netns:
-        _run_in(netns, ["sh", "-c", f"echo 1 > {CONNTRACK_ACCT}"])
-    else:
-        # Under systemd /proc/sys is read-only (ProtectKernelTunables) and the sysctl.d file
-        # has switched accounting on already: write only when it is off.
-        try:
-            with open(CONNTRACK_ACCT) as fh:
-                if fh.read().strip() == "1":
-                    return
-            with open(CONNTRACK_ACCT, "w") as fh:
-                fh.write("1\n")
-        except OSError as exc:
-            raise NftError(exc.errno, f"{CONNTRACK_ACCT}: {exc.strerror}") from None
+    # Under systemd /proc/sys is read-only (ProtectKernelTunables) and the sysctl.d file has
+    # switched accounting on already: `enable_accounting` writes only when it is off.
+    result = enable_accounting(netns=netns)
+    if not result:
+        raise NftError(result.reason)
 
 
 def remove_rules(*, table: str = NFT_TABLE, netns: str | None = None, nft: str = "nft") -> None:
     """Delete the table; nothing happens if it is not there."""
-    _run_in(netns, [nft, "-f", "-"], stdin=f"table inet {table}\ndelete table inet {table}\n")
+    load_script(drop_table(table), netns=netns, nft=nft)
 
 
 _NFT_MSG_NEWOBJ = (10 << 8) | 18  # NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWOBJ
@@ -292,7 +317,6 @@ _NFT_OBJECT_COUNTER = 1
 _NFTA_COUNTER_PACKETS = 2
 _NFPROTO_INET = 1
 _BE32 = struct.Struct(">I")
-_ERRNO = struct.Struct("=i")
 
 
 class NftCounter:
@@ -316,7 +340,7 @@ class NftCounter:
         body += nla(_NFTA_OBJ_TABLE, self.table.encode() + b"\0")
         body += nla(_NFTA_OBJ_NAME, self.name.encode() + b"\0")
         body += nla(_NFTA_OBJ_TYPE, _BE32.pack(_NFT_OBJECT_COUNTER))
-        msg = NLMSGHDR.pack(16 + len(body), _NFT_MSG_GETOBJ, NLM_F_REQUEST, self._seq, 0) + body
+        msg = message(_NFT_MSG_GETOBJ, NLM_F_REQUEST, self._seq, body)
         try:
             self._sock.send(msg)
             self._sock.settimeout(timeout)
@@ -329,7 +353,7 @@ class NftCounter:
                     self.missing = (
                         mtype == NLMSG_ERROR
                         and length >= 20
-                        and -_ERRNO.unpack_from(data, 16)[0] == errno.ENOENT
+                        and error_code(data, 0) == errno.ENOENT
                     )
                     return None
                 self.missing = False

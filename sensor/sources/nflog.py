@@ -33,6 +33,8 @@ from sensor.kernel.netlink import (
     NLM_F_REQUEST,
     NLMSG_ERROR,
     NLMSGHDR,
+    error_code,
+    message,
     nla,
     set_rcvbuf,
 )
@@ -69,7 +71,6 @@ NF_INET_LOCAL_OUT = 3
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 _TIMESTAMP = struct.Struct(">QQ")
-_ERRNO = struct.Struct("=i")
 
 
 @dataclass(slots=True)
@@ -125,7 +126,7 @@ class NflogParser:
                     out.append(pkt)
             elif mtype == NLMSG_ERROR:
                 if mlen >= 20:
-                    err = -_ERRNO.unpack_from(mv, pos + 16)[0]
+                    err = error_code(mv, pos)
                     self.acks[mseq] = err
                     if len(self.acks) > 64:
                         self.acks.pop(next(iter(self.acks)))
@@ -273,10 +274,7 @@ class NflogSource:
     def _message(self, attrs: bytes) -> tuple[int, bytes]:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         body = struct.pack(">BBH", socket.AF_UNSPEC, 0, self.group) + attrs
-        head = NLMSGHDR.pack(
-            16 + len(body), NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, self._seq, 0
-        )
-        return self._seq, head + body
+        return self._seq, message(NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, self._seq, body)
 
     def _request(self, attrs: bytes, what: str, timeout: float = 2.0) -> None:
         seq, msg = self._message(attrs)

@@ -20,6 +20,7 @@ from typing import Self
 from sensor.decode.link import (
     ARPHRD_ETHER,
     ARPHRD_LOOPBACK,
+    FIXED_LAYOUTS,
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
 )
@@ -68,7 +69,7 @@ class Interface:
 
     @property
     def l3_offset(self) -> int:
-        return 14 if self.hatype in _ETHERNET_HATYPES else 0
+        return FIXED_LAYOUTS[self.linktype][1]
 
     @property
     def linktype(self) -> int:

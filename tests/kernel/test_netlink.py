@@ -38,12 +38,13 @@ from sensor.kernel.conntrack import (
 from sensor.kernel.links import (
     NeighbourEvent,
     NeighbourMonitor,
+    addresses,
     interfaces_for_prefixes,
     lan_prefixes,
     link_state,
     neighbours,
 )
-from sensor.lab import DEFAULT_DEVICES, GW_WAN4, GW_WAN6, NS_PREFIX, Lab
+from sensor.lab import DEFAULT_DEVICES, GW_LAN4, GW_LAN6, GW_WAN4, GW_WAN6, NS_PREFIX, Lab
 
 T = TypeVar("T")
 
@@ -642,6 +643,17 @@ def test_prefixes_and_links(lab: Lab) -> None:
             lambda got: any(e.ifname == "tst0" and e.kind == "del" for e in got),
         )
         assert any(e.ifname == "tst0" and e.kind == "del" for e in events), events
+
+
+def test_addresses_of_the_gateway_and_of_its_lan(lab: Lab) -> None:
+    """All global addresses (the gateway's own connections), or those of some interfaces (where
+    its own services answer the LAN); each once, never loopback or link-local."""
+    everything = addresses(netns=lab.gw_ns)
+    assert {GW_LAN4, GW_LAN6, GW_WAN4, GW_WAN6} <= set(everything)
+    assert len(everything) == len(set(everything))
+    assert not any(a.startswith(("127.", "fe80")) or a == "::1" for a in everything)
+    assert addresses([lab.lan_bridge], netns=lab.gw_ns) == [GW_LAN4, GW_LAN6]
+    assert addresses(["nosuchif"], netns=lab.gw_ns) == []
 
 
 def flush_udp_flows(lab: Lab) -> None:
