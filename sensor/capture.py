@@ -1,7 +1,7 @@
 """Compatibility re-exports, removed after the move: sensor.capture is now sensor.sources.pcap
 (link-type numbers: sensor.decode.link)."""
 
-from sensor.sources.pcap import (
+from sensor.decode.link import (
     DLT_RAW_BSD,
     DLT_RAW_OPENBSD,
     LINKTYPE_ETHERNET,
@@ -11,6 +11,8 @@ from sensor.sources.pcap import (
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_NULL,
     LINKTYPE_RAW,
+)
+from sensor.sources.pcap import (
     MAX_RECORD,
     STDIN_NAME,
     CaptureError,

@@ -5,7 +5,6 @@ state alike."""
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -16,22 +15,10 @@ from sensor.config import Config
 from sensor.decode.link import LINKTYPE_LINUX_SLL2
 from sensor.fastcount import LINK_LAYOUTS, count_known
 from sensor.flows import Half
-from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
 from sensor.sources.pcap import CaptureFile, Packet, pack_chunks
 from sensor.synth import LINK_ETHERNET, LINK_RAW, LINK_SLL, LINK_SLL2, sample_home
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.flows: list[dict[str, Any]] = []
-        self.devices: list[dict[str, Any]] = []
-
-    def flow(self, flow: Flow) -> None:
-        self.flows.append(dataclasses.asdict(flow))
-
-    def device(self, device: Device) -> None:
-        self.devices.append(dataclasses.asdict(device))
+from tests.test_fastpath import Collect
 
 
 def as_recorded(packets: Sequence[Packet]) -> list[Packet]:

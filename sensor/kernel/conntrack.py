@@ -42,6 +42,7 @@ from sensor.kernel.netlink import (
     NFNLGRP_CONNTRACK_NEW,
     TCP_CONNTRACK_TO_NAME,
     Attrs,
+    EventMonitor,
     EventSocket,
     be_uint,
     in_netns,
@@ -288,7 +289,7 @@ def iter_dump(
                 yield entry
 
 
-class ConntrackMonitor:
+class ConntrackMonitor(EventMonitor):
     """NEW and DESTROY conntrack events, read without blocking.
 
     ```
@@ -315,23 +316,6 @@ class ConntrackMonitor:
         self._events = EventSocket(NETLINK_NETFILTER, groups, netns, rcvbuf)
         self._out: list[ConntrackEvent] = []
 
-    @property
-    def lost_overruns(self) -> int:
-        """Receive-buffer overruns (ENOBUFS) so far: events were lost each time."""
-        return self._events.lost_overruns
-
-    @property
-    def decode_errors(self) -> int:
-        return self._events.decode_errors
-
-    @property
-    def received(self) -> int:
-        return self._events.received
-
-    @property
-    def rcvbuf(self) -> int:
-        return self._events.rcvbuf
-
     def stats(self) -> dict[str, int]:
         """The event counters, for the daemon's snapshot."""
         return {
@@ -339,9 +323,6 @@ class ConntrackMonitor:
             "lost_overruns": self.lost_overruns,
             "decode_errors": self.decode_errors,
         }
-
-    def fileno(self) -> int:
-        return self._events.fileno()
 
     def _handle(self, mtype: int, flags: int, data: bytes, offset: int) -> None:
         if mtype == _CT_NEW:
@@ -359,15 +340,6 @@ class ConntrackMonitor:
         self._events.drain(self._handle, max_messages)
         out, self._out = self._out, []
         return out
-
-    def close(self) -> None:
-        self._events.close()
-
-    def __enter__(self) -> ConntrackMonitor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def accounting_enabled(*, netns: str | None = None, path: Path = ACCT_SYSCTL) -> bool | None:

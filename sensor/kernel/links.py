@@ -30,6 +30,7 @@ from sensor.kernel.netlink import (
     RTM_NEWNEIGH,
     RTNLGRP_LINK,
     RTNLGRP_NEIGH,
+    EventMonitor,
     EventSocket,
     ifaddrmsg,
     ifinfmsg,
@@ -243,7 +244,7 @@ def link_state(ifname: str, *, netns: str | None = None) -> bool:
     return False
 
 
-class NeighbourMonitor:
+class NeighbourMonitor(EventMonitor):
     """Neighbour (and link) changes, read without blocking.
 
     One socket joins the neighbour and link groups; each `read_*` call drains what is ready
@@ -276,17 +277,6 @@ class NeighbourMonitor:
         self._link: deque[LinkEvent] = deque()
         self.dropped = 0
         """Events dropped because a queue held MAX_QUEUED unread ones."""
-
-    @property
-    def lost_overruns(self) -> int:
-        return self._events.lost_overruns
-
-    @property
-    def decode_errors(self) -> int:
-        return self._events.decode_errors
-
-    def fileno(self) -> int:
-        return self._events.fileno()
 
     def ifname(self, index: int) -> str | None:
         entry = self._links.get(index)
@@ -353,12 +343,3 @@ class NeighbourMonitor:
         out = list(self._link)
         self._link.clear()
         return out
-
-    def close(self) -> None:
-        self._events.close()
-
-    def __enter__(self) -> NeighbourMonitor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -33,6 +33,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Self
 
 from pyroute2.netlink import (
     NETLINK_NETFILTER,
@@ -314,6 +315,42 @@ class EventSocket:
                         self.decode_errors += 1
             except ValueError:
                 self.decode_errors += 1  # a truncated datagram: the rest of it is lost
+
+
+class EventMonitor:
+    """What a monitor reading an `EventSocket` offers besides its events: the socket's
+    counters, its descriptor for poll/select, and closing (also as a context manager)."""
+
+    _events: EventSocket
+
+    @property
+    def lost_overruns(self) -> int:
+        """Receive-buffer overruns (ENOBUFS) so far: events were lost each time."""
+        return self._events.lost_overruns
+
+    @property
+    def decode_errors(self) -> int:
+        return self._events.decode_errors
+
+    @property
+    def received(self) -> int:
+        return self._events.received
+
+    @property
+    def rcvbuf(self) -> int:
+        return self._events.rcvbuf
+
+    def fileno(self) -> int:
+        return self._events.fileno()
+
+    def close(self) -> None:
+        self._events.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --- attributes --------------------------------------------------------------------------------

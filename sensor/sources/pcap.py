@@ -20,39 +20,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
-from sensor.decode.link import (
-    DLT_RAW_BSD,
-    DLT_RAW_OPENBSD,
-    LINKTYPE_ETHERNET,
-    LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_NULL,
-    LINKTYPE_RAW,
-)
-
-__all__ = [
-    "DLT_RAW_BSD",
-    "DLT_RAW_OPENBSD",
-    "LINKTYPE_ETHERNET",
-    "LINKTYPE_IPV4",
-    "LINKTYPE_IPV6",
-    "LINKTYPE_LINUX_SLL",
-    "LINKTYPE_LINUX_SLL2",
-    "LINKTYPE_NULL",
-    "LINKTYPE_RAW",
-    "MAX_RECORD",
-    "STDIN_NAME",
-    "CaptureError",
-    "CaptureFile",
-    "Chunk",
-    "Packet",
-    "pack_chunks",
-    "read_captures",
-    "walk_records",
-]
-
 Packet = tuple[float, int, bytes]
 """(Unix time in seconds, link-layer type, frame bytes)."""
 
