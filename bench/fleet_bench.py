@@ -42,7 +42,6 @@ from typing import Any
 
 import cramjam
 
-from sensor.capture import CaptureFile, read_captures
 from sensor.config import parse_config
 from sensor.lab.synth import (
     DEMO_IMEI,
@@ -57,6 +56,7 @@ from sensor.lab.synth import (
 from sensor.metrics import Exporter, SensorView
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
+from sensor.sources.pcap import CaptureFile, read_captures
 from sensor.stages import build as build_stages
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from sensor.capture import CaptureError, CaptureFile, read_captures
 from sensor.config import (
     MAX_CONFIG_BYTES,
     Config,
@@ -43,6 +42,7 @@ from sensor.report import (
     SummarySink,
 )
 from sensor.sinks import AlertSink, EventLogConfig, JournalConfig, make_sinks
+from sensor.sources.pcap import CaptureError, CaptureFile, read_captures
 from sensor.stages import ReportAlerts
 from sensor.stages import build as build_stages
 from sensor.validate import check_identifiers, country_problem, validate

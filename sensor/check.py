@@ -153,12 +153,10 @@ def _check_live(cfg: Config, out: TextIO) -> int:
     write = out.write
     problems = 0
     try:
-        from sensor import netlink
+        from sensor.kernel import conntrack, links
 
-        ifaces = list(cfg.daemon.interfaces) or netlink.interfaces_for_prefixes(
-            cfg.site.lan_networks
-        )
-        acct = netlink.accounting_enabled()
+        ifaces = list(cfg.daemon.interfaces) or links.interfaces_for_prefixes(cfg.site.lan_networks)
+        acct = conntrack.accounting_enabled()
     except (ImportError, OSError) as exc:
         write(f"live capture: cannot inspect this host: {exc}\n")
         return 1  # an environment problem

@@ -50,7 +50,7 @@ from sensor.validate import check_files, load_config, require_home_country
 
 if TYPE_CHECKING:
     from sensor.enforce import Enforcer
-    from sensor.netlink import ConntrackMonitor
+    from sensor.kernel.conntrack import ConntrackMonitor
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,11 @@ class Daemon:
     # --- start --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        from sensor import netlink, privileges
+        from sensor import privileges
+        from sensor.kernel import conntrack, links
 
         cfg = self.cfg
-        self.interfaces = list(cfg.daemon.interfaces) or netlink.interfaces_for_prefixes(
+        self.interfaces = list(cfg.daemon.interfaces) or links.interfaces_for_prefixes(
             cfg.site.lan_networks
         )
         if not self.interfaces:
@@ -184,9 +185,9 @@ class Daemon:
                 "no LAN interface: none holds an address in site.lan_networks; "
                 "set daemon.interfaces"
             )
-        acct = netlink.accounting_enabled()
+        acct = conntrack.accounting_enabled()
         if acct is False:
-            result = netlink.enable_accounting()
+            result = conntrack.enable_accounting()
             if result:
                 acct = True
             else:
@@ -211,9 +212,9 @@ class Daemon:
         if self.accounting == "conntrack":
             # DESTROY only: a NEW event carries no byte counts worth having (the first packets
             # come through the capture), and a SYN flood makes one per packet.
-            self.conntrack = netlink.ConntrackMonitor(new=False)
+            self.conntrack = conntrack.ConntrackMonitor(new=False)
             self.sel.register(self.conntrack, selectors.EVENT_READ, self._on_conntrack)
-        self.neigh = netlink.NeighbourMonitor()
+        self.neigh = links.NeighbourMonitor()
         self.sel.register(self.neigh, selectors.EVENT_READ, self._on_neighbours)
         if self._service_user() is not None:
             # Before the first thread (the Alertmanager sender): threads inherit the bounding
@@ -222,7 +223,7 @@ class Daemon:
         self._build_stages()
         self._note_own_addresses()
         self._start_policy()
-        for ip, mac in netlink.neighbours(interfaces=self.interfaces).items():
+        for ip, mac in links.neighbours(interfaces=self.interfaces).items():
             self.pipeline.learn_neighbour(ip, mac)
             if self.enforcer is not None:
                 self.enforcer.learn_neighbour(ip, mac)
@@ -244,24 +245,24 @@ class Daemon:
         )
 
     def _open_source(self) -> None:
-        from sensor import livecapture
+        from sensor.kernel.nftables import NFT_TABLE
+        from sensor.sources.nflog import NflogSource
+        from sensor.sources.packet import PacketSocketSource
 
         d = self.cfg.daemon
         if self.capture_mode == "nflog":
             self.rules_installed = True  # removing an absent table is harmless
             self._install_rules()
-            self.source = livecapture.NflogSource(d.nflog_group, budget_table=livecapture.NFT_TABLE)
+            self.source = NflogSource(d.nflog_group, budget_table=NFT_TABLE)
         else:
-            self.source = livecapture.PacketSocketSource(
-                self.interfaces, wide=self.accounting == "capture"
-            )
+            self.source = PacketSocketSource(self.interfaces, wide=self.accounting == "capture")
         self.sel.register(self.source, selectors.EVENT_READ, self._on_packets)
 
     def _install_rules(self) -> None:
-        from sensor import livecapture
+        from sensor.kernel.nftables import install_rules
 
         d = self.cfg.daemon
-        livecapture.install_rules(
+        install_rules(
             d.nflog_group,
             self.interfaces,
             first_packets=d.first_packets,
@@ -277,7 +278,7 @@ class Daemon:
         needs CAP_NET_ADMIN: ambient under the systemd unit. After a drop to the service user
         by hand (`privileges.drop_to`, nothing ambient) it fails: counted as "failed", logged,
         and `rules_missing` stays set (STATUS, phonehome_capture_rules_missing)."""
-        from sensor import livecapture
+        from sensor.kernel.nftables import NFT_TABLE, NftError
 
         missing = self.source.rules_missing()
         if missing:
@@ -285,17 +286,17 @@ class Daemon:
                 log.warning(
                     "the nftables table inet %s is gone (a firewall reload flushed the "
                     "ruleset?): no packets are sampled; installing it again",
-                    livecapture.NFT_TABLE,
+                    NFT_TABLE,
                 )
             try:
                 self._install_rules()
-            except livecapture.LiveCaptureError as exc:
+            except NftError as exc:
                 self.rules_restored["failed"] += 1
                 self._write_limiter.warning("rules", "cannot install the nftables rules: %s", exc)
             else:
                 self.rules_restored["ok"] += 1
                 missing = False
-                log.info("nftables table inet %s installed again", livecapture.NFT_TABLE)
+                log.info("nftables table inet %s installed again", NFT_TABLE)
         if missing != self.rules_missing:
             self.rules_missing = missing
             self._next_status = 0.0  # say so now, not at the next periodic STATUS
@@ -316,13 +317,14 @@ class Daemon:
     def _start_policy(self) -> None:
         """Loads the policy table (rules checked by `compile_policy` and by the kernel's
         all-or-nothing transaction: a bad policy changes nothing and stops the start)."""
-        from sensor import enforce, netlink
+        from sensor import enforce
+        from sensor.kernel import links
 
         compiled = self._compile_policy(self.cfg, self.stages)
         if compiled is None:
             return
         p = self.cfg.policy
-        resolvers = list(p.resolvers) or netlink.local_addresses(self.interfaces)
+        resolvers = list(p.resolvers) or links.addresses(self.interfaces)
         enforcer = enforce.Enforcer(
             compiled,
             resolvers=resolvers,
@@ -425,10 +427,10 @@ class Daemon:
     def _note_own_addresses(self) -> None:
         """The gateway's own addresses, so that its own connections (conntrack sees them all)
         are not taken for a LAN device's."""
-        from sensor import netlink
+        from sensor.kernel import links
 
         try:
-            self.pipeline.set_gateway_addresses(netlink.own_addresses())
+            self.pipeline.set_gateway_addresses(links.addresses())
         except OSError as exc:
             log.warning("cannot list the gateway's own addresses: %s", exc)
 
@@ -582,9 +584,9 @@ class Daemon:
     def _start_dump(self) -> None:
         """Begins a periodic dump of the assured conntrack entries (long-lived connections
         whose counters grow without packets reaching us); `_dump_slice` takes it in parts."""
-        from sensor import netlink
+        from sensor.kernel import conntrack
 
-        self._dump_iter = netlink.iter_dump(assured_only=True)
+        self._dump_iter = conntrack.iter_dump(assured_only=True)
         self._dump_busy = 0.0
         self._dump_entries = 0
 
@@ -716,10 +718,10 @@ class Daemon:
                     self.sel.unregister(obj)
                 obj.close()
         if self.rules_installed:
-            from sensor import livecapture
+            from sensor.kernel.nftables import remove_rules
 
             try:
-                livecapture.remove_rules()
+                remove_rules()
             except Exception as exc:
                 log.warning("removing the nftables rules failed: %s", exc)
         self._remove_policy()
@@ -899,9 +901,9 @@ def main(config_path: str | None) -> int:
     except (DaemonError, OSError, MetricsError) as exc:
         log.error("cannot start: %s", exc)
         if daemon.rules_installed:
-            from sensor import livecapture
+            from sensor.kernel.nftables import remove_rules
 
-            livecapture.remove_rules()
+            remove_rules()
         daemon._remove_policy()
         return 1
     return daemon.run()

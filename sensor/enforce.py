@@ -11,7 +11,8 @@ current, reads its counters, removes it.
   turned into `policy_block` / `policy_would_block` events (one per rule, device and
   suppression window) and metrics.
 
-`nft` is run as a child process: under the systemd unit it inherits CAP_NET_ADMIN (ambient).
+`nft` is run as a child process (sensor.kernel.nftables): under the systemd unit it inherits
+CAP_NET_ADMIN (ambient).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sensor.enrich.geo import ip_key, merge_intervals, subtract_intervals
+from sensor.kernel import nftables
 from sensor.policy import (
     DNS_TTL_MAX,
     DNS_TTL_MIN,
@@ -81,20 +82,11 @@ class EnricherData:
         return sorted(name for name, e in vendors.entries.items() if e.vendor.lower() == low)
 
 
-def _nft(script: str, *, netns: str | None, nft: str = "nft", json_out: bool = False) -> str:
-    argv = [nft, "-j", "-f", "-"] if json_out else [nft, "-f", "-"]
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
+def _nft(script: str, *, netns: str | None, nft: str = "nft") -> str:
     try:
-        proc = subprocess.run(
-            argv, input=script, capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EnforceError(f"{argv[0]}: {exc}") from None
-    if proc.returncode != 0:
-        err = proc.stderr.strip().splitlines()
-        raise EnforceError(f"nft failed: {' / '.join(err[-3:]) or proc.returncode}")
-    return proc.stdout
+        return nftables.load_script(script, netns=netns, nft=nft, timeout=60)
+    except nftables.NftError as exc:
+        raise EnforceError(str(exc)) from None
 
 
 def load(compiled: CompiledPolicy, *, netns: str | None = None, nft: str = "nft") -> None:
@@ -105,16 +97,13 @@ def load(compiled: CompiledPolicy, *, netns: str | None = None, nft: str = "nft"
 
 def remove(*, table: str = POLICY_TABLE, netns: str | None = None, nft: str = "nft") -> None:
     """Delete the policy table; nothing happens if it is not there."""
-    _nft(f"table inet {table}\ndelete table inet {table}\n", netns=netns, nft=nft)
+    _nft(nftables.drop_table(table), netns=netns, nft=nft)
 
 
 def exists(*, table: str = POLICY_TABLE, netns: str | None = None, nft: str = "nft") -> bool:
-    argv = [nft, "list", "table", "inet", table]
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        proc = nftables.run_nft(["list", "table", "inet", table], netns=netns, nft=nft)
+    except nftables.NftError:
         return False
     return proc.returncode == 0
 
@@ -123,12 +112,10 @@ def read_counters(
     *, table: str = POLICY_TABLE, netns: str | None = None, nft: str = "nft"
 ) -> dict[str, tuple[int, int]] | None:
     """Counter name -> (packets, bytes); None when the table is not there."""
-    argv = [nft, "-j", "list", "counters", "table", "inet", table]
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
+    args = ["-j", "list", "counters", "table", "inet", table]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        proc = nftables.run_nft(args, netns=netns, nft=nft)
+    except nftables.NftError:
         return None
     if proc.returncode != 0:
         return None

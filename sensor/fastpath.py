@@ -20,23 +20,16 @@ import struct
 import numpy as np
 from numpy.typing import NDArray
 
-from sensor.capture import MAX_RECORD, Chunk
+from sensor.decode.link import FIXED_LAYOUTS
+from sensor.sources.pcap import MAX_RECORD, Chunk
 
 I64 = NDArray[np.int64]
 U8 = NDArray[np.uint8]
 
-LINKS: dict[int, tuple[int | None, int]] = {
-    1: (12, 14),  # Ethernet (tagged frames are not simple)
-    113: (14, 16),  # Linux SLL
-    276: (0, 20),  # Linux SLL2
-    101: (None, 0),  # raw IP: no EtherType, the version nibble decides
-    12: (None, 0),
-    14: (None, 0),
-    228: (None, 0),
-    229: (None, 0),
-}
+LINKS = FIXED_LAYOUTS
 """Per link type: where the EtherType is in the frame (None: raw IP) and where the network
-header starts. The layouts of the pure loop's `_LINK_LAYOUTS`."""
+header starts (sensor.decode.link, as for the pure loop; tagged Ethernet frames are not
+simple)."""
 
 _MIN4 = 40
 """Bytes past the link header a simple IPv4 frame needs (the pure loop's IPv4 + TCP headers)."""

@@ -14,12 +14,10 @@ import heapq
 import ipaddress
 import logging
 import socket
-import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sensor.capture import MAX_RECORD, Chunk, Packet, pack_chunks
 from sensor.config import Config
 from sensor.decode import dhcp as dhcp_dec
 from sensor.decode import dns as dns_dec
@@ -31,10 +29,13 @@ from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
 from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
 from sensor.detect import placeholders
 from sensor.ech import EchCovers, packaged_public_names
+from sensor.fastcount import LINK_LAYOUTS as _LINK_LAYOUTS
+from sensor.fastcount import count_known
 from sensor.fingerprints import remember as remember_ja4
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.names import DnsCache, redact_name
+from sensor.sources.pcap import MAX_RECORD, Chunk, Packet
 
 if TYPE_CHECKING:
     from sensor.fastpath import Columns
@@ -162,8 +163,25 @@ class Pipeline:
     # --- the packet loop ------------------------------------------------------------------------
 
     def run_packets(self, packets: Iterable[Packet]) -> None:
-        """Feed single packets (tests, live sources that hand out one frame at a time)."""
-        self.run(pack_chunks(packets))
+        """Feed single packets (live sources, tests), each frame as it is (not re-packed into
+        pcap records), through the steps of `_run_pure`. Never raises on packet content."""
+        tcp = self.flows.tcp
+        udp = self.flows.udp
+        slow = self._slow
+        next_sweep = self._next_sweep
+        n = 0
+        fast = 0
+        ts = self.last_ts
+        for ts, lt, frame in packets:
+            n += 1
+            if ts >= next_sweep:
+                next_sweep = self._sweep(ts)
+            layout = _LINK_LAYOUTS.get(lt)
+            if layout is not None and count_known(tcp, udp, ts, layout, frame, 0, len(frame)):
+                fast += 1
+            else:
+                slow(ts, lt, frame)
+        self._loop_end(next_sweep, ts, n, fast)
 
     def run(self, chunks: Iterable[Chunk]) -> None:
         """Feed chunks of pcap-format records through decode and the flow table. Never raises
@@ -326,20 +344,16 @@ class Pipeline:
         self.packets_decoded += fast
 
     def _run_pure(self, chunks: Iterable[Chunk]) -> None:
-        """`run` in pure Python.
-
-        This is the hot loop: records are walked in place; a packet of a known flow whose
-        inspection is over costs a header unpack, a few byte reads, one slice and one dict
-        lookup.
-        """
+        """`run` in pure Python, the hot loop: records are walked in place; a packet of a known
+        flow whose inspection is over costs a record-header unpack and `count_known`."""
         tcp = self.flows.tcp
         udp = self.flows.udp
         slow = self._slow
+        known = count_known
         next_sweep = self._next_sweep
         n = 0
         fast = 0
         ts = self.last_ts
-        v6hdr = _V6_HEADER.unpack_from
         for chunk in chunks:
             buf = chunk.buf
             pos = chunk.start
@@ -349,16 +363,6 @@ class Pipeline:
             unpack_from = chunk.header.unpack_from
             start_n = n
             layout = _LINK_LAYOUTS.get(lt)
-            if layout is None:
-                lead = None
-                l3 = 0
-                raw = False
-            else:
-                lead = layout[0].unpack_from
-                l3 = layout[1]
-                raw = layout[2]
-            min4 = l3 + 40  # IPv4 + TCP headers: every read below stays in the frame (the
-            min6 = l3 + 60  # buffer goes on past it, so no IndexError would say otherwise)
             while pos + 16 <= end:
                 sec, frac, caplen, _ = unpack_from(buf, pos)
                 s = pos + 16
@@ -370,53 +374,16 @@ class Pipeline:
                 ts = sec + frac * res
                 if ts >= next_sweep:
                     next_sweep = self._sweep(ts)
-                if lead is None:
+                if layout is not None and known(tcp, udp, ts, layout, buf, s, caplen):
+                    fast += 1
+                else:
                     slow(ts, lt, buf[s:e])
-                    continue
-                try:
-                    # Link type, IPv4 version/IHL, total length, flags/fragment, protocol.
-                    if raw:
-                        vihl, iplen, frag, p = lead(buf, s)
-                        et = 0x0800 if vihl >> 4 == 4 else 0x86DD
-                    else:
-                        et, vihl, iplen, frag, p = lead(buf, s)
-                    off = s + l3
-                    if et == 0x0800 and vihl == 0x45 and not frag & 0x3FFF and caplen >= min4:
-                        key = buf[off + 12 : off + 24]
-                        hl = 20
-                    elif et == 0x86DD and caplen >= min6:
-                        plen, p = v6hdr(buf, off)
-                        key = buf[off + 8 : off + 44]
-                        iplen = plen + 40
-                        hl = 40
-                    else:
-                        slow(ts, lt, buf[s:e])
-                        continue
-                    if p == 6:
-                        h = tcp.get(key)
-                        if h is None or iplen <= hl:
-                            slow(ts, lt, buf[s:e])
-                            continue
-                        if h.inspect and iplen - hl - ((buf[off + hl + 12] >> 4) << 2) > 0:
-                            slow(ts, lt, buf[s:e])
-                            continue
-                    elif p == 17:
-                        h = udp.get(key)
-                        if h is None or iplen <= hl or (h.inspect and iplen - hl > 8):
-                            slow(ts, lt, buf[s:e])
-                            continue
-                    else:
-                        slow(ts, lt, buf[s:e])
-                        continue
-                except (IndexError, struct.error):
-                    slow(ts, lt, buf[s:e])
-                    continue
-                h.packets += 1
-                h.nbytes += iplen
-                h.last = ts
-                fast += 1
             chunk.stop = pos
             chunk.count = n - start_n
+        self._loop_end(next_sweep, ts, n, fast)
+
+    def _loop_end(self, next_sweep: float, ts: float, n: int, fast: int) -> None:
+        """What a loop keeps in locals, handed back: the next sweep, the time, the counts."""
         self._next_sweep = next_sweep
         self.last_ts = ts
         self.packets_read += n
@@ -1058,22 +1025,6 @@ def _fastpath_available() -> bool:
         return False
     return True
 
-
-# Per link type: a struct reading, at the frame's start, the link's EtherType and the IPv4
-# fields the fast path needs; the network header's offset; whether the link is raw IP (no
-# EtherType: the version nibble decides).
-_LINK_LAYOUTS: dict[int, tuple[struct.Struct, int, bool]] = {
-    1: (struct.Struct(">12xHBxHxxHxB"), 14, False),  # Ethernet (tagged frames go slow)
-    113: (struct.Struct(">14xHBxHxxHxB"), 16, False),  # Linux SLL
-    276: (struct.Struct(">H18xBxHxxHxB"), 20, False),  # Linux SLL2
-    101: (struct.Struct(">BxHxxHxB"), 0, True),  # raw IP
-    12: (struct.Struct(">BxHxxHxB"), 0, True),
-    14: (struct.Struct(">BxHxxHxB"), 0, True),
-    228: (struct.Struct(">BxHxxHxB"), 0, True),
-    229: (struct.Struct(">BxHxxHxB"), 0, True),
-}
-_V6_HEADER = struct.Struct(">4xHB")
-"""IPv6 payload length and next header."""
 
 _NOT_HOST_ADDRESSES = frozenset(("0.0.0.0", "::", "255.255.255.255"))
 _SERVER_PORTS = frozenset((53, 67, 80, 123, 443, 547, 853, 1883, 5222, 5228, 8080, 8443, 8883))

@@ -22,8 +22,8 @@ import dpkt
 import pytest
 
 from sensor.analyze import Options, analyze
-from sensor.capture import CaptureFile
 from sensor.lab.synth import PcapWriter, write_sample
+from sensor.sources.pcap import CaptureFile
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress,
@@ -174,7 +174,7 @@ def test_capture_file_never_seeks(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def _walked(cf: CaptureFile) -> list[Any]:
-    from sensor.capture import walk_records
+    from sensor.sources.pcap import walk_records
 
     chunks = []
     for chunk in cf.chunks():

@@ -25,11 +25,10 @@ from hypothesis import strategies as st
 
 pytest.importorskip("numpy")
 
-import sensor.capture as capture
 import sensor.fastpath as fastpath
 import sensor.pipeline as pipeline
+import sensor.sources.pcap as capture
 from bench.mix import home_mix
-from sensor.capture import Chunk, Packet, pack_chunks, walk_records
 from sensor.config import Config, FlowsConfig
 from sensor.lab.synth import (
     LINK_ETHERNET,
@@ -48,6 +47,7 @@ from sensor.lab.synth import (
 )
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
+from sensor.sources.pcap import Chunk, Packet, pack_chunks, walk_records
 from tests.builders import quic_initial_datagrams
 from tests.pipeline_helpers import run_analyze
 

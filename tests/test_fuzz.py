@@ -24,7 +24,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.fuzz_atheris import packets_from_bytes
-from sensor.capture import CaptureError, CaptureFile
 from sensor.config import Config
 from sensor.decode import dhcp as dhcp_dec
 from sensor.decode import dns as dns_dec
@@ -38,6 +37,7 @@ from sensor.lab.synth import DEMO_CONTACTS, DEMO_IMEI, DEMO_PHONE, REDMI_UA, sam
 from sensor.model import ClientHello, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
 from sensor.model import Device as SensorDevice
 from sensor.pipeline import Pipeline
+from sensor.sources.pcap import CaptureError, CaptureFile
 from tests import builders, builders_proto
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"

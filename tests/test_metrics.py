@@ -32,7 +32,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sensor import metrics
 from sensor.alerts import RULES
-from sensor.capture import CaptureFile, read_captures
 from sensor.config import Config, FlowsConfig, parse_config
 from sensor.flows import FlowEntry, FlowTable
 from sensor.lab.synth import (
@@ -59,6 +58,7 @@ from sensor.metrics import (
 )
 from sensor.model import Alert, Destination, Device, DeviceRef, Flow, Observation
 from sensor.pipeline import Pipeline
+from sensor.sources.pcap import CaptureFile, read_captures
 from sensor.stages import build as build_stages
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -24,8 +24,8 @@ from typing import Any
 import dpkt
 import pytest
 
-from sensor.capture import pack_chunks
 from sensor.metrics import ACCEPT_RATE, MetricsConfig
+from sensor.sources.pcap import pack_chunks
 from tests.test_metrics import Wired, dropped, home_config, parse, port_of, values
 
 ROOT = Path(__file__).resolve().parent.parent

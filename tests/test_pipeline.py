@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sensor.analyze import analyze
-from sensor.capture import CaptureFile, read_captures
 from sensor.config import Config, FlowsConfig
 from sensor.lab.synth import (
     AWS_SG_IP,
@@ -37,6 +36,7 @@ from sensor.lab.synth import (
 )
 from sensor.model import Device, Flow, HttpRequest
 from sensor.pipeline import Pipeline
+from sensor.sources.pcap import CaptureFile, read_captures
 from tests.builders import quic_initial_datagrams
 from tests.pipeline_helpers import build, flow_to, ip_lengths_by_direction, run_analyze
 
@@ -439,7 +439,7 @@ def test_mutated_real_packets_never_escape() -> None:
     buf_frames: list[bytes] = []
     import io
 
-    from sensor.capture import CaptureFile
+    from sensor.sources.pcap import CaptureFile
 
     raw = io.BytesIO()
     sample_home(raw)

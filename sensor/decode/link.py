@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from sensor.model import Weird
@@ -12,9 +13,37 @@ ETH_ARP = 0x0806
 _VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
 _MAX_TAGS = 4
 
-SUPPORTED_LINKTYPES = frozenset({0, 1, 12, 14, 101, 113, 228, 229, 276})
-"""The link-layer types `parse_link` decodes (others are counted as skipped)."""
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+DLT_RAW_BSD = 12
+DLT_RAW_OPENBSD = 14
 
+ETHERNET_LEN = 14
+SLL_LEN = 16
+SLL2_LEN = 20
+
+FIXED_LAYOUTS: dict[int, tuple[int | None, int]] = {
+    LINKTYPE_ETHERNET: (12, ETHERNET_LEN),  # untagged frames only
+    LINKTYPE_LINUX_SLL: (14, SLL_LEN),
+    LINKTYPE_LINUX_SLL2: (0, SLL2_LEN),
+    LINKTYPE_RAW: (None, 0),
+    DLT_RAW_BSD: (None, 0),
+    DLT_RAW_OPENBSD: (None, 0),
+    LINKTYPE_IPV4: (None, 0),
+    LINKTYPE_IPV6: (None, 0),
+}
+"""The link types whose header has a fixed length, for the packet loop's fast paths (the pure
+loop in sensor.pipeline, the arrays of sensor.fastpath): where the EtherType sits in the frame
+(None: raw IP, the version nibble decides) and where the network header starts. `parse_link`
+reads the same layouts, and more: VLAN tags, addresses, packet types."""
+
+SUPPORTED_LINKTYPES = frozenset({LINKTYPE_NULL, *FIXED_LAYOUTS})
+"""The link-layer types `parse_link` decodes (others are counted as skipped)."""
 LINKTYPE_NAMES = {
     0: "NULL",
     1: "ETHERNET",
@@ -60,6 +89,15 @@ def linktype_label(linktype: int) -> str:
 PACKET_HOST = 0
 PACKET_OUTGOING = 4
 
+# ARP hardware types (sll_hatype) of the interfaces a cooked header names.
+ARPHRD_ETHER = 1
+ARPHRD_LOOPBACK = 772
+ARPHRD_VOID = 0xFFFF
+
+SLL2_HEADER = struct.Struct(">HHIHBB8s")
+"""Linux cooked v2: protocol, reserved, ifindex, ARPHRD type, packet type, address length,
+address."""
+
 
 @dataclass(frozen=True, slots=True)
 class Link:
@@ -79,8 +117,8 @@ def mac_str(raw: bytes) -> str:
 
 def parse_link(linktype: int, frame: bytes) -> Link | Weird:
     n = len(frame)
-    if linktype == 1:  # Ethernet
-        if n < 14:
+    if linktype == LINKTYPE_ETHERNET:
+        if n < ETHERNET_LEN:
             return Weird("link.truncated")
         off = 12
         vlans: list[int] = []
@@ -96,29 +134,29 @@ def parse_link(linktype: int, frame: bytes) -> Link | Weird:
         if et < 0x0600:
             return Weird("link.llc_frame")
         return Link(off + 2, et, frame[6:12], frame[0:6], tuple(vlans))
-    if linktype == 113:  # Linux SLL
-        if n < 16:
+    if linktype == LINKTYPE_LINUX_SLL:
+        if n < SLL_LEN:
             return Weird("link.truncated")
         pkttype = (frame[0] << 8) | frame[1]
         alen = min((frame[4] << 8) | frame[5], 8)
         src = frame[6 : 6 + alen] if alen == 6 else None
         et = (frame[14] << 8) | frame[15]
-        return _cooked(16, et, src, pkttype, frame)
-    if linktype == 276:  # Linux SLL2
-        if n < 20:
+        return _cooked(SLL_LEN, et, src, pkttype, frame)
+    if linktype == LINKTYPE_LINUX_SLL2:
+        if n < SLL2_LEN:
             return Weird("link.truncated")
         et = (frame[0] << 8) | frame[1]
         pkttype = frame[10]
         alen = min(frame[11], 8)
         src = frame[12 : 12 + alen] if alen == 6 else None
-        return _cooked(20, et, src, pkttype, frame)
-    if linktype in (101, 12, 14):  # raw IP, version from the first nibble
+        return _cooked(SLL2_LEN, et, src, pkttype, frame)
+    if linktype in (LINKTYPE_RAW, DLT_RAW_BSD, DLT_RAW_OPENBSD):  # version: the first nibble
         return _raw(0, frame)
-    if linktype == 228:
+    if linktype == LINKTYPE_IPV4:
         return Link(0, ETH_IPV4, None, None)
-    if linktype == 229:
+    if linktype == LINKTYPE_IPV6:
         return Link(0, ETH_IPV6, None, None)
-    if linktype == 0:  # BSD loopback: 4-byte host-order address family
+    if linktype == LINKTYPE_NULL:  # BSD loopback: 4-byte host-order address family
         if n < 4:
             return Weird("link.truncated")
         return _raw(4, frame)

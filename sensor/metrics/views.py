@@ -70,7 +70,7 @@ class PipelineView(Protocol):
 
 
 class CaptureView(Protocol):
-    """A live capture source (sensor.livecapture): kernel and ring counters; per interface
+    """A live capture source (sensor.sources): kernel and ring counters; per interface
     under ``"interfaces"`` when it has them."""
 
     def stats(self) -> Mapping[str, object]: ...
@@ -85,7 +85,7 @@ class NflogRules:
 
 
 class ConntrackView(Protocol):
-    """The conntrack event monitor (sensor.netlink.ConntrackMonitor)."""
+    """The conntrack event monitor (sensor.kernel.conntrack.ConntrackMonitor)."""
 
     @property
     def received(self) -> int: ...

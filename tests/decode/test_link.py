@@ -14,8 +14,11 @@ from sensor.decode.link import (
     ETH_ARP,
     ETH_IPV4,
     ETH_IPV6,
+    FIXED_LAYOUTS,
     PACKET_HOST,
     PACKET_OUTGOING,
+    SLL2_HEADER,
+    SUPPORTED_LINKTYPES,
     Link,
     mac_str,
     parse_link,
@@ -253,3 +256,27 @@ def test_parse_link_never_raises(linktype: int, frame: bytes) -> None:
     assert got.src_mac is None or len(got.src_mac) == 6
     assert got.dst_mac is None or len(got.dst_mac) == 6
     assert len(got.vlans) <= 4 and all(0 <= v < 4096 for v in got.vlans)
+
+
+@pytest.mark.parametrize("linktype", sorted(FIXED_LAYOUTS))
+def test_fixed_layouts_agree_with_parse_link(linktype: int) -> None:
+    """The fast paths read the EtherType and the network header where `parse_link` finds them."""
+    eto, l3 = FIXED_LAYOUTS[linktype]
+    assert linktype in SUPPORTED_LINKTYPES
+    ip = IPV6 if linktype == 229 else IPV4
+    head = bytearray(l3)
+    et = ETH_IPV6 if linktype == 229 else ETH_IPV4
+    if eto is not None:
+        if linktype == 1:
+            head[:12] = DST + SRC
+        struct.pack_into(">H", head, eto, et)
+    link = parse_link(linktype, bytes(head) + ip)
+    assert isinstance(link, Link)
+    assert (link.offset, link.ethertype) == (l3, et)
+
+
+def test_sll2_header_layout() -> None:
+    head = SLL2_HEADER.pack(ETH_IPV4, 0, 3, 1, PACKET_HOST, 6, SRC)
+    link = parse_link(276, head + IPV4)
+    assert isinstance(link, Link) and SLL2_HEADER.size == link.offset == 20
+    assert link.src_mac == SRC and link.pkttype == PACKET_HOST

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from sensor.daemon import RULES_CHECK
+from sensor.kernel.nftables import NFT_TABLE
 from sensor.lab import Lab
-from sensor.livecapture import NFT_TABLE
 from tests.lab.test_daemon import Daemon
 from tests.lab.test_floods import ALERTS, SUPPRESS, leak_raises_alert, metric_series
 

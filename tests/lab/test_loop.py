@@ -12,7 +12,7 @@ import pytest
 from sensor import daemon as daemon_mod
 from sensor.config import load_config
 from sensor.lab import Lab, post_leak, sensor_config
-from tests.test_livecapture import in_netns
+from tests.sources.test_live import in_netns
 
 QUIET = "[metrics]\nenabled = false\n[journal]\nenabled = false\n"
 

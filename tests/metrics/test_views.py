@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sensor.capture import CaptureFile, read_captures
 from sensor.daemon import Daemon
 from sensor.metrics import Exporter
+from sensor.sources.pcap import CaptureFile, read_captures
 from tests.test_metrics import home_config, parse, sample_capture, total, values
 
 

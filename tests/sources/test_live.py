@@ -22,32 +22,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.capture import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, Packet
 from sensor.config import Config
-from sensor.decode.link import parse_link
-from sensor.livecapture import (
-    ACCEPT_ALL,
+from sensor.decode.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, parse_link
+from sensor.kernel.nftables import (
     DEFAULT_FIRST_PACKETS,
     NFT_TABLE,
-    NFULNL_MSG_PACKET,
-    SKF_AD_IFINDEX,
-    SKF_AD_OFF,
-    SKF_AD_PROTOCOL,
-    BpfAssembler,
-    BpfInsn,
-    LiveCaptureError,
-    LiveSource,
-    NflogParser,
-    NflogSource,
-    PacketSocketSource,
-    build_filter,
     install_rules,
-    live_chunks,
     nft_rules,
     remove_rules,
 )
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
+from sensor.sources.bpf import (
+    ACCEPT_ALL,
+    SKF_AD_IFINDEX,
+    SKF_AD_OFF,
+    SKF_AD_PROTOCOL,
+    BpfAssembler,
+    BpfInsn,
+    build_filter,
+)
+from sensor.sources.live import LiveCaptureError, LiveSource, live_chunks
+from sensor.sources.nflog import NFULNL_MSG_PACKET, NflogParser, NflogSource
+from sensor.sources.packet import PacketSocketSource
+from sensor.sources.pcap import Packet
 
 # --- frames ---------------------------------------------------------------------------------------
 

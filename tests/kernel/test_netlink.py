@@ -1,4 +1,4 @@
-"""sensor.netlink: conntrack counters and events, neighbours, prefixes and links.
+"""sensor.kernel: conntrack counters and events, neighbours, prefixes and links.
 
 The unit tests feed pyroute2-encoded messages and fake sockets (no root needed). The lab tests
 run real traffic through the namespace gateway of sensor.lab (NAT, `ct state` rules,
@@ -24,22 +24,27 @@ from typing import Any, TypeVar
 import pytest
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
-import sensor.netlink as netlink
-from sensor.lab import DEFAULT_DEVICES, GW_WAN4, GW_WAN6, NS_PREFIX, Lab
-from sensor.netlink import (
+import sensor.kernel.conntrack as conntrack
+import sensor.kernel.netlink as netlink
+from sensor.kernel.conntrack import (
     ConntrackEntry,
     ConntrackEvent,
     ConntrackMonitor,
-    NeighbourMonitor,
     accounting_enabled,
     dump,
     enable_accounting,
+    parse_entry,
+)
+from sensor.kernel.links import (
+    NeighbourEvent,
+    NeighbourMonitor,
+    addresses,
     interfaces_for_prefixes,
     lan_prefixes,
     link_state,
     neighbours,
-    parse_entry,
 )
+from sensor.lab import DEFAULT_DEVICES, GW_LAN4, GW_LAN6, GW_WAN4, GW_WAN6, NS_PREFIX, Lab
 
 T = TypeVar("T")
 
@@ -83,7 +88,7 @@ def _tuple_attrs(v6: bool, src: str, dst: str, proto: int, sport: int, dport: in
 
 def ct_message(
     *,
-    msg_type: int = netlink._CT_DELETE,
+    msg_type: int = conntrack._CT_DELETE,
     v6: bool = False,
     proto: int = socket.IPPROTO_TCP,
     orig: tuple[str, str, int, int] = ("192.168.77.23", "203.0.113.10", 40000, 443),
@@ -301,12 +306,12 @@ class FakeSocket:
 
 def fake_monitor(monkeypatch: pytest.MonkeyPatch, items: list[bytes | OSError]) -> ConntrackMonitor:
     fake = FakeSocket(items)
-    monkeypatch.setattr(netlink, "_open_socket", lambda *a, **k: fake)
+    monkeypatch.setattr(netlink, "open_socket", lambda *a, **k: fake)
     return ConntrackMonitor()
 
 
 def test_monitor_counts_overruns_and_keeps_reading(monkeypatch: pytest.MonkeyPatch) -> None:
-    new = ct_message(msg_type=netlink._CT_NEW, counters=None)
+    new = ct_message(msg_type=conntrack._CT_NEW, counters=None)
     gone = ct_message()
     mon = fake_monitor(
         monkeypatch, [new, OSError(errno.ENOBUFS, "No buffer space"), new + gone, gone]
@@ -566,7 +571,7 @@ def test_neighbours_and_events(lab: Lab) -> None:
         run(lab, TOUCH, lab.gw_lan_ipv4)
         run(lab, TOUCH, lab.gw_lan_ipv6)
 
-        def learned(got: list[netlink.NeighbourEvent]) -> bool:
+        def learned(got: list[NeighbourEvent]) -> bool:
             return {dev.ipv4, dev.ipv6} <= {e.ip for e in got if e.kind == "new"}
 
         events = wait_for(mon.fileno(), mon.read_neighbour_events, learned)
@@ -638,6 +643,17 @@ def test_prefixes_and_links(lab: Lab) -> None:
             lambda got: any(e.ifname == "tst0" and e.kind == "del" for e in got),
         )
         assert any(e.ifname == "tst0" and e.kind == "del" for e in events), events
+
+
+def test_addresses_of_the_gateway_and_of_its_lan(lab: Lab) -> None:
+    """All global addresses (the gateway's own connections), or those of some interfaces (where
+    its own services answer the LAN); each once, never loopback or link-local."""
+    everything = addresses(netns=lab.gw_ns)
+    assert {GW_LAN4, GW_LAN6, GW_WAN4, GW_WAN6} <= set(everything)
+    assert len(everything) == len(set(everything))
+    assert not any(a.startswith(("127.", "fe80")) or a == "::1" for a in everything)
+    assert addresses([lab.lan_bridge], netns=lab.gw_ns) == [GW_LAN4, GW_LAN6]
+    assert addresses(["nosuchif"], netns=lab.gw_ns) == []
 
 
 def flush_udp_flows(lab: Lab) -> None:
@@ -732,7 +748,7 @@ def test_dump_of_assured_entries_leaves_half_open_ones_to_the_kernel(lab: Lab) -
     """`assured_only` (what the daemon's periodic dump asks for): an established TCP connection
     is there, one-way UDP flows (never assured) are not, though a full dump has them; and a
     dump can be taken in slices and dropped half way."""
-    from sensor.netlink import iter_dump
+    from sensor.kernel.conntrack import iter_dump
 
     dev = lab.devices["xiaomi"]
     server = lab.servers[SINK_SERVER].ipv4

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-import sensor.capture as capture
-from sensor.capture import (
+import sensor.sources.pcap as capture
+from sensor.cli import main
+from sensor.lab.synth import PHONE, RESOLVER, Capture, PcapWriter, TcpSession, client_hello
+from sensor.sources.pcap import (
     CaptureError,
     CaptureFile,
     Chunk,
@@ -28,8 +30,6 @@ from sensor.capture import (
     pack_chunks,
     read_captures,
 )
-from sensor.cli import main
-from sensor.lab.synth import PHONE, RESOLVER, Capture, PcapWriter, TcpSession, client_hello
 
 # --- writing captures by hand ------------------------------------------------------------------
 
