@@ -4,7 +4,7 @@
     python -m bench.fuzz_atheris --seconds 30
 
 Each input is a little capture: one byte picks the link type, then records of (1 byte of time
-step, 2 bytes of length, frame). The seed corpus is the demo capture's frames (sensor.synth),
+step, 2 bytes of length, frame). The seed corpus is the demo capture's frames (sensor.lab.synth),
 so the fuzzer starts from real DNS, DHCP, HTTP, TLS and QUIC-free TCP and mutates from there.
 The check is the pipeline's promise: nothing escapes, and every packet read is counted as
 decoded or skipped with a reason. A failing input is written to

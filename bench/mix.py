@@ -1,7 +1,7 @@
 """A realistic home-traffic capture of any size, generated fast.
 
 Most of a home network's packets are bulk TLS data in full-size frames and their ACKs; a few per
-cent are DNS, ClientHellos, QUIC and plaintext HTTP. Conversations are built with sensor.synth
+cent are DNS, ClientHellos, QUIC and plaintext HTTP. Conversations are built with sensor.lab.synth
 for the packets that carry names (so they are real wire format) and with pre-packed header
 templates for the bulk (so a million packets take seconds, not minutes).
 """

@@ -13,7 +13,7 @@ entries worth adding to sensor/data/vendors_services.toml). A second line leaves
 names that can have no party at all (an address or a single label such as "localhost" in a
 Host header or SNI), which are neither. `--state` points at a state directory after
 `phonehome update-data`, so the fetched datasets take part; `--synthetic` uses the synthetic
-home capture that `sensor.synth.sample_home` writes instead.
+home capture that `sensor.lab.synth.sample_home` writes instead.
 
 The captures hold first flights only (ClientHellos, QUIC Initials, DNS), so a flow's bytes are
 those of its handshake: the byte share weighs flows by their first flight, not by volume.

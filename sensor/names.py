@@ -167,3 +167,13 @@ class DnsCache:
             return None
         self._map.move_to_end((client, address))
         return name
+
+
+def host_only(host: str) -> str:
+    """An HTTP Host header without port or brackets, lower case."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        return h[1 : h.find("]")] if "]" in h else ""
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")

@@ -16,7 +16,7 @@ import logging
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from sensor.config import Config
 from sensor.decode import dhcp as dhcp_dec
@@ -26,7 +26,7 @@ from sensor.decode import ndp
 from sensor.decode import quic as quic_dec
 from sensor.decode import tls as tls_dec
 from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
-from sensor.decode.link import PACKET_OUTGOING, mac_str, parse_link
+from sensor.decode.link import lan_source_mac, mac_str, parse_link
 from sensor.detect import placeholders
 from sensor.ech import EchCovers, packaged_public_names
 from sensor.fastcount import LINK_LAYOUTS as _LINK_LAYOUTS
@@ -34,7 +34,9 @@ from sensor.fastcount import count_known
 from sensor.fingerprints import remember as remember_ja4
 from sensor.flows import FlowEntry, FlowTable, Half
 from sensor.model import ClientHello, Device, DhcpMessage, DnsMessage, Flow, HttpRequest, Weird
-from sensor.names import DnsCache, redact_name
+from sensor.names import DnsCache, host_only, redact_name
+from sensor.pipeline_consumers import FlowSink as FlowSink
+from sensor.pipeline_consumers import NullObserver, Observer
 from sensor.sources.pcap import MAX_RECORD, Chunk, Packet
 
 if TYPE_CHECKING:
@@ -63,54 +65,6 @@ MAX_ASKED = 4096
 MAX_FRAGMENTS = 4096
 MAX_IP_MAC = 65536
 MAX_LAN_CACHE = 65536
-
-
-class FlowSink(Protocol):
-    """Where the pipeline's ended flows and devices go (`sensor.stages.Stages`, report writers).
-    Not an alert sink (`sensor.sinks.AlertSink`)."""
-
-    def flow(self, flow: Flow) -> None: ...
-
-    def device(self, device: Device) -> None: ...
-
-
-class Observer(Protocol):
-    """Told of outbound plaintext as soon as it is decoded (detection must not wait for the
-    flow to end). Calls happen on the packet loop: keep them cheap, never raise."""
-
-    def http_request(
-        self, flow: Flow, device: Device | None, req: HttpRequest, ts: float
-    ) -> None: ...
-
-    def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None: ...
-
-    def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
-        """The first bytes (within the inspection budget) that the LAN device sent on a flow
-        that is neither TLS, QUIC, HTTP nor DNS."""
-
-    def tick(self, ts: float) -> None:
-        """Time passes (packet time, at every flow-table sweep)."""
-
-    def fingerprint(self, flow: Flow, device: Device, ja4: str, ts: float) -> None:
-        """A device showed a JA4 that is not in its set (`Device.ja4`). Optional: an observer
-        without this method is not told."""
-
-
-class NullObserver:
-    def http_request(self, flow: Flow, device: Device | None, req: HttpRequest, ts: float) -> None:
-        pass
-
-    def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
-        pass
-
-    def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
-        pass
-
-    def tick(self, ts: float) -> None:
-        pass
-
-    def fingerprint(self, flow: Flow, device: Device, ja4: str, ts: float) -> None:
-        pass
 
 
 class Pipeline:
@@ -458,7 +412,7 @@ class Pipeline:
                 frags.popitem(last=False)
         flow = entry.flow
         if h.up and flow.device_mac is None:
-            mac = _lan_mac(link.src_mac, link.pkttype)
+            mac = lan_source_mac(link.src_mac, link.pkttype)
             if mac is not None:
                 flow.device_mac = mac
                 self._note_device(mac, flow.src_ip, ts)
@@ -523,7 +477,7 @@ class Pipeline:
                 known = mac_str(dst_mac)
                 mac = known if known in self.devices else None
         else:
-            mac = _lan_mac(getattr(lk, "src_mac", None), getattr(lk, "pkttype", None))
+            mac = lan_source_mac(getattr(lk, "src_mac", None), getattr(lk, "pkttype", None))
         if mac is None:
             mac = self.ip_mac.get(client_ip)
         else:
@@ -670,7 +624,7 @@ class Pipeline:
         # Named before detection: an alert names its server, and repeats are suppressed per
         # server name (an address the phone never looked up would have none).
         if req.host and flow.name_source in (None, "dns"):
-            host = _host_only(req.host)
+            host = host_only(req.host)
             if host:
                 flow.server_name, flow.name_source = redact_name(host), "http"
         # The device learns the request's User-Agent before detection sees the request: an
@@ -1034,19 +988,3 @@ _SERVER_PORTS = frozenset((53, 67, 80, 123, 443, 547, 853, 1883, 5222, 5228, 808
 def _placeholder_mac(mac: str) -> str | None:
     """Why `mac` can be no device (sensor/data/placeholders.toml), else None."""
     return placeholders.default().mac_reason(mac)
-
-
-def _lan_mac(src_mac: bytes | None, pkttype: int | None) -> str | None:
-    if src_mac is None or pkttype == PACKET_OUTGOING or src_mac[0] & 1:
-        return None
-    return mac_str(src_mac)
-
-
-def _host_only(host: str) -> str:
-    """Host header without port or brackets, lower case."""
-    h = host.strip().lower()
-    if h.startswith("["):
-        return h[1 : h.find("]")] if "]" in h else ""
-    if h.count(":") == 1:
-        h = h.split(":", 1)[0]
-    return h.rstrip(".")

@@ -1,4 +1,4 @@
-"""Helpers for end-to-end tests: build a capture with sensor.synth, run analyze, read records."""
+"""Helpers for end-to-end tests: build a capture with sensor.lab.synth, run analyze, read it."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sensor.decode.tls import looks_like_tls
-from sensor.synth import PHONE, RESOLVER, Capture, TcpSession, client_hello
+from sensor.lab.synth import PHONE, RESOLVER, Capture, TcpSession, client_hello
 from tests.builders import (
     ECH_EXTENSION,
     ech_client_hello,

@@ -15,9 +15,9 @@ from sensor.config import Config
 from sensor.decode.link import LINKTYPE_LINUX_SLL2
 from sensor.fastcount import LINK_LAYOUTS, count_known
 from sensor.flows import Half
+from sensor.lab.synth import LINK_ETHERNET, LINK_RAW, LINK_SLL, LINK_SLL2, sample_home
 from sensor.pipeline import Pipeline
 from sensor.sources.pcap import CaptureFile, Packet, pack_chunks
-from sensor.synth import LINK_ETHERNET, LINK_RAW, LINK_SLL, LINK_SLL2, sample_home
 from tests.test_fastpath import Collect
 
 

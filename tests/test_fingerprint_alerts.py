@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.analyze import analyze
-from sensor.synth import PHONE, Capture, TcpSession, client_hello
+from sensor.lab.synth import PHONE, Capture, TcpSession, client_hello
 from tests.builders import quic_initial_datagrams
 from tests.pipeline_helpers import build
 

@@ -1,6 +1,6 @@
 """Fuzzing: every decoder, the identifier scanner, the capture reader and the packet loop.
 
-Seeds are real messages built with sensor.synth and the test builders; hypothesis mutates them
+Seeds are real messages built with sensor.lab.synth and the test builders; hypothesis mutates them
 (flip bytes, truncate, splice, insert) and checks that nothing escapes: decoders return a record
 or a counted Weird, the reader raises at most CaptureError, and the pipeline counts every packet
 it read as decoded or skipped with a reason.

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from ja4plus.fingerprinters import ja4 as ja4plus
 
-from sensor.synth import PHONE, PHONE6, Capture, TcpSession, client_hello
+from sensor.lab.synth import PHONE, PHONE6, Capture, TcpSession, client_hello
 from tests.builders import big_alpn, ech_client_hello, quic_initial_datagrams, tls_record
 from tests.pipeline_helpers import build, run_analyze
 

@@ -1,4 +1,4 @@
-"""End to end: captures built with dpkt (sensor.synth) through the whole analyze pipeline."""
+"""End to end: captures built with dpkt (sensor.lab.synth) through the whole analyze pipeline."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Our server names agree with tshark's, flow by flow.
 
 One capture of a home network (pcap, untagged Ethernet) and one of a VLAN trunk (pcapng, QinQ)
-are built with sensor.synth and tests.builders: TLS ClientHellos in order, cut into small
+are built with sensor.lab.synth and tests.builders: TLS ClientHellos in order, cut into small
 segments delivered out of order and with duplicates, TLS 1.2, IPv6; QUIC v1 and v2 Initials
 (aioquic), including two-datagram ClientHellos, one of them with its datagrams reversed; QUIC
 drafts 27-34, mvfst, gQUIC Q043/Q046 (cleartext CHLO) and Q050/T050/T051 (encrypted Initials)

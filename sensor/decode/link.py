@@ -188,3 +188,11 @@ def _cooked(off: int, et: int, src: bytes | None, pkttype: int, frame: bytes) ->
     if pkttype == PACKET_OUTGOING:
         src = None
     return Link(off, et, src, None, tuple(vlans), pkttype)
+
+
+def lan_source_mac(src_mac: bytes | None, pkttype: int | None) -> str | None:
+    """The sending device's MAC of a frame a LAN device sent: None for the gateway's own
+    outgoing frames and for group (multicast/broadcast) source addresses."""
+    if src_mac is None or pkttype == PACKET_OUTGOING or src_mac[0] & 1:
+        return None
+    return mac_str(src_mac)

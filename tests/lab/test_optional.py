@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 DAEMON_PATH = ("sensor.cli", "sensor.daemon", "sensor.check", "sensor.analyze")
 """What `phonehome run`, `check` and `analyze` import before their work starts."""
-LAB_MODULES = ("sensor.lab", "sensor.labsrv", "sensor.synth", "sensor.demo")
-"""The lab package and the shims at its old paths."""
+LAB_MODULES = ("sensor.lab", "sensor.lab.servers", "sensor.lab.synth", "sensor.lab.demo")
+"""The lab package and its modules."""
 LAB_ONLY_THIRD_PARTY = ("aioquic", "pylsqpack")
 """Needed by the lab's HTTP/3 server and client only (the `test` extra, not a dependency)."""
 

@@ -2,7 +2,7 @@
 
 Files are written by hand with struct (pcapng features PcapWriter does not produce: several
 interfaces, sections of either byte order, if_tsresol, simple packet blocks, unknown blocks) or
-with sensor.synth where a realistic conversation is needed. Expected timestamps are stated in
+with sensor.lab.synth where a realistic conversation is needed. Expected timestamps are stated in
 the units of the file (microseconds, nanoseconds, ticks) and compared with exact arithmetic.
 """
 
