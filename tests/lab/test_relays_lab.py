@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sensor.enrich import datafiles
+from sensor.update import datafiles
 from sensor.lab import DEFAULT_ZONE, SERVERS, Lab
 from tests.lab.test_daemon import Daemon
 
