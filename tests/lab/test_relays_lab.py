@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sensor.update import datafiles
 from sensor.lab import DEFAULT_ZONE, SERVERS, Lab
+from sensor.update import datafiles
 from tests.lab.test_daemon import Daemon
 
 METRICS_PORT = 14663
