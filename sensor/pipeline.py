@@ -655,6 +655,10 @@ class Pipeline:
                 # An ECH cover never names the flow: a name from DNS stays, or none
                 # (sensor.ech says why a hello with ECH and another name is named by it).
                 flow.ech, flow.outer_server_name = True, sni
+                if flow.server_name is None:  # the answer may have come after the SYN
+                    name = self.dns.lookup(flow.src_ip, flow.dst_ip, flow.first_seen, ts)
+                    if name is not None:
+                        flow.server_name, flow.name_source = name, "dns"
             else:
                 flow.server_name = sni
                 flow.name_source = "tls" if source == "tls" else "quic"
