@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -89,10 +88,8 @@ def test_journal_full_socket_drops_without_blocking(
 ) -> None:
     path, _ = journal_socket
     sink = JournalSink(JournalConfig(socket_path=path))
-    start = time.monotonic()
-    for _ in range(3000):  # nobody reads: the socket's queue fills up
+    for _ in range(3000):  # nobody reads: the socket's queue fills up (a blocking send hangs)
         sink.send(make_alert(summary="x" * 2000))
-    assert time.monotonic() - start < 10
     s = sink.stats()
     assert s["dropped"] > 0 and s["sent"] + s["dropped"] == 3000
     sink.close()
