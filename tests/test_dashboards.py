@@ -234,6 +234,7 @@ def test_names_in_dashboard_and_rules_exist(tmp_path: Path) -> None:
         )
         w.feed(sample_capture(tmp_path / "home.pcap"))
         w.feed(icmp_capture(tmp_path / "icmp.pcap", 1_700_000_001.0))
+        w.feed(second_visit(tmp_path / "second.pcap", 1_700_000_600.0))  # DoT: dns_bypass
         w.write_errors = {("flows.json", "ENOSPC"): 1}  # served only once a write has failed
         w.capture_mode, w.rules_restored = "nflog", {}  # served for the NFLOG capture only
         w.enforcer = policy_enforcer()  # served while a policy is loaded
@@ -357,6 +358,11 @@ def second_visit(path: Path, start: float) -> Path:
     s.open()
     s.send(client_hello("www.example.com"))
     s.send(bytes(40_000), up=False)
+    s.close()
+    s = TcpSession(cap, LAPTOP, "198.51.100.53", 50002, 853)  # DoT past the network's resolver
+    s.open()
+    s.send(client_hello("dns.example.net"))
+    s.send(bytes(3_000), up=False)
     s.close()
     path.write_bytes(buf.getvalue())
     return path

@@ -416,6 +416,24 @@ def panels() -> list[Json]:
             "sensor cannot name (through a relay, behind ECH, or without any name) in the "
             "time range.",
         ),
+        bargauge(
+            "DNS bypass by resolver",
+            targets(
+                (
+                    "sort_desc(sum by (resolver, protocol) (increase("
+                    f"phonehome_dns_bypass_flows_total{{{SEL}}}[$__range])))",
+                    "{{resolver}} ({{protocol}})",
+                ),
+                instant=True,
+            ),
+            "short",
+            w=12,
+            h=8,
+            description="Flows in the time range to a resolver the network did not hand out, "
+            "by resolver and protocol (dot, doq, doh, dns): devices resolving names past the "
+            "network's resolver. Pairs beyond 64 count as resolver \"other\". "
+            "docs/ENCRYPTED.md.",
+        ),
         row("Where uploads go"),
         panel(
             "geomap",
