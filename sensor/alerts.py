@@ -61,8 +61,9 @@ Rules
     pipeline keeps each device's set (`Device.ja4`, the last 32) and tells this stage of a
     fingerprint new to it (`AlertStage.account_fingerprint`). For ``new_fingerprint_learning``
     seconds (default one day) after the stage first sees a device its fingerprints are learned
-    silently: a phone runs dozens of apps in its first hours. Suppressed per (device,
-    fingerprint).
+    silently: a phone runs dozens of apps in its first hours. The daemon keeps the sets and
+    when their learning began across restarts (`sensor.fingerprints.SavedSets`), so neither
+    starts again. Suppressed per (device, fingerprint).
 ``dns_bypass`` (info, ``dns_bypass_severity``)
     A device resolved names with a resolver the network did not hand out: DoT, DoQ, DoH to a
     listed public resolver, or plain DNS elsewhere (sensor.detect.bypass decides what a flow
@@ -367,7 +368,7 @@ class AlertStage:
             return self.account_contact(obs.ts, obs.device, obs.dst, obs.flow_uid)
         if obs.what == "fingerprint" and obs.fingerprint is not None:
             return self.account_fingerprint(
-                obs.ts, obs.device, obs.dst, obs.fingerprint, obs.flow_uid
+                obs.ts, obs.device, obs.dst, obs.fingerprint, obs.flow_uid, since=obs.since
             )
         if obs.what == "dns_bypass":
             return self._dns_bypass(obs)
@@ -487,11 +488,15 @@ class AlertStage:
         dst: Destination,
         ja4: str,
         flow_uid: str | None = None,
+        *,
+        since: float | None = None,
     ) -> Alert | None:
         """A device showed `ja4`, a fingerprint not in its set; new_fingerprint unless the
-        device is still in its learning period."""
+        device is still in its learning period, which began when this stage first saw the
+        device or at `since` if earlier (a set learned before a restart)."""
         dev = self._device(device_key(device), ts)
-        if ts - dev.first_seen < self.cfg.new_fingerprint_learning:
+        start = dev.first_seen if since is None else min(dev.first_seen, since)
+        if ts - start < self.cfg.new_fingerprint_learning:
             self.learned_fingerprints += 1
             return None
         summary = (

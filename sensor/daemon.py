@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 from sensor import __version__
 from sensor.config import Config, ConfigError, site_name
 from sensor.files import errno_name, write_atomically
+from sensor.fingerprints import STATE_NAME as FINGERPRINTS_NAME
+from sensor.fingerprints import SavedSets
 from sensor.metrics import Exporter, MetricsError, NflogRules, SensorView
 from sensor.model import Alert, Device, DeviceRef, Flow
 from sensor.pipeline import Pipeline
@@ -142,6 +144,9 @@ class Daemon:
         """file -> why its last write failed, while it keeps failing (the STATUS line)."""
         self._write_limiter = LogLimiter(log)
         self.conntrack_updates = 0
+        self.fingerprints = SavedSets()
+        """The devices' JA4 sets, read from the state directory at start, saved with the
+        snapshot when one changed and at stop."""
         self.enforcer: Enforcer | None = None
         """sensor.enforce.Enforcer while a policy is loaded."""
 
@@ -421,6 +426,8 @@ class Daemon:
         self.stages = build_stages(self.cfg, self.output, self._sinks(self.cfg))
         self.pipeline = Pipeline(self.cfg, self.stages, self.stages)
         self.stages.devices = self.pipeline.devices
+        self.fingerprints = SavedSets.read(Path(self.cfg.paths.state_dir) / FINGERPRINTS_NAME)
+        self.stages.fingerprints = self.fingerprints
         if self.stages.alerts is not None:
             self.stages.alerts.add_listener(self.metrics.observation)
 
@@ -538,6 +545,8 @@ class Daemon:
         if now >= self._next_snapshot:
             self._next_snapshot = now + self.cfg.daemon.snapshot_interval
             self.write_snapshot(now)
+            if self.fingerprints.changed:
+                self.save_fingerprints()
         if now >= self._next_status:
             self._next_status = now + 10
             self.notifier.status(self.status_line())
@@ -685,6 +694,7 @@ class Daemon:
         self.cfg = cfg
         self.stages = stages
         stages.devices = self.pipeline.devices
+        stages.fingerprints = self.fingerprints
         if stages.alerts is not None:
             stages.alerts.add_listener(self.metrics.observation)
         if stages.bypass is not None and old.bypass is not None:
@@ -711,6 +721,7 @@ class Daemon:
             log.exception("closing the stages failed")
         self._close_dump()
         self.write_snapshot(time.time())
+        self.save_fingerprints()
         self.metrics.stop()
         for obj in (self.source, self.conntrack, self.neigh):
             if obj is not None:
@@ -814,6 +825,23 @@ class Daemon:
             log.info("%s written again", path)
             self._next_status = 0.0  # say so now, not at the next periodic STATUS
         self.write_trouble.pop("state_dir", None)  # evidently writable now
+
+    def save_fingerprints(self) -> None:
+        """`<state_dir>/fingerprints.json` (the devices' JA4 sets, `SavedSets`), replaced
+        atomically; failures are counted and logged like the snapshot's."""
+        path = Path(self.cfg.paths.state_dir) / FINGERPRINTS_NAME
+        try:
+            data = self.fingerprints.encode(list(self.pipeline.devices.values()))
+            write_atomically(path, data)
+        except OSError as exc:
+            self._write_failed(path, errno_name(exc), exc.strerror or str(exc))
+            return
+        except Exception as exc:  # a bug in a record must not stop the packet loop
+            self._write_failed(path, "encode", repr(exc))
+            return
+        self.fingerprints.changed = False
+        if self.write_trouble.pop(FINGERPRINTS_NAME, None) is not None:
+            log.info("%s written again", path)
 
     def _write_failed(self, path: Path, reason: str, why: str) -> None:
         self.write_errors[(path.name, reason)] += 1

@@ -237,6 +237,9 @@ class Device:
     ja4: list[str] = field(default_factory=list)
     """The JA4 fingerprints of the TLS/QUIC clients the device ran, least recently shown
     first (bounded by the pipeline)."""
+    ja4_since: float | None = None
+    """When the sensor began learning the device's fingerprints, which may be before this
+    run (the daemon's saved sets, `sensor.fingerprints.SavedSets`); None until looked up."""
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -306,6 +309,9 @@ class Observation:
     fingerprint: str | None = None
     """what="fingerprint": the JA4 the device showed for the first time (not a secret: it
     names a TLS stack, not a person)."""
+    since: float | None = None
+    """what="fingerprint": when the sensor began learning the device's fingerprints, if known
+    (kept across daemon restarts): the learning period counts from it."""
     bypass: DnsBypass | None = None
     """what="dns_bypass": how, to which resolver, and what showed it."""
 

@@ -25,6 +25,7 @@ from sensor.detect.stage import Detector, load_or_create_key, read_key
 from sensor.enrich import doh
 from sensor.enrich.relays import VPN, vpn_protocol
 from sensor.enrich.stage import Enricher
+from sensor.fingerprints import SavedSets
 from sensor.model import Alert, Device, Flow, HttpRequest, Observation
 from sensor.sinks import AlertSink
 from sensor.visibility import account
@@ -72,6 +73,8 @@ class Stages:
         self.bypass = bypass
         self.devices: Mapping[str, Device] = {}
         """The pipeline's device table (set once the pipeline exists)."""
+        self.fingerprints: SavedSets | None = None
+        """The devices' JA4 sets from before a restart (the daemon's; None in `analyze`)."""
         self.failures = 0
         self.notes: list[str] = []
         """What the reader of a report should know about how it was made (a throwaway key)."""
@@ -160,6 +163,11 @@ class Stages:
 
     def fingerprint(self, flow: Flow, device: Device | None, ja4: str, ts: float) -> None:
         """A device showed a JA4 new to its set (the pipeline's `Device.ja4`)."""
+        saved = self.fingerprints
+        if saved is not None and device is not None:
+            saved.changed = True
+            if device.ja4_since is None and saved.adopt(device, ja4):
+                return  # shown before the daemon restarted: not new
         if self.detector is not None:
             self._observe(self.detector.fingerprint(flow, device, ja4, ts))
 

@@ -294,6 +294,7 @@ class Detector:
                 dst=self._destination(flow, None),
                 flow_uid=flow.uid,
                 fingerprint=ja4,
+                since=device.ja4_since if device is not None else None,
             )
         ]
 
