@@ -130,3 +130,30 @@ def test_sets_and_learning_survive_a_daemon_restart(tmp_path: Path) -> None:
     assert len(alerts) == 2 and fp_c in alerts[1]
     saved = json.loads((state / STATE_NAME).read_text())["devices"]
     assert [r["ja4"] for r in saved if r["mac"] == PHONE.mac] == [[fp_a, fp_b, fp_c]]
+
+
+def test_failed_save_is_counted_and_retried(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    d = _daemon(state)
+
+    def scenario(cap: Capture) -> None:
+        s = TcpSession(cap, PHONE, "192.0.2.7", 40001, 443)
+        s.open()
+        s.send(client_hello("a.example.com"))
+        s.close()
+
+    d.pipeline.run(read_captures([CaptureFile(str(build(tmp_path / "1.pcap", scenario)))]))
+    assert d.fingerprints.changed
+    blocker = state / f".{STATE_NAME}.tmp"  # where the atomic write puts its temporary file
+    blocker.mkdir()
+    d.save_fingerprints()
+    assert d.fingerprints.changed and not (state / STATE_NAME).exists()
+    assert [n for (f, _), n in d.write_errors.items() if f == STATE_NAME] == [1]
+    assert STATE_NAME in d.write_trouble
+    blocker.rmdir()
+    d.save_fingerprints()
+    assert not d.fingerprints.changed and STATE_NAME not in d.write_trouble
+    saved = json.loads((state / STATE_NAME).read_text())["devices"]
+    assert [r["mac"] for r in saved] == [PHONE.mac]
+    d.stages.close()
