@@ -225,7 +225,7 @@ def test_names_in_dashboard_and_rules_exist(tmp_path: Path) -> None:
     w = Wired(
         home_config(state),
         source=SimpleNamespace(stats=lambda: {"received": 1, "delivered": 1, "drops": 0}),
-        conntrack=SimpleNamespace(received=1, lost_overruns=0, decode_errors=0),
+        conntrack=SimpleNamespace(received=1, lost_overruns=0, decode_errors=0, backlog=lambda: 0),
     )
     try:
         (state / "data").mkdir()
@@ -481,7 +481,7 @@ def live(tmp_path: Path) -> Iterator[tuple[Wired, Prometheus, SimpleNamespace]]:
             "truncated": 0,
         }
     )
-    conntrack = SimpleNamespace(received=0, lost_overruns=0, decode_errors=0)
+    conntrack = SimpleNamespace(received=0, lost_overruns=0, decode_errors=0, backlog=lambda: 0)
     w = Wired(home_config(state), mcfg, source=source, conntrack=conntrack)
     w.enforcer = policy_enforcer()
     w.exporter.start()

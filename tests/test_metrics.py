@@ -778,9 +778,11 @@ def test_a_failing_collector_shows_zero_and_the_rest_scrape(wired: Wired, tmp_pa
 
 def test_capture_conntrack_and_skip_counters(wired: Wired, tmp_path: Path) -> None:
     stats = {"received": 1000, "delivered": 990, "drops": 10, "freeze": 1, "malformed": 0,
-             "truncated": 2}  # fmt: skip
+             "truncated": 2, "backlog": 4352}  # fmt: skip
     wired.source = SimpleNamespace(stats=lambda: dict(stats))
-    wired.conntrack = SimpleNamespace(received=50, lost_overruns=3, decode_errors=1)
+    wired.conntrack = SimpleNamespace(
+        received=50, lost_overruns=3, decode_errors=1, backlog=lambda: 1280
+    )
     wired.conntrack_updates = 77
     wired.feed(icmp_capture(tmp_path / "icmp.pcap", 1_700_000_000.0))
     got = parse(wired.exporter.render())
@@ -791,6 +793,9 @@ def test_capture_conntrack_and_skip_counters(wired: Wired, tmp_path: Path) -> No
     assert values(got, "phonehome_conntrack_events_total") == [50.0]
     assert values(got, "phonehome_conntrack_errors_total", kind="overrun") == [3.0]
     assert values(got, "phonehome_conntrack_updates_total") == [77.0]
+    # How far behind the sensor is: what its sockets hold unread.
+    assert values(got, "phonehome_capture_backlog_bytes", **iface) == [4352.0]
+    assert values(got, "phonehome_conntrack_backlog_bytes") == [1280.0]
     assert values(got, "phonehome_packets_skipped_total", reason="ip.not_tcp_udp") == [1.0]
     # A racy read of the kernel counters that comes out low never lowers a counter.
     stats["received"] = 990

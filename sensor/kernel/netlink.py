@@ -30,6 +30,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -179,6 +180,21 @@ def set_rcvbuf(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
+_SO_MEMINFO = 55
+"""getsockopt: the socket's memory counters (Linux 4.12+); the first is the receive queue."""
+
+
+def receive_backlog(sock: socket.socket) -> int | None:
+    """Bytes (as the kernel charges them: buffer sizes, not payload) waiting in `sock`'s
+    receive queue: what the kernel handed over and the reader has not taken yet. None when
+    the kernel cannot say (before 4.12) or the socket is closed."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4)
+    except OSError:
+        return None
+    return int.from_bytes(raw[:4], sys.byteorder) if len(raw) >= 4 else None
+
+
 def open_socket(
     protocol: int,
     *,
@@ -281,6 +297,10 @@ class EventSocket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
+    def backlog(self) -> int | None:
+        """Bytes of events waiting in the socket (see `receive_backlog`)."""
+        return receive_backlog(self._sock)
+
     def close(self) -> None:
         self._sock.close()
 
@@ -339,6 +359,11 @@ class EventMonitor:
     @property
     def rcvbuf(self) -> int:
         return self._events.rcvbuf
+
+    def backlog(self) -> int | None:
+        """Bytes of events the kernel queued that are not read yet: after a burst (a flood of
+        connections ending), how far behind the reader is."""
+        return self._events.backlog()
 
     def fileno(self) -> int:
         return self._events.fileno()

@@ -36,6 +36,7 @@ from sensor.kernel.netlink import (
     error_code,
     message,
     nla,
+    receive_backlog,
     set_rcvbuf,
 )
 from sensor.kernel.nftables import NFULNL_COPY_RANGE_MAX, OVER_BUDGET_COUNTER, NftCounter
@@ -360,7 +361,8 @@ class NflogSource:
     def stats(self) -> dict[str, int]:
         """received: messages parsed; drops: messages the kernel numbered but could not hand
         over (same key as `PacketSocketSource`); overruns: ENOBUFS signals; kernel_queue:
-        messages waiting in the kernel's batch now."""
+        messages waiting in the kernel's batch now; backlog: bytes of batches waiting in the
+        socket (the kernel's buffer sizes), not read yet."""
         c = self.parser.counters
         out = {
             "received": c.messages,
@@ -371,6 +373,10 @@ class NflogSource:
             "truncated": self.truncated,
             "errors": c.errors,
         }
+        if self._sock.fileno() >= 0:
+            backlog = receive_backlog(self._sock)
+            if backlog is not None:
+                out["backlog"] = backlog
         qlen = self.queue_length()
         if qlen is not None:
             out["kernel_queue"] = qlen

@@ -687,6 +687,7 @@ def test_every_event_of_a_burst_is_drained(lab: Lab) -> None:
         ]
         assert len(flows) == THROUGHPUT_FLOWS
         flush_udp_flows(lab)  # the kernel queues one DESTROY per flow
+        unread = mon.backlog()  # what the socket holds, before any read
         want = 2 * THROUGHPUT_FLOWS
         events: list[ConntrackEvent] = []
         deadline = time.monotonic() + 30  # liveness only
@@ -696,6 +697,7 @@ def test_every_event_of_a_burst_is_drained(lab: Lab) -> None:
                 select.select([mon.fileno()], [], [], 0.2)
             events += batch
         assert mon.lost_overruns == 0, f"rcvbuf {mon.rcvbuf} too small for {want} events"
+        assert unread is not None and unread > 0 and mon.backlog() == 0
     ours = [e for e in events if e.entry.orig_dport == DISCARD_PORT]
     assert len([e for e in ours if e.kind == "new"]) == THROUGHPUT_FLOWS
     assert len([e for e in ours if e.kind == "destroy"]) == THROUGHPUT_FLOWS

@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from tests.lab.test_daemon import Daemon
 RSS_LIMIT_KB = 256 * 1024
 FLOOD_SECONDS = 3.0
 ALERT_TIMEOUT = 10.0
+STARTUP_TIMEOUT = 60.0
+"""Liveness bound for the daemon's start: loading its data took over 15 s at load 8."""
 SERVER = "203.0.113.10"
 
 # Runs inside the flooding device's namespace: `python -c FLOOD MODE COUNT SECONDS`. Prints
@@ -193,14 +195,27 @@ def flood_lab(lab_usable: None) -> Iterator[Lab]:
         yield built
 
 
+SYN_BUDGET = (1000, 1000)
+"""The SYN flood's host sampling budget (rate a second, burst). The default (5,000/s, burst
+20,000) is more than a loaded 2-core machine floods: at 4,000 SYNs/s for 3 s (about 36,000
+packets chosen with the SYN-ACKs and RSTs) it let nearly every one through, and the test
+could not tell a budget that held from one never reached. The slowest flooder seen here
+(3,500 SYNs/s) sends ten times what this budget lets through."""
+
+
 @pytest.fixture
-def daemon(flood_lab: Lab, tmp_path: Path) -> Iterator[Daemon]:
+def daemon(flood_lab: Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
     """A fresh daemon per flood, on a gateway without the last flood's conntrack entries: each
     flood's memory and lag are its own."""
     flood_lab.gw_exec(["conntrack", "-F"])
-    d = Daemon(flood_lab, tmp_path, extra=ALERTS)
+    edit = None
+    if request.node.callspec.params.get("mode") == "syn":
+        rate, burst = SYN_BUDGET
+        budget = f"[daemon]\nhost_sample_rate = {rate}\nhost_sample_burst = {burst}\n"
+        edit = lambda text: text.replace("[daemon]\n", budget)  # noqa: E731
+    d = Daemon(flood_lab, tmp_path, extra=ALERTS, edit=edit)
     try:
-        d.wait_notify("READY=1")
+        d.wait_notify("READY=1", timeout=STARTUP_TIMEOUT)
         yield d
     finally:
         d.stop()
@@ -208,11 +223,15 @@ def daemon(flood_lab: Lab, tmp_path: Path) -> Iterator[Daemon]:
 
 def teardown_module() -> None:
     if RESULTS:
-        print("\nflood      rate achieved          RSS before  peak RSS  alert after  series")
+        print(
+            "\nflood      rate achieved          RSS before  peak RSS  caught up  alert after  "
+            "series"
+        )
         for mode, r in RESULTS.items():
             print(
                 f"{mode:<10} {r['rate']:>10.0f} {FLOODS[mode][1]:<18} "
                 f"{r['rss_before_mb']:>7.1f} MB {r['peak_rss_mb']:>7.1f} MB  "
+                + (f"{r['drain_s']:>7.1f} s  " if "drain_s" in r else "        -  ")
                 + (f"{r['alert_s']:.2f} s" if r["alert_s"] < 1e9 else f"> {ALERT_TIMEOUT:.0f} s")
                 + f"  {r.get('series', '-')}, over budget {r.get('over_budget', '-')}"
             )
@@ -297,6 +316,48 @@ def metric_series(lab: Lab) -> dict[str, float]:
     return series
 
 
+DRAIN_TIMEOUT = 120.0
+"""Liveness bound for the daemon to work off a flood's backlog: what its NFLOG and conntrack
+sockets hold (8 MB each at most). 3 s here when the machine is quiet, 15-30 s at load 8."""
+
+
+def caught_up(lab: Lab) -> bool:
+    """Whether the daemon has taken in everything the kernel queued for it: nothing waits in
+    its NFLOG socket, the kernel's NFLOG batch or its conntrack event socket, and every packet
+    it read went through the pipeline."""
+    m = metric_series(lab)
+
+    def gauges(prefix: str) -> list[float]:
+        return [v for k, v in m.items() if k.startswith(prefix)]
+
+    backlogs = gauges("phonehome_capture_backlog_bytes{")
+    waiting = gauges("phonehome_conntrack_backlog_bytes") + gauges("phonehome_capture_queue_length")
+    read = m.get("phonehome_packets_read_total")
+    delivered = sum(gauges("phonehome_capture_delivered_packets_total"))
+    received = sum(gauges("phonehome_capture_received_packets_total"))
+    return bool(backlogs) and not any(backlogs + waiting) and read == delivered == received
+
+
+def wait_caught_up(daemon: Daemon, lab: Lab, watch: Callable[[], object]) -> float:
+    """Seconds until the daemon has worked off a flood's backlog (`caught_up` twice in a row,
+    a second apart); `watch()` at each look. A leak posted behind a backlog waits for all of
+    it: how long that takes on a loaded machine is a figure, not something the 10 s alert
+    deadline should include."""
+    t0 = time.monotonic()
+    streak = [False]
+
+    def done() -> bool:
+        watch()
+        ok = caught_up(lab)
+        was, streak[0] = streak[0], ok
+        if not (ok and was):
+            daemon.pump(1.0)
+        return ok and was
+
+    daemon.wait_for("the flood's backlog worked off", done, timeout=DRAIN_TIMEOUT)
+    return time.monotonic() - t0
+
+
 @pytest.mark.parametrize("mode", list(FLOODS))
 def test_flood(mode: str, daemon: Daemon, flood_lab: Lab) -> None:
     lab = flood_lab
@@ -321,6 +382,7 @@ def test_flood(mode: str, daemon: Daemon, flood_lab: Lab) -> None:
             pytest.fail(f"{mode} flood did not end")
         daemon.pump(0.1)  # also drains the notify socket, as systemd would
     out, err = proc.communicate()
+    flood_end = time.monotonic()
     assert proc.returncode == 0, err
     figures = json.loads(out)
     assert figures["sent"] > 0, figures
@@ -334,11 +396,20 @@ def test_flood(mode: str, daemon: Daemon, flood_lab: Lab) -> None:
     print(f"\n{mode}: {figures}, peak RSS {peak / 1024:.1f} MB")
     # A flood shorter than the suppression window would make the next leak a repeat.
     daemon.pump(max(0.0, warm + SUPPRESS + 0.1 - time.monotonic()))
+
+    def watch() -> None:
+        nonlocal peak
+        peak = max(peak, rss_kb(pid))
+
+    result["drain_s"] = wait_caught_up(daemon, lab, watch)
     result["alert_s"] = leak_raises_alert(daemon, lab)
     assert daemon.proc.poll() is None, daemon.output()
     peak = max(peak, rss_kb(pid))
     result["peak_rss_mb"] = peak / 1024
     assert peak < RSS_LIMIT_KB
+    # The over-budget counter is read from the kernel at most once a second: a reading from
+    # after the flood.
+    daemon.pump(max(0.0, flood_end + 1.1 - time.monotonic()))
     series = metric_series(lab)
     result["series"] = len(series)
     result["over_budget"] = sum(
@@ -346,7 +417,7 @@ def test_flood(mode: str, daemon: Daemon, flood_lab: Lab) -> None:
     )
     assert len(series) < MAX_SERIES
     if mode == "syn":  # the flooding host's budget held its SYNs (and the RSTs) back
-        assert result["over_budget"] > figures["sent"] / 2
+        assert result["over_budget"] > figures["sent"] / 2, SYN_BUDGET
     print(f"{mode}: alert after {result['alert_s']:.2f} s, {len(series)} series, {result}")
 
 
@@ -368,7 +439,7 @@ def test_memory_bound_sheds_flows_and_keeps_alerting(flood_lab: Lab, tmp_path: P
     )
     d = Daemon(lab, tmp_path, extra=ALERTS, edit=lambda text: text.replace("[daemon]\n", settings))
     try:
-        d.wait_notify("READY=1")
+        d.wait_notify("READY=1", timeout=STARTUP_TIMEOUT)
         pid = d.proc.pid
         leak_raises_alert(d, lab)
         before = rss_kb(pid)
@@ -382,25 +453,19 @@ def test_memory_bound_sheds_flows_and_keeps_alerting(flood_lab: Lab, tmp_path: P
             d.pump(0.05)
         figures = json.loads(proc.communicate()[0])
         # The flood's backlog (NFLOG batches, conntrack events) can take the loop longer than
-        # the flood on a loaded machine (15-18 s after a 6 s flood here): post the leak once the
-        # daemon has taken it in, that is when its packet and conntrack event counts stop
-        # moving, not after a fixed pause. (Not "events == SYNs sent": the flooder counts sends
-        # that failed, and netlink may drop events, counted as lost.)
-        drained_at = time.monotonic()
-        counts = ("phonehome_packets_read_total", "phonehome_conntrack_events_total")
+        # the flood on a loaded machine (15-30 s after a 6 s flood here): post the leak once the
+        # daemon says its sockets are empty, not after a fixed pause nor when its counts stop
+        # moving for a second (one batch of a backlog took longer than that at load 8, and
+        # the leak then waited behind the rest of it past its deadline, seen only through
+        # conntrack's dump). Not "events == SYNs sent" either: the flooder counts sends that
+        # failed, and netlink may drop events, counted as lost.
 
-        def drained() -> bool:
+        def watch() -> None:
             nonlocal peak
             peak = max(peak, rss_kb(pid))
-            first = metric_series(lab)
-            d.pump(1.0)
-            again = metric_series(lab)
-            return again.get(counts[1], 0.0) > 0 and all(
-                first.get(c) == again.get(c) for c in counts
-            )
 
-        d.wait_for("the flood's backlog", drained, timeout=60.0)
-        drain_s = time.monotonic() - drained_at
+        drain_s = wait_caught_up(d, lab, watch)
+        assert metric_series(lab).get("phonehome_conntrack_events_total", 0.0) > 0
         peak = max(peak, rss_kb(pid))
         alert_s = leak_raises_alert(d, lab)
         memory = d.snapshot()["stats"]["memory"]

@@ -888,6 +888,7 @@ def test_nflog_pending_names_what_the_socket_no_longer_signals(lab: Any) -> None
     try:
         _flood(lab, dev, "203.0.113.10", 53, 200)
         time.sleep(0.3)  # every batch flushed (50 ms)
+        unread = src.stats()["backlog"]  # the batches wait in the socket, counted in bytes
         got: list[Packet] = []
         while select.select([src], [], [], 0.2)[0]:  # read only when the socket says so
             got += src.read(3)
@@ -900,6 +901,7 @@ def test_nflog_pending_names_what_the_socket_no_longer_signals(lab: Any) -> None
     finally:
         src.close()
     assert src.pending() == 0
+    assert unread > 0 and stats["backlog"] == 0
     assert len(got) == stats["received"] == stats["delivered"] >= 200 - stats["drops"]
 
 

@@ -103,6 +103,12 @@ def capture_families(
     queue = GaugeMetricFamily(
         "phonehome_capture_queue_length", "Packets waiting in the kernel", labels=["interface"]
     )
+    backlog = GaugeMetricFamily(
+        "phonehome_capture_backlog_bytes",
+        "Captured packets the kernel queued for the sensor that it has not read yet, in the "
+        "kernel's buffer bytes: above 0 for long, the sensor is behind (after a flood)",
+        labels=["interface"],
+    )
     for ifname, st in sorted(groups.items()):
         iface = safe_label(ifname) or "all"
 
@@ -117,7 +123,9 @@ def capture_families(
                 errs.add_metric([iface, kind], val(kind))
         if "kernel_queue" in st:
             queue.add_metric([iface], _number(st["kernel_queue"]))
-    yield from (recv, deliv, drop, errs, queue)
+        if "backlog" in st:
+            backlog.add_metric([iface], _number(st["backlog"]))
+    yield from (recv, deliv, drop, errs, queue, backlog)
     rules = nflog_rules()
     if rules is not None:
         fam = CounterMetricFamily(
@@ -157,6 +165,14 @@ def conntrack_families(
     fam.add_metric(["overrun"], carry.value(("overrun",), float(mon.lost_overruns)))
     fam.add_metric(["decode"], carry.value(("decode",), float(mon.decode_errors)))
     yield fam
+    waiting = mon.backlog()
+    if waiting is not None:
+        yield gauge(
+            "phonehome_conntrack_backlog_bytes",
+            "Conntrack events the kernel queued that the sensor has not read yet, in the "
+            "kernel's buffer bytes: above 0 for long, the sensor is behind",
+            waiting,
+        )
     n = updates()
     if isinstance(n, int):
         fam = CounterMetricFamily(
