@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sensor import metrics
 from sensor.alerts import RULES
 from sensor.config import Config, FlowsConfig, parse_config
+from sensor.daemon import sensor_view
 from sensor.flows import FlowEntry, FlowTable
 from sensor.lab.synth import (
     AWS_SG_IP,
@@ -51,7 +52,6 @@ from sensor.metrics import (
     Exporter,
     MetricsConfig,
     MetricsError,
-    NflogRules,
     SensorView,
     TopK,
     safe_label,
@@ -173,26 +173,7 @@ class Wired:
 
     def view(self) -> SensorView:
         """What the daemon's `metrics_view` hands the exporter, read from this object."""
-
-        def nflog_rules() -> NflogRules | None:
-            if self.capture_mode != "nflog":
-                return None
-            return NflogRules(restored=self.rules_restored, missing=self.rules_missing)
-
-        return SensorView(
-            config=lambda: self.cfg,
-            pipeline=lambda: self.pipeline,
-            enricher=lambda: self.stages.enricher,
-            detector=lambda: self.stages.detector,
-            alert_stage=lambda: self.stages.alerts,
-            capture=lambda: self.source,
-            interfaces=lambda: self.interfaces,
-            nflog_rules=nflog_rules,
-            conntrack=lambda: self.conntrack,
-            conntrack_updates=lambda: self.conntrack_updates,
-            policy=lambda: self.enforcer,
-            write_errors=lambda: self.write_errors,
-        )
+        return sensor_view(self)
 
     def feed(self, path: Path) -> None:
         self.pipeline.run(read_captures([CaptureFile(str(path))]))
