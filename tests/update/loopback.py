@@ -1,0 +1,63 @@
+"""What the update-data tests share: the providers' real files from ../shared, an HTTP server
+on 127.0.0.1 that the tests' request handlers run in."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
+
+
+def shared(name: str) -> bytes:
+    """A file of the shared cloud-ranges folder; the test is skipped where it is absent."""
+    path = SHARED / name
+    if not path.is_file():
+        pytest.skip(f"shared data file {path} not present")
+    return path.read_bytes()
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded HTTP server on 127.0.0.1, a free port: the handler looks up `routes` (path ->
+    what to answer) and logs each request path in `hits`."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.routes: dict[str, Any] = {}
+        self.hits: list[str] = []
+        self.release = threading.Event()
+        """Set at teardown: handlers stalling on purpose end."""
+
+    @property
+    def base(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+S = TypeVar("S", bound=LoopbackServer)
+
+
+@contextmanager
+def serving(srv: S) -> Iterator[S]:
+    """`srv` answering on a thread until the block ends; then stalled handlers are released
+    and the server thread joined (5 s at most)."""
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.release.set()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
