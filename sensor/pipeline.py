@@ -646,9 +646,7 @@ class Pipeline:
         flow.ja4 = ch.ja4
         dev = self.devices.get(flow.device_mac) if flow.device_mac else None
         if ch.ja4 is not None and dev is not None and remember_ja4(dev.ja4, ch.ja4):
-            hook = getattr(self.observer, "fingerprint", None)
-            if hook is not None:
-                self._observe(hook, flow, ch.ja4, ts)
+            self._observe(self.observer.fingerprint, flow, ch.ja4, ts)
         if ch.sni:
             sni = redact_name(ch.sni.lower().rstrip("."))
             if ch.ech and self.ech_covers.is_cover(sni):
@@ -662,9 +660,8 @@ class Pipeline:
             else:
                 flow.server_name = sni
                 flow.name_source = "tls" if source == "tls" else "quic"
-        hook = getattr(self.observer, "client_hello", None)
-        if hook is not None:  # DNS bypass: SNI and ALPN say DoT, DoQ or DoH
-            self._observe(hook, flow, entry.up.last)
+        # DNS bypass: SNI and ALPN say DoT, DoQ or DoH
+        self._observe(self.observer.client_hello, flow, entry.up.last)
 
     def _inspect_udp(
         self, entry: FlowEntry, h: Half, sport: int, dport: int, payload: bytes, ts: float
@@ -779,13 +776,11 @@ class Pipeline:
             self._resolvers_offered(got, ts)
 
     def _resolvers_offered(self, addresses: tuple[str, ...], ts: float) -> None:
-        hook = getattr(self.observer, "resolvers_offered", None)
-        if hook is not None:
-            try:
-                hook(addresses, ts)
-            except Exception:
-                self._weird("internal.observer")
-                log.exception("observer failed")
+        try:
+            self.observer.resolvers_offered(addresses, ts)
+        except Exception:
+            self._weird("internal.observer")
+            log.exception("observer failed")
 
     # --- devices --------------------------------------------------------------------------------
 
@@ -911,9 +906,7 @@ class Pipeline:
                 self.flows.end(entry, "end")
 
     def _progress(self, entry: FlowEntry, new_up: int, now: float) -> None:
-        hook = getattr(self.observer, "upload_progress", None)
-        if hook is not None:
-            self._observe(hook, entry.sync(), new_up, now)
+        self._observe(self.observer.upload_progress, entry.sync(), new_up, now)
 
     def set_gateway_addresses(self, addresses: Iterable[str]) -> None:
         """The gateway's own addresses (connections they open are left out of the accounting);
@@ -926,9 +919,8 @@ class Pipeline:
             except (OSError, ValueError):
                 continue
         self.gateway_addresses = frozenset(packed)
-        hook = getattr(self.observer, "gateway_addresses", None)
-        if hook is not None:  # the gateway's resolver is the network's own (DNS bypass)
-            hook(sorted(ip_str(p) for p in packed))
+        # the gateway's resolver is the network's own (DNS bypass)
+        self.observer.gateway_addresses(sorted(ip_str(p) for p in packed))
 
     def retarget(self, cfg: Config, sink: FlowSink, observer: Observer) -> None:
         """New configuration and stages (SIGHUP); flows and devices carry over."""
