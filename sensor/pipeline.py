@@ -26,7 +26,7 @@ from sensor.decode import ndp
 from sensor.decode import quic as quic_dec
 from sensor.decode import tls as tls_dec
 from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
-from sensor.decode.link import lan_source_mac, mac_str, parse_link
+from sensor.decode.link import Link, lan_source_mac, mac_str, parse_link
 from sensor.detect import placeholders
 from sensor.ech import EchCovers, packaged_public_names
 from sensor.fastcount import LINK_LAYOUTS as _LINK_LAYOUTS
@@ -447,7 +447,7 @@ class Pipeline:
         dport: int,
         is_tcp: bool,
         flags: int,
-        link: object,
+        link: Link | None,
         opener_is_src: bool = False,
     ) -> FlowEntry:
         src_lan, dst_lan = self.is_lan(src), self.is_lan(dst)
@@ -467,17 +467,18 @@ class Pipeline:
         server_ip = ip_str(dst)
         self._uid += 1
         mac = None
-        lk = link
-        if not up:
+        if link is None:  # a conntrack event: no frame
+            pass
+        elif not up:
             # A server's answer names the client only as its destination: that attributes
             # the flow to a device already known, but never makes one (a destination MAC may
             # be all zeros in a cooked capture, or the router's own on a routed segment).
-            dst_mac = getattr(lk, "dst_mac", None)
+            dst_mac = link.dst_mac
             if dst_mac is not None and not dst_mac[0] & 1:
                 known = mac_str(dst_mac)
                 mac = known if known in self.devices else None
         else:
-            mac = lan_source_mac(getattr(lk, "src_mac", None), getattr(lk, "pkttype", None))
+            mac = lan_source_mac(link.src_mac, link.pkttype)
         if mac is None:
             mac = self.ip_mac.get(client_ip)
         else:
