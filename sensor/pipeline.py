@@ -963,7 +963,7 @@ class Pipeline:
 _MIN_COLUMNS = 512 << 10
 """Chunks smaller than this (bytes) take the pure loop even with numpy: the arrays cost about
 0.2 ms a chunk before they save anything, which a few hundred packets do not pay back. A pcap
-file's chunks are 4 MiB; re-packed ones (pcapng, merged files, live batches) hold 256 packets."""
+file's chunks are 4 MiB; re-packed ones (pcapng, merged files) hold 512 packets."""
 
 
 @functools.cache
