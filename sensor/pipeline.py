@@ -818,8 +818,6 @@ class Pipeline:
         if len(ip_mac) > MAX_IP_MAC:
             ip_mac.popitem(last=False)
 
-    # --- end ------------------------------------------------------------------------------------
-
     # --- live operation -------------------------------------------------------------------------
 
     def advance(self, now: float) -> None:
