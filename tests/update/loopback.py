@@ -1,5 +1,5 @@
-"""What the update-data tests share: the providers' real files from ../shared, an HTTP server
-on 127.0.0.1 that the tests' request handlers run in."""
+"""What the update-data tests share: an HTTP server on 127.0.0.1 that the tests' request
+handlers run in."""
 
 from __future__ import annotations
 
@@ -7,20 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, TypeVar
-
-import pytest
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
-
-
-def shared(name: str) -> bytes:
-    """A file of the shared cloud-ranges folder; the test is skipped where it is absent."""
-    path = SHARED / name
-    if not path.is_file():
-        pytest.skip(f"shared data file {path} not present")
-    return path.read_bytes()
 
 
 class LoopbackServer(ThreadingHTTPServer):

@@ -40,20 +40,22 @@ from sensor.update.datafiles import (
 from sensor.validate import validate
 from tests.enrich.test_doh import SAMPLE_MD
 from tests.relay_fixtures import CONSENSUS, ONIONOO, PROTONVPN
-from tests.update.loopback import SHARED, LoopbackServer, serving, shared
+from tests.shared_data import CLOUD_FILES, SHARED, shared
+from tests.update.loopback import LoopbackServer, serving
 
 # our source name -> the shared folder's file name, and the name the provider publishes it as
-SHARED_FILES = {
-    "aws": ("aws-ip-ranges.json", "ip-ranges.json"),
-    "google": ("google-cloud-ip-ranges.json", "cloud.json"),
-    "azure": ("microsoft-azure-ip-ranges.json", "ServiceTags_Public_20250721.json"),
-    "oracle": ("oracle-cloud-ip-ranges.json", "public_ip_ranges.json"),
-    "cloudflare-v4": ("cloudflare-v4-ip-ranges.txt", "ips-v4"),
-    "cloudflare-v6": ("cloudflare-v6-ip-ranges.txt", "ips-v6"),
-    "fastly": ("fastly-ip-ranges.json", "public-ip-list"),
-    "digitalocean": ("digitalocean.csv", "google.csv"),
-    "linode": ("linode.txt", "linode-geofeed.csv"),
+PUBLISHED = {
+    "aws": "ip-ranges.json",
+    "google": "cloud.json",
+    "azure": "ServiceTags_Public_20250721.json",
+    "oracle": "public_ip_ranges.json",
+    "cloudflare-v4": "ips-v4",
+    "cloudflare-v6": "ips-v6",
+    "fastly": "public-ip-list",
+    "digitalocean": "google.csv",
+    "linode": "linode-geofeed.csv",
 }
+SHARED_FILES = {name: (CLOUD_FILES[name], published) for name, published in PUBLISHED.items()}
 
 # sources without a shared file: small fixtures
 VULTR = json.dumps(

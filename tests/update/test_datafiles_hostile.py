@@ -35,7 +35,8 @@ from sensor.update.datafiles import (
     read_manifest,
     update,
 )
-from tests.update.loopback import LoopbackServer, serving, shared
+from tests.shared_data import shared
+from tests.update.loopback import LoopbackServer, serving
 
 REPO = Path(__file__).resolve().parents[2]
 FAILURE_FIELDS = {"last_error", "last_attempt", "last_origin"}
