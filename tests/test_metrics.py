@@ -1122,7 +1122,7 @@ def _wait_stalled(server: Any, host: str, n: int, deadline: float = 10.0) -> lis
             conns = [c for c in list(server._conns.values()) if c.host == host]
         except RuntimeError:  # the serving thread changed the dict meanwhile
             continue
-        marks = sorted(c.mark for c in conns if c.phase == metrics._WRITING and c.out)
+        marks = sorted(c.mark for c in conns if c.phase == metrics.server._WRITING and c.out)
         if len(marks) == n and marks == last:
             return marks
         last = marks
