@@ -51,7 +51,6 @@ from sensor.detect.known import KnownIdentifiers as KnownIdentifiers
 from sensor.detect.learned import LearnedIdentifiers as LearnedIdentifiers
 from sensor.detect.phones import REGIONS, find_numbers, numbering_plan, valid_e164
 from sensor.detect.phones import has_country_code as has_country_code
-from sensor.detect.phones import parse_phone as parse_phone
 from sensor.model import ENCODINGS as ENCODINGS  # the vocabulary is the model's
 from sensor.model import IDENTIFIER_KINDS, IdentifierKind
 from sensor.model import Encoding as Encoding
@@ -298,7 +297,7 @@ class Scanner:
 
     @property
     def home_region(self) -> str | None:
-        """The home country national numbers belong to; None: unknown (`parse_phone`)."""
+        """The home country national numbers belong to; None: unknown (`phones.parse_phone`)."""
         return self._region
 
     # -- learning --

@@ -27,7 +27,7 @@ class KnownIdentifiers:
             raise ValueError("the keyed-hash key must not be empty")
         self.key: Final = key
         self.home_region: Final = home_region.upper() if home_region else None
-        """The home country national numbers belong to; None: unknown (`parse_phone`)."""
+        """The home country national numbers belong to; None: unknown (`phones.parse_phone`)."""
         self.rejected = 0
         """Values refused by `add` (not an identifier of that kind, or too short)."""
         self._items: OrderedDict[tuple[str, str, str | None], list[tuple[bytes, Variant]]] = (
