@@ -60,6 +60,7 @@ from sensor.model import Alert, Destination, Device, DeviceRef, Flow, Observatio
 from sensor.pipeline import Pipeline
 from sensor.sources.pcap import CaptureFile, read_captures
 from sensor.stages import build as build_stages
+from sensor.visibility import classify
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -227,6 +228,9 @@ class FakeEnricher:
     def __init__(self, vendors: int = 5, countries: int = 5, regions: int = 3) -> None:
         self.spread = (vendors, countries, regions)
         self.relabel: dict[str, str] = {}
+
+    def visibility(self, flow: Flow) -> str | None:
+        return classify(flow)  # the bare rule: no relays, no local networks
 
     def destination(self, ip: str, port: int, name: str | None) -> Destination:
         h = int(hashlib.blake2b(ip.encode(), digest_size=8).hexdigest(), 16)
