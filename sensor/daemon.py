@@ -87,11 +87,9 @@ class LiveOutput:
 
     def __init__(self) -> None:
         self.ended: list[dict[str, Any]] = []
-        self.flows_ended = 0
         self.metrics: Exporter | None = None
 
     def flow(self, flow: Flow) -> None:
-        self.flows_ended += 1
         if self.metrics is not None:
             self.metrics.flow_ended(flow)
         self.ended.append(flow_record(flow))
