@@ -49,22 +49,11 @@ from sensor.enrich.geo import EmbeddedGeo, GeoDB, key_text
 from sensor.enrich.party import DomainOwners, PartyResolver
 from sensor.enrich.stage import Enricher
 from sensor.enrich.vendors import VendorMap
+from tests.shared_data import CLOUD_FILES, SHARED
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cloud-ranges"
-
-# the shared folder's names -> source names
-SHARED_FILES = {
-    "aws": "aws-ip-ranges.json",
-    "google": "google-cloud-ip-ranges.json",
-    "azure": "microsoft-azure-ip-ranges.json",
-    "oracle": "oracle-cloud-ip-ranges.json",
-    "cloudflare-v4": "cloudflare-v4-ip-ranges.txt",
-    "cloudflare-v6": "cloudflare-v6-ip-ranges.txt",
-    "fastly": "fastly-ip-ranges.json",
-    "digitalocean": "digitalocean.csv",
-    "linode": "linode.txt",
-}
+DEFAULT_DATA = SHARED
+SHARED_FILES = CLOUD_FILES  # source name -> the shared folder's file name
 
 GOAL_RATE = 200_000
 GOAL_MB = 150

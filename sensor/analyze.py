@@ -55,9 +55,6 @@ DEFAULT_CONFIG = "/etc/phonehome/phonehome.toml"
 CONFIG_ENV = "PHONEHOME_CONFIG"
 """Names another default configuration for `analyze` (tests, a second install)."""
 
-FORMATS = ("text", "json", "csv")
-
-
 @dataclass(frozen=True, slots=True)
 class Options:
     config_path: str | None = None

@@ -31,9 +31,9 @@ import signal
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sensor import __version__
 from sensor.config import Config, ConfigError, site_name
@@ -53,6 +53,7 @@ from sensor.validate import check_files, load_config, require_home_country
 if TYPE_CHECKING:
     from sensor.enforce import Enforcer
     from sensor.kernel.conntrack import ConntrackMonitor
+    from sensor.metrics.views import CaptureView, ConntrackView, PolicyView
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,9 @@ class LiveOutput:
 
     def __init__(self) -> None:
         self.ended: list[dict[str, Any]] = []
-        self.flows_ended = 0
         self.metrics: Exporter | None = None
 
     def flow(self, flow: Flow) -> None:
-        self.flows_ended += 1
         if self.metrics is not None:
             self.metrics.flow_ended(flow)
         self.ended.append(flow_record(flow))
@@ -105,6 +104,59 @@ class LiveOutput:
 
     def device(self, device: Device) -> None:
         pass
+
+
+class Wiring(Protocol):
+    """What `sensor_view` reads: the daemon's wiring (tests wire the same attributes)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def pipeline(self) -> Pipeline: ...
+    @property
+    def stages(self) -> Stages: ...
+    @property
+    def source(self) -> CaptureView | None: ...
+    @property
+    def interfaces(self) -> Sequence[str]: ...
+    @property
+    def capture_mode(self) -> str: ...
+    @property
+    def rules_restored(self) -> Mapping[str, int]: ...
+    @property
+    def rules_missing(self) -> bool: ...
+    @property
+    def conntrack(self) -> ConntrackView | None: ...
+    @property
+    def conntrack_updates(self) -> int: ...
+    @property
+    def enforcer(self) -> PolicyView | None: ...
+    @property
+    def write_errors(self) -> Mapping[tuple[str, str], int]: ...
+
+
+def sensor_view(w: Wiring) -> SensorView:
+    """The metrics' accessors onto `w`'s attributes, each read at scrape time."""
+
+    def nflog_rules() -> NflogRules | None:
+        if w.capture_mode != "nflog":
+            return None
+        return NflogRules(restored=w.rules_restored, missing=w.rules_missing)
+
+    return SensorView(
+        config=lambda: w.cfg,
+        pipeline=lambda: w.pipeline,
+        enricher=lambda: w.stages.enricher,
+        detector=lambda: w.stages.detector,
+        alert_stage=lambda: w.stages.alerts,
+        capture=lambda: w.source,
+        interfaces=lambda: w.interfaces,
+        nflog_rules=nflog_rules,
+        conntrack=lambda: w.conntrack,
+        conntrack_updates=lambda: w.conntrack_updates,
+        policy=lambda: w.enforcer,
+        write_errors=lambda: w.write_errors,
+    )
 
 
 class Daemon:
@@ -158,26 +210,7 @@ class Daemon:
         """What the metrics read of the daemon, each read at scrape time (so a reload's new
         stages and policy are seen). Read only once the stages exist: the endpoint serves
         after `_build_stages`, and flows end only through them."""
-
-        def nflog_rules() -> NflogRules | None:
-            if self.capture_mode != "nflog":
-                return None
-            return NflogRules(restored=self.rules_restored, missing=self.rules_missing)
-
-        return SensorView(
-            config=lambda: self.cfg,
-            pipeline=lambda: self.pipeline,
-            enricher=lambda: self.stages.enricher,
-            detector=lambda: self.stages.detector,
-            alert_stage=lambda: self.stages.alerts,
-            capture=lambda: self.source,
-            interfaces=lambda: self.interfaces,
-            nflog_rules=nflog_rules,
-            conntrack=lambda: self.conntrack,
-            conntrack_updates=lambda: self.conntrack_updates,
-            policy=lambda: self.enforcer,
-            write_errors=lambda: self.write_errors,
-        )
+        return sensor_view(self)
 
     # --- start --------------------------------------------------------------------------------
 

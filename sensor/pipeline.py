@@ -26,7 +26,7 @@ from sensor.decode import ndp
 from sensor.decode import quic as quic_dec
 from sensor.decode import tls as tls_dec
 from sensor.decode.ip import TCP, UDP, ip_str, parse_ip, parse_transport
-from sensor.decode.link import lan_source_mac, mac_str, parse_link
+from sensor.decode.link import Link, lan_source_mac, mac_str, parse_link
 from sensor.detect import placeholders
 from sensor.ech import EchCovers, packaged_public_names
 from sensor.fastcount import LINK_LAYOUTS as _LINK_LAYOUTS
@@ -447,7 +447,7 @@ class Pipeline:
         dport: int,
         is_tcp: bool,
         flags: int,
-        link: object,
+        link: Link | None,
         opener_is_src: bool = False,
     ) -> FlowEntry:
         src_lan, dst_lan = self.is_lan(src), self.is_lan(dst)
@@ -467,17 +467,18 @@ class Pipeline:
         server_ip = ip_str(dst)
         self._uid += 1
         mac = None
-        lk = link
-        if not up:
+        if link is None:  # a conntrack event: no frame
+            pass
+        elif not up:
             # A server's answer names the client only as its destination: that attributes
             # the flow to a device already known, but never makes one (a destination MAC may
             # be all zeros in a cooked capture, or the router's own on a routed segment).
-            dst_mac = getattr(lk, "dst_mac", None)
+            dst_mac = link.dst_mac
             if dst_mac is not None and not dst_mac[0] & 1:
                 known = mac_str(dst_mac)
                 mac = known if known in self.devices else None
         else:
-            mac = lan_source_mac(getattr(lk, "src_mac", None), getattr(lk, "pkttype", None))
+            mac = lan_source_mac(link.src_mac, link.pkttype)
         if mac is None:
             mac = self.ip_mac.get(client_ip)
         else:
@@ -646,9 +647,7 @@ class Pipeline:
         flow.ja4 = ch.ja4
         dev = self.devices.get(flow.device_mac) if flow.device_mac else None
         if ch.ja4 is not None and dev is not None and remember_ja4(dev.ja4, ch.ja4):
-            hook = getattr(self.observer, "fingerprint", None)
-            if hook is not None:
-                self._observe(hook, flow, ch.ja4, ts)
+            self._observe(self.observer.fingerprint, flow, ch.ja4, ts)
         if ch.sni:
             sni = redact_name(ch.sni.lower().rstrip("."))
             if ch.ech and self.ech_covers.is_cover(sni):
@@ -662,9 +661,8 @@ class Pipeline:
             else:
                 flow.server_name = sni
                 flow.name_source = "tls" if source == "tls" else "quic"
-        hook = getattr(self.observer, "client_hello", None)
-        if hook is not None:  # DNS bypass: SNI and ALPN say DoT, DoQ or DoH
-            self._observe(hook, flow, entry.up.last)
+        # DNS bypass: SNI and ALPN say DoT, DoQ or DoH
+        self._observe(self.observer.client_hello, flow, entry.up.last)
 
     def _inspect_udp(
         self, entry: FlowEntry, h: Half, sport: int, dport: int, payload: bytes, ts: float
@@ -779,13 +777,11 @@ class Pipeline:
             self._resolvers_offered(got, ts)
 
     def _resolvers_offered(self, addresses: tuple[str, ...], ts: float) -> None:
-        hook = getattr(self.observer, "resolvers_offered", None)
-        if hook is not None:
-            try:
-                hook(addresses, ts)
-            except Exception:
-                self._weird("internal.observer")
-                log.exception("observer failed")
+        try:
+            self.observer.resolvers_offered(addresses, ts)
+        except Exception:
+            self._weird("internal.observer")
+            log.exception("observer failed")
 
     # --- devices --------------------------------------------------------------------------------
 
@@ -821,8 +817,6 @@ class Pipeline:
         ip_mac.move_to_end(ip)
         if len(ip_mac) > MAX_IP_MAC:
             ip_mac.popitem(last=False)
-
-    # --- end ------------------------------------------------------------------------------------
 
     # --- live operation -------------------------------------------------------------------------
 
@@ -911,9 +905,7 @@ class Pipeline:
                 self.flows.end(entry, "end")
 
     def _progress(self, entry: FlowEntry, new_up: int, now: float) -> None:
-        hook = getattr(self.observer, "upload_progress", None)
-        if hook is not None:
-            self._observe(hook, entry.sync(), new_up, now)
+        self._observe(self.observer.upload_progress, entry.sync(), new_up, now)
 
     def set_gateway_addresses(self, addresses: Iterable[str]) -> None:
         """The gateway's own addresses (connections they open are left out of the accounting);
@@ -926,9 +918,8 @@ class Pipeline:
             except (OSError, ValueError):
                 continue
         self.gateway_addresses = frozenset(packed)
-        hook = getattr(self.observer, "gateway_addresses", None)
-        if hook is not None:  # the gateway's resolver is the network's own (DNS bypass)
-            hook(sorted(ip_str(p) for p in packed))
+        # the gateway's resolver is the network's own (DNS bypass)
+        self.observer.gateway_addresses(sorted(ip_str(p) for p in packed))
 
     def retarget(self, cfg: Config, sink: FlowSink, observer: Observer) -> None:
         """New configuration and stages (SIGHUP); flows and devices carry over."""
@@ -970,7 +961,7 @@ class Pipeline:
 _MIN_COLUMNS = 512 << 10
 """Chunks smaller than this (bytes) take the pure loop even with numpy: the arrays cost about
 0.2 ms a chunk before they save anything, which a few hundred packets do not pay back. A pcap
-file's chunks are 4 MiB; re-packed ones (pcapng, merged files, live batches) hold 256 packets."""
+file's chunks are 4 MiB; re-packed ones (pcapng, merged files) hold 512 packets."""
 
 
 @functools.cache

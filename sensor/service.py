@@ -1,8 +1,8 @@
 """systemd integration: sd_notify (READY, STATUS, WATCHDOG, STOPPING) and journal logging.
 
-The only module importing systemd-python. sd_notify is also spoken natively (one datagram to
-$NOTIFY_SOCKET) when systemd-python is missing, since the protocol is that simple and the
-daemon must not lose readiness or watchdog pings over an import.
+sd_notify is spoken natively (one datagram to $NOTIFY_SOCKET): the protocol is that simple,
+and the daemon must not lose readiness or watchdog pings over an import. Journal logging uses
+systemd-python when it is there, loaded by `sensor.sinks.journal` (the one module importing it).
 """
 
 from __future__ import annotations
@@ -121,13 +121,12 @@ def setup_logging(level: int) -> str:
     for h in list(root.handlers):
         root.removeHandler(h)
     if stderr_is_journal():
-        try:
-            from systemd import journal
+        from sensor.sinks.journal import import_journal
 
+        journal = import_journal()
+        if journal is not None:
             root.addHandler(journal.JournalHandler(SYSLOG_IDENTIFIER="phonehome"))
             return "journal"
-        except ImportError:
-            pass
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("phonehome: %(levelname)s: %(message)s"))
     root.addHandler(handler)

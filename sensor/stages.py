@@ -41,16 +41,20 @@ class Output(Protocol):
     def device(self, device: Device) -> None: ...
 
 
-class ReportAlerts:
-    """An alert sink that hands alerts to a report writer with an `alert` method."""
+class AlertWriter(Protocol):
+    """A report writer's way in for alerts (sensor.report's sinks)."""
 
-    def __init__(self, report: object) -> None:
+    def alert(self, alert: Alert) -> None: ...
+
+
+class ReportAlerts:
+    """An alert sink that hands alerts to a report writer."""
+
+    def __init__(self, report: AlertWriter) -> None:
         self.report = report
 
     def send(self, alert: Alert) -> None:
-        write = getattr(self.report, "alert", None)
-        if write is not None:
-            write(alert)
+        self.report.alert(alert)
 
     def close(self) -> None:
         pass

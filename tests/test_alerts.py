@@ -20,24 +20,13 @@ from sensor.alerts import (
 from sensor.config import ConfigError, _build
 from sensor.model import Alert, Destination, DeviceRef, Observation
 from sensor.sinks import Coverage
+from tests.sinks.samples import DST, FULL_IMEI, HASH, REDACTED
 
-FULL_IMEI = "356938035643809"
-"""A test identifier: only its redacted tail may appear in any alert."""
-REDACTED = "…3809"
-HASH = "9f2c4e1a0b7d3c55"
 T0 = 1_700_000_000.0
 
 TV = DeviceRef(mac="aa:bb:cc:dd:ee:01", ip="192.168.1.20", name="Living-room TV", kind="tv")
 PHONE = DeviceRef(mac="aa:bb:cc:dd:ee:02", ip="192.168.1.21")
-ABROAD = Destination(
-    ip="203.0.113.7",
-    port=80,
-    server_name="t.example.cn",
-    vendor="ExampleCorp",
-    country="CN",
-    region="CN-BJ",
-    abroad=True,
-)
+ABROAD = DST
 HOME = Destination(
     ip="198.51.100.9", port=80, server_name="api.example.de", country="DE", abroad=False
 )

@@ -30,14 +30,12 @@ from sensor.lab.synth import (
     DEMO_PHONE,
     LAPTOP,
     PHONE,
-    REDMI_UA,
     RESOLVER,
-    XIAOMI_API_IP,
     Capture,
     PcapWriter,
     TcpSession,
     client_hello,
-    http_request,
+    xiaomi_register,
 )
 from sensor.metrics import MetricsConfig
 from sensor.policy import compile_policy
@@ -331,22 +329,8 @@ def second_visit(path: Path, start: float) -> Path:
     """Ten minutes after the sample: the phone leaks again and uploads more to Singapore."""
     buf = io.BytesIO()
     cap = Capture(PcapWriter(buf), start=start)
-    cap.dns_lookup(PHONE, RESOLVER, "api.account.xiaomi.com", [XIAOMI_API_IP], ttl=600)
-    s = TcpSession(cap, PHONE, XIAOMI_API_IP, 41001, 80)
-    s.open()
     body = f"imei={DEMO_IMEI}&phone=%2B{DEMO_PHONE[1:]}&model=Redmi+Note+8+Pro".encode()
-    s.send(
-        http_request(
-            "POST",
-            "api.account.xiaomi.com",
-            "/pass/v2/register",
-            REDMI_UA,
-            body,
-            [("Content-Type", "application/x-www-form-urlencoded")],
-        )
-    )
-    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", up=False)
-    s.close()
+    xiaomi_register(cap, 41001, body)
     cap.dns_lookup(PHONE, RESOLVER, "tracking.intl.miui.com", [AWS_SG_IP], ttl=300)
     s = TcpSession(cap, PHONE, AWS_SG_IP, 41002, 443)
     s.open()

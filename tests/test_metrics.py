@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sensor import metrics
 from sensor.alerts import RULES
 from sensor.config import Config, FlowsConfig, parse_config
+from sensor.daemon import sensor_view
 from sensor.flows import FlowEntry, FlowTable
 from sensor.lab.synth import (
     AWS_SG_IP,
@@ -51,7 +52,6 @@ from sensor.metrics import (
     Exporter,
     MetricsConfig,
     MetricsError,
-    NflogRules,
     SensorView,
     TopK,
     safe_label,
@@ -60,6 +60,7 @@ from sensor.model import Alert, Destination, Device, DeviceRef, Flow, Observatio
 from sensor.pipeline import Pipeline
 from sensor.sources.pcap import CaptureFile, read_captures
 from sensor.stages import build as build_stages
+from sensor.visibility import classify
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -173,26 +174,7 @@ class Wired:
 
     def view(self) -> SensorView:
         """What the daemon's `metrics_view` hands the exporter, read from this object."""
-
-        def nflog_rules() -> NflogRules | None:
-            if self.capture_mode != "nflog":
-                return None
-            return NflogRules(restored=self.rules_restored, missing=self.rules_missing)
-
-        return SensorView(
-            config=lambda: self.cfg,
-            pipeline=lambda: self.pipeline,
-            enricher=lambda: self.stages.enricher,
-            detector=lambda: self.stages.detector,
-            alert_stage=lambda: self.stages.alerts,
-            capture=lambda: self.source,
-            interfaces=lambda: self.interfaces,
-            nflog_rules=nflog_rules,
-            conntrack=lambda: self.conntrack,
-            conntrack_updates=lambda: self.conntrack_updates,
-            policy=lambda: self.enforcer,
-            write_errors=lambda: self.write_errors,
-        )
+        return sensor_view(self)
 
     def feed(self, path: Path) -> None:
         self.pipeline.run(read_captures([CaptureFile(str(path))]))
@@ -246,6 +228,9 @@ class FakeEnricher:
     def __init__(self, vendors: int = 5, countries: int = 5, regions: int = 3) -> None:
         self.spread = (vendors, countries, regions)
         self.relabel: dict[str, str] = {}
+
+    def visibility(self, flow: Flow) -> str | None:
+        return classify(flow)  # the bare rule: no relays, no local networks
 
     def destination(self, ip: str, port: int, name: str | None) -> Destination:
         h = int(hashlib.blake2b(ip.encode(), digest_size=8).hexdigest(), 16)
@@ -1146,7 +1131,7 @@ def _wait_stalled(server: Any, host: str, n: int, deadline: float = 10.0) -> lis
             conns = [c for c in list(server._conns.values()) if c.host == host]
         except RuntimeError:  # the serving thread changed the dict meanwhile
             continue
-        marks = sorted(c.mark for c in conns if c.phase == metrics._WRITING and c.out)
+        marks = sorted(c.mark for c in conns if c.phase == metrics.server._WRITING and c.out)
         if len(marks) == n and marks == last:
             return marks
         last = marks

@@ -36,6 +36,7 @@ from sensor.lab.synth import (
 )
 from sensor.model import Device, Flow, HttpRequest
 from sensor.pipeline import Pipeline
+from sensor.pipeline_consumers import NullObserver
 from sensor.sources.pcap import CaptureFile, read_captures
 from tests.builders import quic_initial_datagrams
 from tests.pipeline_helpers import build, flow_to, ip_lengths_by_direction, run_analyze
@@ -493,7 +494,7 @@ IMEI_HEX_NAME = LEAK_IMEI.encode().hex() + ".t.leak.example"
 """A query name carrying the IMEI in hex (the lab's DNS leak)."""
 
 
-class _Seen:
+class _Seen(NullObserver):
     """Observer that records what detection is shown, and when."""
 
     def __init__(self) -> None:
@@ -505,12 +506,6 @@ class _Seen:
 
     def dns_query(self, flow: Flow, device: Device | None, qname: str, ts: float) -> None:
         self.dns.append(qname)
-
-    def payload(self, flow: Flow, device: Device | None, data: bytes, ts: float) -> None:
-        pass
-
-    def tick(self, ts: float) -> None:
-        pass
 
 
 def _run_observed(path: Path) -> tuple[_Collect, _Seen]:

@@ -214,6 +214,24 @@ def unit_override(field: str, unit: str) -> Json:
     }
 
 
+def organize(
+    exclude: tuple[str, ...],
+    index: tuple[str, ...] = (),
+    rename: dict[str, str] | None = None,
+) -> Json:
+    """A table's "organize" transformation: columns hidden, column order, new names."""
+    options: Json = {"excludeByName": dict.fromkeys(exclude, True)}
+    if index:
+        options["indexByName"] = {name: i for i, name in enumerate(index)}
+    if rename:
+        options["renameByName"] = rename
+    return {"id": "organize", "options": options}
+
+
+MERGE: Json = {"id": "merge", "options": {}}
+"""The transformation joining a table's queries into one row per label set."""
+
+
 def row(title: str) -> Json:
     return {"type": "row", "title": title, "collapsed": False, "panels": [], "gridPos": {"w": 24}}
 
@@ -337,35 +355,27 @@ def panels() -> list[Json]:
             description="What each device is, how much it sent and received, to how many "
             "countries, and how often it gave away an identifier.",
             transformations=[
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {
-                            "Time": True,
-                            "job": True,
-                            "instance": True,
-                            "Value #E": True,
-                        },
-                        "indexByName": {
-                            "device": 0,
-                            "kind": 1,
-                            "vendor": 2,
-                            "model": 3,
-                            "mac": 4,
-                            "Value #A": 5,
-                            "Value #B": 6,
-                            "Value #D": 7,
-                            "Value #C": 8,
-                        },
-                        "renameByName": {
-                            "Value #A": "uploaded",
-                            "Value #B": "downloaded",
-                            "Value #C": "identifier exposures",
-                            "Value #D": "countries",
-                        },
+                MERGE,
+                organize(
+                    ("Time", "job", "instance", "Value #E"),
+                    index=(
+                        "device",
+                        "kind",
+                        "vendor",
+                        "model",
+                        "mac",
+                        "Value #A",
+                        "Value #B",
+                        "Value #D",
+                        "Value #C",
+                    ),
+                    rename={
+                        "Value #A": "uploaded",
+                        "Value #B": "downloaded",
+                        "Value #C": "identifier exposures",
+                        "Value #D": "countries",
                     },
-                },
+                ),
             ],
             overrides=[
                 unit_override("uploaded", "decbytes"),
@@ -563,13 +573,7 @@ def panels() -> list[Json]:
             "where, in the time range. Values never leave the sensor: its event log has the "
             "redacted form and a keyed hash.",
             transformations=[
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True},
-                        "renameByName": {"Value": "exposures"},
-                    },
-                },
+                organize(("Time",), rename={"Value": "exposures"}),
                 {"id": "sortBy", "options": {"sort": [{"field": "exposures", "desc": True}]}},
             ],
         ),
@@ -594,11 +598,8 @@ def panels() -> list[Json]:
             description="Alerts of phonehome.rules.yml firing now.",
             transformations=[
                 {"id": "labelsToFields", "options": {"mode": "columns"}},
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True}},
-                },
+                MERGE,
+                organize(("Time", "Value", "__name__")),
             ],
         ),
         row("Policy"),
@@ -914,19 +915,16 @@ def fleet_panels() -> list[Json]:
             w=24,
             h=7,
             transformations=[
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True, "Value #A": True},
-                        "renameByName": {
-                            "site": "Site",
-                            "home_country": "Home country",
-                            "Value #B": "Devices",
-                            "Value #C": "Sensor up",
-                        },
+                MERGE,
+                organize(
+                    ("Time", "Value #A"),
+                    rename={
+                        "site": "Site",
+                        "home_country": "Home country",
+                        "Value #B": "Devices",
+                        "Value #C": "Sensor up",
                     },
-                },
+                ),
             ],
         ),
         row("Alerts and identifiers"),
@@ -969,15 +967,7 @@ def fleet_panels() -> list[Json]:
                 table=True,
             ),
             h=10,
-            transformations=[
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True},
-                        "renameByName": {"Value": "Exposures"},
-                    },
-                }
-            ],
+            transformations=[organize(("Time",), rename={"Value": "Exposures"})],
         ),
         row("Traffic"),
         timeseries(

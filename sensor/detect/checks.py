@@ -1,6 +1,6 @@
 """What makes a value an identifier of its kind, and its one canonical spelling: check digits
-(Luhn), phone numbers (``phonenumbers``, with an explicit unknown home country), the keyed hash
-that stands for a value and the redacted tail that may be shown. Pure functions."""
+(Luhn), phone numbers (`sensor.detect.phones`, with an explicit unknown home country), the keyed
+hash that stands for a value and the redacted tail that may be shown. Pure functions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import hmac
 import re
 from typing import Final
 
-import phonenumbers
+from sensor.detect.phones import possible_e164
 
 _LUHN_DOUBLED: Final = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3, 5, 7, 9)))
 """Maps an ASCII digit to the digit sum of its double (Luhn)."""
@@ -43,37 +43,6 @@ def keyed_hash(key: bytes, kind: str, canonical: str) -> str:
     return hmac.new(key, msg, hashlib.sha256).hexdigest()[:16]
 
 
-_PLUS_SIGNS: Final = "+\uff0b"
-"""A plus sign as libphonenumber reads one (ASCII and full-width)."""
-
-
-def has_country_code(text: str) -> bool:
-    """True when a plus sign comes before the first digit of `text`: the number says which
-    country it belongs to, whatever the home country."""
-    for c in text:
-        if c in _PLUS_SIGNS:
-            return True
-        if c.isdigit():
-            return False
-    return False
-
-
-def parse_phone(text: str, home_region: str | None) -> phonenumbers.PhoneNumber | None:
-    """`text` as a phone number, None if it is not one.
-
-    `home_region` is the ISO 3166-1 code national numbers belong to; None (no
-    ``site.home_country``) means unknown, as everywhere else: then only a number written with
-    its +country code is a number. No country is assumed for a national number, nor an
-    international prefix for one starting with 00 (Indonesia dials out with 001, the US with
-    011: "0062..." is not a number abroad in every country)."""
-    if home_region is None and not has_country_code(text):
-        return None
-    try:
-        return phonenumbers.parse(text, home_region)
-    except phonenumbers.NumberParseException:
-        return None
-
-
 def redact(kind: str, canonical: str) -> str:
     """A tail short enough not to identify: last 4 characters (MAC: last two octets)."""
     if kind == "email":
@@ -85,7 +54,8 @@ def redact(kind: str, canonical: str) -> str:
 
 def canonicalize(kind: str, value: str, home_region: str | None = None) -> str | None:
     """The one spelling of an identifier that its keyed hash is computed over, or None if
-    ``value`` is not a plausible identifier of that kind. `home_region`: see `parse_phone`."""
+    ``value`` is not a plausible identifier of that kind. `home_region`: see
+    `sensor.detect.phones.parse_phone`."""
     v = value.strip()
     if kind in ("imei", "imsi", "iccid"):
         digits = "".join(c for c in v if c.isdigit())
@@ -100,10 +70,7 @@ def canonicalize(kind: str, value: str, home_region: str | None = None) -> str |
             return digits[:14] + luhn_check_digit(digits[:14])
         return digits if len(digits) == 15 else None
     if kind == "phone":
-        num = parse_phone(v, home_region)
-        if num is None or not phonenumbers.is_possible_number(num):
-            return None
-        return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+        return possible_e164(v, home_region)
     if kind == "mac":
         hexd = "".join(c for c in v.lower() if c in "0123456789abcdef")
         if len(hexd) != 12 or len(v) not in (12, 14, 17):

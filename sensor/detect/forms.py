@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 import ahocorasick_rs
-import phonenumbers
 
+from sensor.detect.phones import spellings
 from sensor.model import Encoding, IdentifierKind
 
 _DFA_MAX_PATTERNS: Final = 8000
@@ -67,13 +67,11 @@ def _spellings(kind: str, canonical: str, home_region: str | None) -> tuple[list
     if kind == "imei":
         return [canonical, canonical[:14]], [canonical, canonical[:14]]
     if kind == "phone":
-        num = phonenumbers.parse(canonical, home_region)
+        sp = spellings(canonical, home_region)
         e164 = canonical
         intl = e164[1:]
-        nsn = phonenumbers.national_significant_number(num)
-        national = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.NATIONAL)
+        nsn, national, formatted = sp.nsn, sp.national, sp.international
         national_digits = "".join(c for c in national if c.isdigit())
-        formatted = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
         plain = [e164, intl, "00" + intl, nsn, national_digits, national, formatted]
         return _unique(plain), _unique([e164, intl, national_digits, nsn])
     if kind == "mac":

@@ -35,24 +35,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
-import phonenumbers
-
 # The parts, by what they do (the names are re-exported here, where callers import them):
-# checks: check digits, phone numbers, the canonical spelling, the keyed hash;
+# checks: check digits, the canonical spelling, the keyed hash; phones: phone numbers;
 # forms: every wire form of a value and the automaton over them;
 # known / learned: the configured identifiers, and those learned from plaintext.
 from sensor.detect.checks import UUID_RE
 from sensor.detect.checks import canonicalize as canonicalize
-from sensor.detect.checks import has_country_code as has_country_code
 from sensor.detect.checks import keyed_hash as keyed_hash
 from sensor.detect.checks import luhn_check_digit as luhn_check_digit
 from sensor.detect.checks import luhn_valid as luhn_valid
-from sensor.detect.checks import parse_phone as parse_phone
 from sensor.detect.checks import redact as redact
 from sensor.detect.forms import Automaton, Entry, Key, PhoneStart, Variant
 from sensor.detect.known import LEARNABLE_KINDS as LEARNABLE_KINDS
 from sensor.detect.known import KnownIdentifiers as KnownIdentifiers
 from sensor.detect.learned import LearnedIdentifiers as LearnedIdentifiers
+from sensor.detect.phones import REGIONS, find_numbers, numbering_plan, valid_e164
+from sensor.detect.phones import has_country_code as has_country_code
 from sensor.model import ENCODINGS as ENCODINGS  # the vocabulary is the model's
 from sensor.model import IDENTIFIER_KINDS, IdentifierKind
 from sensor.model import Encoding as Encoding
@@ -206,7 +204,7 @@ _SERIAL: Final = re.compile(rb"[0-9a-z][0-9a-z\-]{5,31}")
 _EMAIL_DOMAIN: Final = re.compile(rb"[a-z0-9](?:[a-z0-9\-]{0,62}\.)+[a-z]{2,24}(?![a-z0-9\-])")
 _EMAIL_LOCAL_REV: Final = re.compile(rb"[a-z0-9._%+\-]{1,64}")
 _EMAIL_TLDS: Final = frozenset(
-    {r.lower().encode() for r in phonenumbers.SUPPORTED_REGIONS}
+    {r.lower().encode() for r in REGIONS}
     | {b"uk", b"eu", b"su", b"ac"}
     | set(
         b"com net org info biz edu gov mil int mobi name pro asia tel travel jobs aero coop io co "
@@ -290,19 +288,16 @@ class Scanner:
         self._fixed = _fixed_patterns()
         # No home country: no national number plan, no home operators.
         region = self._region
-        self._nanp = region is not None and phonenumbers.country_code_for_region(region) == 1
+        plan = numbering_plan(region)
+        self._nanp = plan.nanp
         self._imsi_home = _HOME_IMSI_PREFIXES.get(region, ()) if region is not None else ()
-        meta = phonenumbers.PhoneMetadata.metadata_for_region(region) if region else None
-        general = meta.general_desc if meta is not None else None
-        lengths = general.possible_length if general is not None else None
-        self._nsn_lengths = frozenset(lengths or range(7, 16))
-        prefix = meta.national_prefix if meta is not None else None
-        self._national_prefix = (prefix or "").encode()
+        self._nsn_lengths = plan.nsn_lengths
+        self._national_prefix = plan.national_prefix
         self._automaton: Automaton | None = None
 
     @property
     def home_region(self) -> str | None:
-        """The home country national numbers belong to; None: unknown (`parse_phone`)."""
+        """The home country national numbers belong to; None: unknown (`phones.parse_phone`)."""
         return self._region
 
     # -- learning --
@@ -689,27 +684,18 @@ class Scanner:
         """Run the ``phonenumbers`` matcher over one candidate; the end of the last number."""
         window = data[s:e].decode("latin-1")
         last = -1
-        for pm in phonenumbers.PhoneNumberMatcher(
-            window, self._region, leniency=phonenumbers.Leniency.VALID
-        ):
-            e164 = phonenumbers.format_number(pm.number, phonenumbers.PhoneNumberFormat.E164)
-            weak = not keyed and pm.raw_string.isdigit()
-            out.append(_Hit("phone", e164, s + pm.start, pm.end - pm.start, weak))
-            last = s + pm.end
+        for e164, start, end, written in find_numbers(window, self._region):
+            weak = not keyed and written.isdigit()
+            out.append(_Hit("phone", e164, s + start, end - start, weak))
+            last = s + end
         if last < 0 and keyed and window.isdigit():
             # The matcher wants a national number written with its trunk prefix; next to a
             # phone key, bare national digits ("msisdn": "2079460123") count too.
-            e164_or_none = self._valid_number(window)
+            e164_or_none = valid_e164(window, self._region)
             if e164_or_none is not None:
                 out.append(_Hit("phone", e164_or_none, s, e - s))
                 last = e
         return last
-
-    def _valid_number(self, text: str) -> str | None:
-        num = parse_phone(text, self._region)
-        if num is None or not phonenumbers.is_valid_number(num):
-            return None
-        return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
 
     def _phone_plausible(self, cand: bytes) -> bool:
         """Cheap length and prefix checks before the costly ``phonenumbers`` matcher."""

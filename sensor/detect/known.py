@@ -27,7 +27,7 @@ class KnownIdentifiers:
             raise ValueError("the keyed-hash key must not be empty")
         self.key: Final = key
         self.home_region: Final = home_region.upper() if home_region else None
-        """The home country national numbers belong to; None: unknown (`parse_phone`)."""
+        """The home country national numbers belong to; None: unknown (`phones.parse_phone`)."""
         self.rejected = 0
         """Values refused by `add` (not an identifier of that kind, or too short)."""
         self._items: OrderedDict[tuple[str, str, str | None], list[tuple[bytes, Variant]]] = (
@@ -80,23 +80,9 @@ class KnownIdentifiers:
         self._owners.setdefault((kind, canonical), []).append(owner)
         return True
 
-    def discard_oldest(self) -> None:
-        """Forget the least recently added (or re-added) value."""
-        if self._items:
-            (kind, canonical, owner), _ = self._items.popitem(last=False)
-            owners = self._owners[(kind, canonical)]
-            owners.remove(owner)
-            if not owners:
-                del self._owners[(kind, canonical)]
-
     def has_canonical(self, kind: str, canonical: str) -> bool:
         """True if the (already canonical) value is present, for any owner."""
         return (kind, canonical) in self._owners
-
-    def touch(self, kind: str, canonical: str) -> None:
-        """Mark a value as recently seen (it is dropped last by `discard_oldest`)."""
-        for owner in self._owners.get((kind, canonical), ()):
-            self._items.move_to_end((kind, canonical, owner))
 
     def __len__(self) -> int:
         return len(self._items)

@@ -72,10 +72,6 @@ class DomainOwners:
     def __len__(self) -> int:
         return len(self.owners)
 
-    @property
-    def organisations(self) -> int:
-        return len(set(self.owners.values()))
-
     @classmethod
     def parse(cls, data: bytes) -> DomainOwners:
         """Read either layout; OwnersDataError if it is neither or holds no names."""

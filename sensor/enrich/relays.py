@@ -28,7 +28,6 @@ import bisect
 import ipaddress
 import json
 import logging
-import re
 import socket
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -54,11 +53,9 @@ FETCHED_VPN_LISTS: Final[Mapping[str, str]] = {"protonvpn": VPN_PROTON_FILE}
 MAX_TOR_ENDPOINTS: Final = 100_000
 """ORPorts one Tor list may hold (the network has about 8,000 relays, ~10,000 ORPorts)."""
 MAX_VPN_ENTRIES: Final = 500_000
+"""Addresses and prefixes one VPN list may hold."""
 MATCH_CACHE: Final = 16_384
 """(address, port, name) verdicts remembered; all are forgotten when it is full."""
-"""Addresses and prefixes one VPN list may hold."""
-VPN_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
-"""What a VPN list's name may be (it becomes part of a metric label and the flow record)."""
 
 WIREGUARD_INITIATION_LEN: Final = 148
 OPENVPN_PORT: Final = 1194

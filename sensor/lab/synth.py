@@ -379,16 +379,12 @@ LEAK_BODY = (
 contact book (made-up values)."""
 
 
-def sample_home(fh: BinaryIO, linktype: int = LINK_ETHERNET, pcapng: bool = False) -> int:
-    """The demo capture: a Xiaomi phone and a laptop on a home LAN. Returns the packet count."""
-    cap = Capture(PcapWriter(fh, linktype, pcapng))
-    cap.dhcp_request(PHONE, PHONE.ip, "Redmi-Note-8-Pro")
-    cap.dhcp_request(LAPTOP, LAPTOP.ip, "laptop", vendor_class="MSFT 5.0")
-    # The phone posts to Xiaomi's account API, as the Redmi 1S did in 2014 (Kingsoft Cloud, CN).
+def xiaomi_register(cap: Capture, sport: int, body: bytes) -> None:
+    """The phone looks up Xiaomi's account API and POSTs `body` (a form) to it in clear from
+    port `sport`; the server answers "ok"."""
     cap.dns_lookup(PHONE, RESOLVER, "api.account.xiaomi.com", [XIAOMI_API_IP], ttl=600)
-    s = TcpSession(cap, PHONE, XIAOMI_API_IP, 40001, 80)
+    s = TcpSession(cap, PHONE, XIAOMI_API_IP, sport, 80)
     s.open()
-    body = LEAK_BODY.encode()
     s.send(
         http_request(
             "POST",
@@ -401,6 +397,15 @@ def sample_home(fh: BinaryIO, linktype: int = LINK_ETHERNET, pcapng: bool = Fals
     )
     s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", up=False)
     s.close()
+
+
+def sample_home(fh: BinaryIO, linktype: int = LINK_ETHERNET, pcapng: bool = False) -> int:
+    """The demo capture: a Xiaomi phone and a laptop on a home LAN. Returns the packet count."""
+    cap = Capture(PcapWriter(fh, linktype, pcapng))
+    cap.dhcp_request(PHONE, PHONE.ip, "Redmi-Note-8-Pro")
+    cap.dhcp_request(LAPTOP, LAPTOP.ip, "laptop", vendor_class="MSFT 5.0")
+    # The phone posts to Xiaomi's account API, as the Redmi 1S did in 2014 (Kingsoft Cloud, CN).
+    xiaomi_register(cap, 40001, LEAK_BODY.encode())
     # A TLS upload to a data-collection endpoint in AWS Singapore.
     cap.dns_lookup(
         PHONE,

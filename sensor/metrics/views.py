@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the concrete records; config.py imports this package, so no
     from sensor.enforce import EnforcerStats
     from sensor.enrich.device import DeviceIdentity
     from sensor.flows import FlowEntry
-    from sensor.model import Destination, Device
+    from sensor.model import Destination, Device, Flow
     from sensor.policy import CompiledPolicy
     from sensor.sinks import AlertSink
 
@@ -110,6 +110,8 @@ class EnricherView(Protocol):
     def destination(self, ip: str, port: int, server_name: str | None) -> Destination: ...
     @property
     def devices(self) -> DeviceIdentifierView | None: ...
+    def visibility(self, flow: Flow) -> str | None:
+        """A live flow's visibility class (sensor.visibility); None: it stays on the site."""
 
 
 class ScannerView(Protocol):

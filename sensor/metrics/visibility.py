@@ -13,10 +13,11 @@ bytes only. Cardinality: the exporter's device bound (`max_devices`, the rest
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from prometheus_client.core import CounterMetricFamily
 
+from sensor.metrics.views import EnricherView
 from sensor.model import Flow
 from sensor.visibility import VISIBILITIES, classify
 
@@ -70,15 +71,13 @@ def family(
     return fam
 
 
-def visibility_of(enricher: Any, flow: Flow) -> str | None:
+def visibility_of(enricher: EnricherView | None, flow: Flow) -> str | None:
     """A flow's class: the one enrichment wrote into an ended flow's record, else the
     enricher's verdict now (a live flow; None: it stays on the site), else the bare rule."""
     x = flow.extra
     if "country" in x:  # enriched by the stages
         v = x.get("visibility")
         return v if isinstance(v, str) else None
-    judge = getattr(enricher, "visibility", None)
-    if judge is not None:
-        v = judge(flow)
-        return v if isinstance(v, str) else None
+    if enricher is not None:
+        return enricher.visibility(flow)
     return classify(flow)

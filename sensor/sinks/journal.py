@@ -65,8 +65,9 @@ def encode_native(fields: dict[str, str]) -> bytes:
     return bytes(out)
 
 
-def _import_journal() -> Any:
-    """systemd-python's journal module, or None when it is not installed."""
+def import_journal() -> Any:
+    """systemd-python's journal module, or None when it is not installed. The only import of
+    systemd-python (`sensor.service` logs through it too)."""
     try:
         from systemd import journal  # type: ignore[import-not-found,unused-ignore]
     except Exception:  # ImportError, or a broken libsystemd binding
@@ -116,7 +117,7 @@ class JournalSink:
         if not _is_socket(self.cfg.socket_path):
             return "stderr"
         if self.cfg.socket_path == DEFAULT_JOURNAL_SOCKET:
-            self._journal = _import_journal()
+            self._journal = import_journal()
             if self._journal is not None:
                 return "systemd-python"
         return "native"

@@ -19,8 +19,9 @@ facts reach Python; conntrack counts the bytes of everything else.
   plain recv.
 
 Both sources: `fileno()` for poll/select, `read(max_packets)` that never blocks, `pending()`,
-`stats()`, `close()`; a malformed message is counted, never raised. `live_chunks` turns a
-source into the chunk stream `Pipeline.run` consumes.
+`stats()`, `close()`; a malformed message is counted, never raised. `live_packets` turns a
+source into the packet stream `Pipeline.run_packets` consumes (the daemon reads its sources in
+its own loop).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import select
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from sensor.sources.pcap import Chunk, Packet, pack_chunks
+from sensor.sources.pcap import Packet
 
 
 class LiveCaptureError(OSError):
@@ -55,14 +56,15 @@ class LiveSource(Protocol):
     def close(self) -> None: ...
 
 
-def live_chunks(
+def live_packets(
     source: LiveSource,
     stop: Callable[[], bool],
     *,
     poll_timeout: float = 0.25,
     max_packets: int = 4096,
-) -> Iterator[Chunk]:
-    """The chunks `Pipeline.run` consumes, from a live source, until `stop()` says so.
+) -> Iterator[Packet]:
+    """The packets of a live source, as `Pipeline.run_packets` takes them (each frame as it
+    came, not re-packed), until `stop()` says so.
 
     `stop` is checked after every read and at least every `poll_timeout` seconds.
     """
@@ -71,6 +73,6 @@ def live_chunks(
     while not stop():
         packets = source.read(max_packets)
         if packets:
-            yield from pack_chunks(packets, batch=max_packets)
+            yield from packets
         else:
             poller.poll(max(0, int(poll_timeout * 1000)))

@@ -28,29 +28,14 @@ from sensor.enrich.cloud import (
     parse_prefix_list,
     parse_vultr,
 )
+from tests.shared_data import CLOUD_FILES, SHARED, shared
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
-"""The providers' real files (mid-2025), kept beside the repository, never committed."""
-
-# the shared folder's names for the files -> our source names
-SHARED_FILES = {
-    "aws": "aws-ip-ranges.json",
-    "google": "google-cloud-ip-ranges.json",
-    "azure": "microsoft-azure-ip-ranges.json",
-    "oracle": "oracle-cloud-ip-ranges.json",
-    "cloudflare-v4": "cloudflare-v4-ip-ranges.txt",
-    "cloudflare-v6": "cloudflare-v6-ip-ranges.txt",
-    "fastly": "fastly-ip-ranges.json",
-    "digitalocean": "digitalocean.csv",
-    "linode": "linode.txt",
-}
+SHARED_FILES = CLOUD_FILES
 
 
-def shared(name: str) -> Path:
-    path = SHARED / SHARED_FILES[name]
-    if not path.is_file():
-        pytest.skip(f"shared data file {path} not present")
-    return path
+def shared_source(name: str) -> bytes:
+    """The shared file of source `name` (skips without it)."""
+    return shared(SHARED_FILES[name])
 
 
 def j(doc: Any) -> bytes:
@@ -401,13 +386,13 @@ def real_ranges() -> CloudRanges:
 )
 def test_real_file_parses(name: str, minimum: int) -> None:
     parse = {s.name: s.parse for s in CLOUD_SOURCES}[name]
-    rows = parse(shared(name).read_bytes())
+    rows = parse(shared_source(name))
     assert len(rows) >= minimum
     assert any(r.net[0] == 6 for r in rows) or name in ("cloudflare-v4", "oracle")
 
 
 def _real_regions(name: str) -> set[str]:
-    doc = json.loads(shared(name).read_bytes())
+    doc = json.loads(shared_source(name))
     if name == "aws":
         entries = doc["prefixes"] + doc["ipv6_prefixes"]
         return {p["region"] for p in entries} - {"GLOBAL"}
@@ -432,7 +417,7 @@ def test_region_table_covers_real_files(name: str, provider: str) -> None:
 
 
 def test_region_table_covers_aws_border_groups() -> None:
-    doc = json.loads(shared("aws").read_bytes())
+    doc = json.loads(shared_source("aws"))
     groups = {
         p["network_border_group"]
         for p in doc["prefixes"] + doc["ipv6_prefixes"]
@@ -491,7 +476,7 @@ def test_real_aws_singapore_service_is_specific(real_ranges: CloudRanges) -> Non
 
 def test_real_most_specific_wins(real_ranges: CloudRanges) -> None:
     # every AWS /32 answers with its own region, whatever prefix encloses it
-    doc = json.loads(shared("aws").read_bytes())
+    doc = json.loads(shared_source("aws"))
     singles = [p for p in doc["prefixes"] if p["ip_prefix"].endswith("/32")][:200]
     assert singles
     for p in singles:

@@ -18,8 +18,7 @@ from sensor.lab.synth import (
     sample_home,
 )
 from tests.pipeline_helpers import build, flow_to, run_analyze
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
+from tests.shared_data import SHARED
 
 
 @pytest.fixture(scope="module")

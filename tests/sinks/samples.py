@@ -8,11 +8,12 @@ import json
 import socket
 import struct
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from sensor.model import Alert, Destination, DeviceRef
+from sensor.model import RULES, Alert, Destination, DeviceRef
 
 FULL_IMEI = "356938035643809"
+"""A test identifier: only its redacted tail may appear in any alert or output."""
 REDACTED = "…3809"
 HASH = "9f2c4e1a0b7d3c55"
 REPO = Path(__file__).resolve().parents[2]
@@ -34,14 +35,6 @@ DST = Destination(
     region="CN-BJ",
     abroad=True,
 )
-SEVERITY: dict[str, Literal["critical", "warning", "info"]] = {
-    "identifier_abroad": "critical",
-    "identifier_cleartext": "warning",
-    "new_party_upload": "warning",
-    "foreign_upload": "warning",
-    "foreign_upload_anomaly": "warning",
-    "new_country": "info",
-}
 
 
 def make_alert(
@@ -50,7 +43,7 @@ def make_alert(
     ident = rule.startswith("identifier")
     return Alert(
         rule=rule,
-        severity=SEVERITY[rule],
+        severity=RULES[rule].severity,
         ts=ts,
         device=TV,
         dst=DST,

@@ -36,23 +36,26 @@ from tests.sinks.samples import (
     read_lines,
 )
 
+IMEI_LABELS = {
+    "site": "lab",
+    "alertname": "PhonehomeIdentifierAbroad",
+    "rule": "identifier_abroad",
+    "severity": "critical",
+    "device": TV.mac,
+    "device_name": "Living-room TV",
+    "identifier": "imei",
+    "destination": "ExampleCorp",
+    "vendor": "ExampleCorp",
+    "dst_country": "CN",
+}
+"""The labels of `make_alert()`'s alert (site "lab"): no identifier value, hash or address."""
+
 
 def test_alertname_and_payload() -> None:
     assert alertname("identifier_abroad") == "PhonehomeIdentifierAbroad"
     assert alertname("foreign_upload_anomaly") == "PhonehomeForeignUploadAnomaly"
     body = alertmanager_alert(make_alert(), 3600.0, {"site": "lab"}, "http://sensor.invalid/")
-    assert body["labels"] == {
-        "site": "lab",
-        "alertname": "PhonehomeIdentifierAbroad",
-        "rule": "identifier_abroad",
-        "severity": "critical",
-        "device": TV.mac,
-        "device_name": "Living-room TV",
-        "identifier": "imei",
-        "destination": "ExampleCorp",
-        "vendor": "ExampleCorp",
-        "dst_country": "CN",
-    }
+    assert body["labels"] == IMEI_LABELS
     assert body["annotations"]["value"] == REDACTED
     assert body["annotations"]["keyed_hash"] == HASH
     assert "dst_ip=203.0.113.7" in body["annotations"]["description"]
@@ -104,18 +107,7 @@ def test_alertmanager_push_and_read_back(alertmanager: str) -> None:
     got = {a["labels"]["alertname"]: a for a in json.loads(body)}
     assert set(got) == {"PhonehomeIdentifierAbroad", "PhonehomeForeignUpload"}
     a = got["PhonehomeIdentifierAbroad"]
-    assert a["labels"] == {
-        "site": "lab",
-        "alertname": "PhonehomeIdentifierAbroad",
-        "rule": "identifier_abroad",
-        "severity": "critical",
-        "device": TV.mac,
-        "device_name": "Living-room TV",
-        "identifier": "imei",
-        "destination": "ExampleCorp",
-        "vendor": "ExampleCorp",
-        "dst_country": "CN",
-    }
+    assert a["labels"] == IMEI_LABELS
     assert a["annotations"]["value"] == REDACTED
     assert a["annotations"]["keyed_hash"] == HASH
     assert a["annotations"]["summary"].startswith("Living-room TV sent imei")

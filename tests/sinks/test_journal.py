@@ -115,7 +115,7 @@ def test_journal_stderr_fallback(tmp_path: Path) -> None:
 
 def test_journal_without_systemd_python(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "systemd", None)  # makes the import fail
-    assert journal_module._import_journal() is None
+    assert journal_module.import_journal() is None
 
 
 def _can_unshare() -> bool:

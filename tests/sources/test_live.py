@@ -42,7 +42,7 @@ from sensor.sources.bpf import (
     BpfInsn,
     build_filter,
 )
-from sensor.sources.live import LiveCaptureError, LiveSource, live_chunks
+from sensor.sources.live import LiveCaptureError, LiveSource, live_packets
 from sensor.sources.nflog import NFULNL_MSG_PACKET, NflogParser, NflogSource
 from sensor.sources.packet import PacketSocketSource
 from sensor.sources.pcap import Packet
@@ -1055,7 +1055,7 @@ def test_reader_throughput(lab: Any) -> None:
 
 
 @needs_root
-def test_live_chunks_feed_the_pipeline(lab: Any) -> None:
+def test_live_packets_feed_the_pipeline(lab: Any) -> None:
     dev = lab.devices["samsung"]
     with in_netns(lab.gw_ns):
         src = NflogSource(GROUP)
@@ -1070,7 +1070,7 @@ def test_live_chunks_feed_the_pipeline(lab: Any) -> None:
             named = [e.flow for e in p.flows.entries.values()] + sink.flows
             return time.monotonic() > deadline or any(f.server_name == TLS_NAME for f in named)
 
-        p.run(live_chunks(src, stop, poll_timeout=0.05))
+        p.run_packets(live_packets(src, stop, poll_timeout=0.05))
         p.finish()
     finally:
         src.close()

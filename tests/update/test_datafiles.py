@@ -12,10 +12,9 @@ import json
 import os
 import shutil
 import stat
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +40,22 @@ from sensor.update.datafiles import (
 from sensor.validate import validate
 from tests.enrich.test_doh import SAMPLE_MD
 from tests.relay_fixtures import CONSENSUS, ONIONOO, PROTONVPN
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
+from tests.shared_data import CLOUD_FILES, SHARED, shared
+from tests.update.loopback import LoopbackServer, serving
 
 # our source name -> the shared folder's file name, and the name the provider publishes it as
-SHARED_FILES = {
-    "aws": ("aws-ip-ranges.json", "ip-ranges.json"),
-    "google": ("google-cloud-ip-ranges.json", "cloud.json"),
-    "azure": ("microsoft-azure-ip-ranges.json", "ServiceTags_Public_20250721.json"),
-    "oracle": ("oracle-cloud-ip-ranges.json", "public_ip_ranges.json"),
-    "cloudflare-v4": ("cloudflare-v4-ip-ranges.txt", "ips-v4"),
-    "cloudflare-v6": ("cloudflare-v6-ip-ranges.txt", "ips-v6"),
-    "fastly": ("fastly-ip-ranges.json", "public-ip-list"),
-    "digitalocean": ("digitalocean.csv", "google.csv"),
-    "linode": ("linode.txt", "linode-geofeed.csv"),
+PUBLISHED = {
+    "aws": "ip-ranges.json",
+    "google": "cloud.json",
+    "azure": "ServiceTags_Public_20250721.json",
+    "oracle": "public_ip_ranges.json",
+    "cloudflare-v4": "ips-v4",
+    "cloudflare-v6": "ips-v6",
+    "fastly": "public-ip-list",
+    "digitalocean": "google.csv",
+    "linode": "linode-geofeed.csv",
 }
+SHARED_FILES = {name: (CLOUD_FILES[name], published) for name, published in PUBLISHED.items()}
 
 # sources without a shared file: small fixtures
 VULTR = json.dumps(
@@ -88,10 +88,7 @@ EXODUS = json.dumps(
 
 
 def shared_bytes(name: str) -> bytes:
-    path = SHARED / SHARED_FILES[name][0]
-    if not path.is_file():
-        pytest.skip(f"shared data file {path} not present")
-    return path.read_bytes()
+    return shared(SHARED_FILES[name][0])
 
 
 # --- a loopback HTTP server -------------------------------------------------------------------
@@ -131,21 +128,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackServer):
+    routes: dict[str, Route]
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.routes: dict[str, Route] = {}
-        self.hits: list[str] = []
-
-    @property
-    def base(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def url(self, path: str) -> str:
-        return self.base + path
+        super().__init__(_Handler)
 
     def serve(self, path: str, body: bytes, **kwargs: Any) -> str:
         self.routes[path] = Route(body, **kwargs)
@@ -154,22 +141,8 @@ class _Server(ThreadingHTTPServer):
 
 @pytest.fixture
 def server() -> Iterator[_Server]:
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(_Server()) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
-
-
-@pytest.fixture(autouse=True)
-def no_real_urls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whatever a test forgets to override points at a closed loopback port, never outside."""
-    dead = {name: f"http://127.0.0.1:9/{name}" for name in datafiles.DEFAULT_URLS}
-    monkeypatch.setattr(datafiles, "DEFAULT_URLS", dead)
 
 
 def loopback_urls(srv: _Server) -> dict[str, str]:

@@ -17,7 +17,7 @@ import time
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +35,12 @@ from sensor.update.datafiles import (
     read_manifest,
     update,
 )
+from tests.shared_data import shared
+from tests.update.loopback import LoopbackServer, serving
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cloud-ranges"
 REPO = Path(__file__).resolve().parents[2]
 FAILURE_FIELDS = {"last_error", "last_attempt", "last_origin"}
 """What a failure adds to a source's manifest entry (`check` shows it); the rest must stay."""
-
-
-def shared(name: str) -> bytes:
-    path = SHARED / name
-    if not path.is_file():
-        pytest.skip(f"shared data file {path} not present")
-    return path.read_bytes()
 
 
 # --- the hostile server ---------------------------------------------------------------------
@@ -72,41 +66,19 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackServer):
+    routes: dict[str, Behaviour]
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.routes: dict[str, Behaviour] = {}
-        self.hits: list[str] = []
+        super().__init__(_Handler)
         self.sent: dict[str, int] = {}
         """Body bytes an endless route got out before the client hung up."""
-        self.release = threading.Event()
-        """Set at teardown: stalled handlers end."""
-
-    def url(self, path: str) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}{path}"
 
 
 @pytest.fixture
 def server() -> Iterator[_Server]:
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(_Server()) as srv:
         yield srv
-    finally:
-        srv.release.set()
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
-
-
-@pytest.fixture(autouse=True)
-def no_real_urls(monkeypatch: pytest.MonkeyPatch) -> None:
-    dead = {name: f"http://127.0.0.1:9/{name}" for name in datafiles.DEFAULT_URLS}
-    monkeypatch.setattr(datafiles, "DEFAULT_URLS", dead)
 
 
 def body(
