@@ -479,9 +479,9 @@ class Pipeline:
                 mac = known if known in self.devices else None
         else:
             mac = lan_source_mac(link.src_mac, link.pkttype)
-        if mac is None:
+        if mac is None:  # the kernel's neighbour table (live) or an earlier packet's source
             mac = self.ip_mac.get(client_ip)
-        else:
+        if mac is not None:
             self._note_device(mac, client_ip, ts)
         flow = Flow(
             uid=f"F{self._uid:x}",
@@ -528,6 +528,8 @@ class Pipeline:
                 flow.server_name, flow.name_source = name, "dns"
         if flow.device_mac is None:
             flow.device_mac = self.ip_mac.get(flow.src_ip)
+            if flow.device_mac is not None:
+                self._note_device(flow.device_mac, flow.src_ip, flow.last_seen)
         if entry.app:
             flow.extra["app"] = entry.app
         try:

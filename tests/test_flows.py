@@ -161,3 +161,16 @@ def test_at_the_size_cap_waiting_ends_go_before_live_flows() -> None:
     assert len(p.flows) <= 16
     assert 39999 not in [f.src_port for f in sink.flows]  # the live flow stayed
     assert p.flows.evicted_cap == 0
+
+
+def test_a_connection_known_only_from_conntrack_makes_its_neighbours_device() -> None:
+    # Live, a connection's first sign may be a conntrack event (no frame, no MAC): the kernel's
+    # neighbour table names the address's MAC, and that is a device like one seen in a frame.
+    p, sink = _pipeline(grace=0.0)
+    p.learn_neighbour(PHONE, "02:00:00:00:00:05")
+    p.learn_neighbour("192.168.1.9", "00:00:00:00:00:00")  # a placeholder is never a device
+    _destroy(p, T0, (60, 1), (40, 1))
+    p.account_conntrack("tcp", "192.168.1.9", 40001, SERVER, 80, 60, 1, 40, 1, T0, True)
+    assert sink.flows[0].device_mac == "02:00:00:00:00:05"
+    assert list(p.devices) == ["02:00:00:00:00:05"]
+    assert p.devices["02:00:00:00:00:05"].ips == {PHONE}
