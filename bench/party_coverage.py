@@ -5,7 +5,8 @@
 Runs `phonehome analyze --json` on the captures (pcap/pcapng; default: the public real-traffic
 captures committed under tests/captures/, each set on its own and all together: `quic/`, QUIC
 client first flights from nDPI's and Zeek's test suites, and `apps/`, the TLS, QUIC and DNS
-first flights of Android and iOS app traffic from nDPI's test suite; see tests/README.md) and
+first flights of 48 captures of app and online-service traffic (Android and iOS apps among
+them) from nDPI's test suite; see tests/README.md) and
 prints, over the flows that have a server name, the share - of flows and of bytes - whose
 party is a company or organisation (from the vendor map or the domain-owner dataset) rather
 than a bare registrable domain, and the bare domains that carry the most bytes (the next
