@@ -77,6 +77,6 @@ def test_named_flows_have_a_company_as_party() -> None:
         "www.aaxdetect.com",
     ]
     no_party = {f["server_name"] for f in named if f.get("party_source") is None}
-    # addresses written as names: a Host header in 1kxun, two in the Teams capture, the SNI
-    # of a Sonos speaker's TLS on the LAN
+    # addresses written as SNIs: in 1kxun, two Microsoft ones in teams, a Sonos speaker's on
+    # the LAN
     assert no_party == {"192.168.115.75", "52.114.250.152", "52.114.250.153", "192.168.1.70"}
