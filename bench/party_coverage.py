@@ -18,8 +18,10 @@ Two definitions of "named", both printed:
   ("localhost", "test");
 - DNS names (the headline figure): those two left out. An address or a single label names no
   one that a name could be owned by: its party is null by design and the hosting side (cloud
-  provider, AS) speaks for it, so it can be neither a company nor a bare domain. The flows left
-  out are counted on the line, never dropped silently.
+  provider, AS) speaks for it, so it can be neither a company nor a bare domain. So is any
+  other name without a registrable domain ("not a DNS name", e.g. one whose domain label the
+  sensor wrote redacted as data: "www.….com"). The flows left out are counted, by kind, on
+  the line, never dropped silently.
 
 `--unmapped` lists every name whose party is not a company (bare domains, addresses, single
 labels), with its flows, bytes and captures. `--state` points at a state directory after
