@@ -75,6 +75,36 @@ def test_names_in_the_vendor_map(resolver: PartyResolver) -> None:
     assert fcm is not None and (fcm.party, fcm.source) == ("Google", "map")
 
 
+def test_organisations_behind_test_servers_but_not_people(resolver: PartyResolver) -> None:
+    """The QUIC interop servers in the public captures (vendors_services.toml, issue 19):
+    companies and open-source projects get their name; a host on a person's own domain keeps
+    the bare domain, even when it serves a project (the map names no people)."""
+    for name, party in [
+        ("quic.tech", "Cloudflare"),
+        ("quic.rocks", "Google"),
+        ("test.privateoctopus.com", "Private Octopus"),
+        ("nghttp2.org", "nghttp2 project"),
+        ("quic.aiortc.org", "aiortc project"),
+        ("h2o.examp1e.net", "H2O project"),
+        ("quic.examp1e.net", "H2O project"),
+        ("cognito-identity.us-east-1.amazonaws.com", "Amazon Web Services"),
+    ]:
+        m = resolver.party_for_name(name)
+        assert m is not None and (m.party, m.source) == (party, "map"), name
+    # only the project's two documented hosts: the rest of examp1e.net is not known to be its
+    assert resolver.party_for_name("www.examp1e.net") == PartyMatch(
+        "examp1e.net", "domain", "examp1e.net"
+    )
+    for name, domain in [
+        ("quant.eggert.org", "eggert.org"),
+        ("quic.seemann.io", "seemann.io"),
+        ("mew.org", "mew.org"),
+        ("h3.stammw.eu", "stammw.eu"),
+        ("quic.ogre.com", "ogre.com"),
+    ]:
+        assert resolver.party_for_name(name) == PartyMatch(domain, "domain", domain), name
+
+
 def test_names_only_in_the_dataset(resolver: PartyResolver) -> None:
     assert resolver.party_for_name("events.examplytics.example") == PartyMatch(
         "Examplytics", "dataset", "examplytics.example"
