@@ -5,9 +5,11 @@
 1. `phonehome analyze --json` on a generated capture in which LAN devices leak more than 100,000
    distinct identifiers in cleartext (IMEI, IMSI, ICCID, MAC, e-mail, advertising and Android
    IDs in HTTP POST bodies) across the flows, every tenth flow also carrying the MD5 of an IMEI
-   its device sent before; run with `detect.learn` on and off. Prints CPU seconds (best of
-   three, interleaved), the ratio (goal: on at most 1.2x), findings (the extra ones with
-   learning on are the hashed forms caught), and the learning counters.
+   its device sent before; run with `detect.learn` on and off, in interleaved pairs (3 by
+   default, the order alternating). Prints the load average, the CPU seconds of the analyze
+   process (user + system, medians), each pair's ratio and their median (goal: on at most
+   1.2x), findings (the extra ones with learning on are the hashed forms caught), and the
+   learning counters.
 2. In the namespace lab (root only): one LAN host sprays plain HTTP requests with a new valid
    IMEI each, as fast as it can, while the phone leaks its IMEI (tests/lab/spray.py); with
    learning on and off. Prints the spray rate reached, the leak's alert delay (goal under 2 s),
@@ -23,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,7 +120,13 @@ def _run(cfg: Path, capture: Path) -> tuple[float, float, dict[str, object]]:
     return usage.ru_utime + usage.ru_stime, wall, stats
 
 
-def bench_analyze(flows: int, tmp: Path) -> bool:
+def _findings(stats: dict[str, object]) -> int:
+    detect = stats.get("detect")
+    found = detect.get("findings", 0) if isinstance(detect, dict) else 0
+    return found if isinstance(found, int) else 0
+
+
+def bench_analyze(flows: int, tmp: Path, pairs: int = 3) -> bool:
     capture = tmp / "leaks.pcap"
     t0 = time.perf_counter()
     packets, distinct = write_capture(capture, flows)
@@ -131,26 +140,43 @@ def bench_analyze(flows: int, tmp: Path) -> bool:
         state.mkdir()
         cfg = cfgs[learn] = tmp / f"learn-{learn}.toml"
         cfg.write_text(f'[paths]\nstate_dir = "{state}"\n[detect]\nlearn = {str(learn).lower()}\n')
-    # Interleaved, best of three: the load of a shared machine changes between runs.
+    # Interleaved pairs, the order alternating within each pair, on the same capture: the
+    # load of a shared machine changes between runs, so each pair's ratio compares two runs
+    # made close together, and the median pair is reported (best-of-N per side would pair the
+    # quietest "off" moment with the quietest "on" one, wherever they fell).
+    load0 = os.getloadavg()
     runs: dict[bool, list[tuple[float, float, dict[str, object]]]] = {True: [], False: []}
-    for _ in range(3):
-        for learn in (True, False):
+    ratios: list[float] = []
+    for i in range(pairs):
+        for learn in (True, False) if i % 2 == 0 else (False, True):
             runs[learn].append(_run(cfgs[learn], capture))
-    results = {
-        learn: (min(r[0] for r in rs), min(r[1] for r in rs), rs[0][2])
-        for learn, rs in runs.items()
-    }
-    print(f"\n{'learning':<9} {'CPU s':>7} {'wall s':>7} {'findings':>9}  learned")
-    for learn, (cpu, wall, stats) in results.items():
-        detect = stats.get("detect")
+        ratios.append(runs[True][-1][0] / runs[False][-1][0])
+    load1 = os.getloadavg()
+    print(
+        f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in load0)} before, "
+        f"{' '.join(f'{x:.2f}' for x in load1)} after, on {os.cpu_count()} CPUs"
+    )
+    print(f"\n{'learning':<9} {'CPU s':>7} {'wall s':>7} {'findings':>17}  learned")
+    for learn, rs in runs.items():
+        found = sorted(_findings(r[2]) for r in rs)
+        detect = rs[0][2].get("detect")
         detect = detect if isinstance(detect, dict) else {}
+        span = f"{found[0]}-{found[-1]}" if found[0] != found[-1] else f"{found[0]}"
         print(
-            f"{'on' if learn else 'off':<9} {cpu:>7.2f} {wall:>7.2f} "
-            f"{detect.get('findings', 0):>9}  {detect.get('learning', {})}"
+            f"{'on' if learn else 'off':<9} {statistics.median(r[0] for r in rs):>7.2f} "
+            f"{statistics.median(r[1] for r in rs):>7.2f} {span:>17}  "
+            f"{detect.get('learning', {})}"
         )
-    ratio = results[True][0] / results[False][0]
+    print(
+        f"(CPU and wall: medians of {pairs} runs each; findings: lowest-highest)\n"
+        f"pairs, on / off CPU: {' '.join(f'{r:.2f}x' for r in ratios)}"
+    )
+    ratio = statistics.median(ratios)
     ok = ratio <= GOAL_RATIO
-    print(f"learning on / off: {ratio:.2f}x CPU (goal <= {GOAL_RATIO}x) {'ok' if ok else 'MISSED'}")
+    print(
+        f"learning on / off: {ratio:.2f}x CPU, median of {pairs} interleaved pairs "
+        f"(goal <= {GOAL_RATIO}x) {'ok' if ok else 'MISSED'}"
+    )
     return ok
 
 
@@ -192,11 +218,12 @@ def bench_spray(tmp: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--flows", type=int, default=12_000)
+    ap.add_argument("--pairs", type=int, default=3, help="interleaved on/off pairs (median)")
     ap.add_argument("--no-lab", action="store_true", help="skip the lab spray")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="phonehome-learn-", dir="/var/tmp"))
     try:
-        bench_analyze(args.flows, tmp)
+        bench_analyze(args.flows, tmp, max(1, args.pairs))
         if not args.no_lab:
             bench_spray(tmp)
     finally:

@@ -7,9 +7,10 @@ with other hex or base64 characters is therefore not found.
 
 Most scanned parts hold no learned digest at all, and running the token regular expressions
 over every part cost more than searching the learned automaton. So a part is first split into
-its base64-alphabet runs in C (`bytes.translate` + `bytes.split`) and the runs checked against
-the dictionary as a set; only when one may be a digest (or a long run may hold a hex one) are
-the exact tokens and their offsets found with the regular expressions. Pure functions.
+its base64-alphabet runs, and its lower-cased copy into its hex runs, in C (`bytes.translate`
++ `bytes.split`), and the runs checked against the dictionary as a set; only when one is a
+digest are the exact tokens and their offsets found with the regular expressions. Pure
+functions.
 """
 
 from __future__ import annotations
@@ -32,22 +33,18 @@ _ONLY_HEX: Final = bytes(c if c in _HEX else 32 for c in range(256))
 """Maps every byte but a lower-case hex digit to a space, so `split` yields the hex runs."""
 _ONLY_B64: Final = bytes(c if c in _B64 else 32 for c in range(256))
 """Maps every byte outside both base64 alphabets to a space, so `split` yields their runs."""
-_MIN_HEX: Final = min(HEX_DIGEST_LENGTHS)
 
 
-def may_hold(data: bytes, digests: Mapping[bytes, object]) -> bool:
-    """False when no whole token of ``data`` can be a key of ``digests``: a fast, exact filter
-    for `find`. Every hex run of the lower-cased data lies inside a base64 run of the data
-    (the hex digits of either case are base64 characters), and the runs' ends are the same
-    non-alphabet bytes, so a run's hex runs are whole hex tokens of the data."""
+def may_hold(data: bytes, folded: bytes, digests: Mapping[bytes, object]) -> bool:
+    """False when no whole token of ``data`` (or hex token of ``folded``, ``data``
+    lower-cased) can be a key of ``digests``: a fast, exact filter for `find`. Every whole
+    base64 token is a base64 run of the data; every whole hex token of ``folded`` is a hex run
+    of it (lower-casing turns no other byte into a hex digit), so both sets of runs come from
+    one `translate` and one `split` each, in C."""
     keys = digests.keys()
-    runs = data.translate(_ONLY_B64).split()
-    if not keys.isdisjoint(runs):
+    if not keys.isdisjoint(data.translate(_ONLY_B64).split()):
         return True
-    for run in runs:
-        if len(run) >= _MIN_HEX and not keys.isdisjoint(run.lower().translate(_ONLY_HEX).split()):
-            return True
-    return False
+    return not keys.isdisjoint(folded.translate(_ONLY_HEX).split())
 
 
 def find(
@@ -56,7 +53,7 @@ def find(
     """(value, start, end) of each whole hex token of ``folded`` (``data`` lower-cased) and
     each whole base64 token of ``data`` that is a key of ``digests`` (hex keys lower-case,
     base64 keys as written), for every value under that key."""
-    if not digests or not may_hold(data, digests):
+    if not digests or not may_hold(data, folded, digests):
         return
     for m in HEX_TOKEN.finditer(folded):
         if m.end() - m.start() in HEX_DIGEST_LENGTHS:

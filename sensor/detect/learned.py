@@ -54,8 +54,9 @@ class LearnedIdentifiers:
         self.key: Final = key
         self.home_region: Final = home_region
         self.capacity = capacity
-        self._order: OrderedDict[_Slot, Ident] = OrderedDict()
-        """Every value, least recently seen first."""
+        self._order: OrderedDict[_Slot, str] = OrderedDict()
+        """Every value -> its keyed hash, least recently seen first. Its `Ident` is made
+        when it is compiled: under a flood most values are dropped before that."""
         self._by_owner: dict[str | None, OrderedDict[_Slot, None]] = {}
         self._sized: dict[int, dict[str | None, None]] = {}
         """Owners by how many values they hold, so the biggest is found at once."""
@@ -124,14 +125,10 @@ class LearnedIdentifiers:
         if slot in self._order:
             self.touch(kind, canonical)
             return False
-        ident = self._order[slot] = Ident(
-            kind,  # type: ignore[arg-type]
-            canonical,
-            redact(kind, canonical),
-            hashed or keyed_hash(self.key, kind, canonical),
-            owner,
-        )
-        self._hashed[(kind, ident.keyed_hash)] = canonical
+        if hashed is None:
+            hashed = keyed_hash(self.key, kind, canonical)
+        self._order[slot] = hashed
+        self._hashed[(kind, hashed)] = canonical
         slots = self._by_owner.get(owner)
         if slots is None:
             slots = self._by_owner[owner] = OrderedDict()
@@ -167,13 +164,13 @@ class LearnedIdentifiers:
         self._resize(owner, len(slots) + 1, len(slots))
         if not slots:
             del by_owner[owner]
-        ident = self._order.pop(slot)
+        hashed = self._order.pop(slot)
         kind, canonical, _ = slot
         owners = self._owners[(kind, canonical)]
         owners.remove(owner)
         if not owners:
             del self._owners[(kind, canonical)]
-            del self._hashed[(kind, ident.keyed_hash)]
+            del self._hashed[(kind, hashed)]
         if self.variants.pop(slot, None) is None:
             self.shed["unsearched"] += 1
         else:
@@ -182,7 +179,7 @@ class LearnedIdentifiers:
 
     def hashes(self) -> list[tuple[IdentifierKind, str]]:
         """(kind, keyed hash) of every value, least recently seen first."""
-        return [(i.kind, i.keyed_hash) for i in self._order.values()]
+        return [(kind, hashed) for (kind, _, _), hashed in self._order.items()]  # type: ignore[misc]
 
     def compile_due(self) -> bool:
         """True when values changed and the compile budget allows a compile now.
@@ -208,8 +205,10 @@ class LearnedIdentifiers:
         """Compute the new values' wire forms and rebuild the automaton over all of them."""
         t0 = time.perf_counter()
         variants = self.variants
-        for slot, ident in self._order.items():
+        for slot, hashed in self._order.items():
             if slot not in variants:
+                kind, canonical, owner = slot
+                ident = Ident(kind, canonical, redact(kind, canonical), hashed, owner)  # type: ignore[arg-type]
                 variants[slot] = wire_forms(ident, self.home_region)
         digests: dict[bytes, list[Variant]] = {}
         searched: list[tuple[bytes, Variant]] = []
