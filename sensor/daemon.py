@@ -645,7 +645,7 @@ class Daemon:
         self.pipeline.account_conntrack(
             e.proto, e.orig_src, e.orig_sport, e.orig_dst, e.orig_dport,
             e.bytes_orig, e.packets_orig, e.bytes_reply, e.packets_reply,
-            now, final=final,
+            now, final=final, ct_id=e.id,
         )  # fmt: skip
         self.conntrack_updates += 1
 
