@@ -136,7 +136,9 @@ class Counted(NamedTuple):
 
 MAX_OPEN_ENDED = 32768
 """Connections ended while still open remembered at most (least recently seen forgotten
-first): about 12 MB at most (docs/LEARNING.md)."""
+first): about 15 MB at most (`make bench`: bench/open_ended_bench.py). Memory shedding lowers
+it with the flow table's cap, to MIN_OPEN_ENDED at least."""
+MIN_OPEN_ENDED = 1024
 
 
 class OpenEnded:
@@ -174,6 +176,13 @@ class OpenEnded:
         )
         counted.move_to_end(entry.key_up)
         if len(counted) > self.size:
+            counted.popitem(last=False)
+            self.pushed_out += 1
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        counted = self.counted
+        while len(counted) > size:
             counted.popitem(last=False)
             self.pushed_out += 1
 
@@ -249,6 +258,8 @@ class FlowTable:
     def add(self, flow: Flow, key_up: bytes, key_down: bytes) -> FlowEntry:
         """Insert a new flow (the caller checked neither key is present)."""
         entries = self.entries
+        # Taken before the cap makes room: the flow pushed out may push this one out of memory.
+        prior = self.open_ended.take(key_up, key_down) if self.open_ended.counted else None
         if len(entries) >= self.cap:
             self._evict_oldest(len(entries) - self.cap + 1)
         is_tcp = flow.proto == "tcp"
@@ -258,10 +269,8 @@ class FlowTable:
         table[key_down] = entry.down
         entries[key_up] = entry
         self.created += 1
-        if self.open_ended.counted:
-            prior = self.open_ended.take(key_up, key_down)
-            if prior is not None:
-                self._continue(entry, prior)
+        if prior is not None:
+            self._continue(entry, prior)
         return entry
 
     def _continue(self, entry: FlowEntry, prior: Counted) -> None:
@@ -294,7 +303,10 @@ class FlowTable:
         the bound allows) and end the oldest flows above it, as the cap would have. Returns
         how many were ended."""
         self.cap = max(16, min(self.cap, cap))
-        return self._evict_oldest(len(self.entries) - self.cap)
+        ended = self._evict_oldest(len(self.entries) - self.cap)
+        # What the shed flows leave remembered (about 0.5 KB each) is held to the cap too.
+        self.open_ended.resize(max(MIN_OPEN_ENDED, min(self.open_ended.size, self.cap)))
+        return ended
 
     def _evict_oldest(self, count: int) -> int:
         """End the `count` oldest flows (the size cap's evictions); returns how many. Ended

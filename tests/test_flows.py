@@ -302,3 +302,30 @@ def test_connections_remembered_are_bounded() -> None:
     _flood(p, range(50000, 50100), T0)
     assert len(p.flows.open_ended) == 32
     assert p.flows.open_ended.pushed_out == 100 - 16 - 32
+
+
+def test_memory_shedding_lowers_what_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flows, "MIN_OPEN_ENDED", 8)
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=64, end_grace=0.0)), sink)
+    _flood(p, range(50000, 50100), T0)
+    assert len(p.flows.open_ended) == 100 - 64
+    p.flows.shrink(20)  # the daemon's memory bound: the table keeps 20 flows
+    assert len(p.flows) == 20
+    assert len(p.flows.open_ended) == 20
+    assert p.flows.open_ended.size == 20
+
+
+def test_a_full_memory_still_continues_its_oldest_connection() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=16, end_grace=0.0)), sink)
+    p.flows.open_ended.size = 4
+    _dump(p, 40001, (713, 9), (4000, 8), T0)
+    _flood(p, range(50000, 50019), T0 + 1)  # the phone's is the oldest of the four remembered
+    assert _remembered(p, 40001)
+    # Its continuation pushes a flow out of the table, which is remembered in turn.
+    _dump(p, 40001, (800, 10), (4100, 9), T0 + 2)
+    p.finish()
+    first, cont = _of(sink, 40001)
+    assert (cont.bytes_up, cont.bytes_down) == (87, 100)
+    assert cont.extra["continued_from"] == first.uid
