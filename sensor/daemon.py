@@ -230,6 +230,9 @@ class Daemon:
             # set, but cutting it later reaches only the thread that does it.
             privileges.cut_bounding_set()
         self._build_stages()
+        # Conntrack's counters are cumulative: flows ended while their connection is still
+        # open are remembered from the first (sensor.flows.OpenEnded), before any dump.
+        self.pipeline.flows.remember_open = self.conntrack is not None
         self._note_own_addresses()
         self._start_policy()
         for ip, mac in links.neighbours(interfaces=self.interfaces).items():
