@@ -136,7 +136,7 @@ class Counted(NamedTuple):
 
 MAX_OPEN_ENDED = 32768
 """Connections ended while still open remembered at most (least recently seen forgotten
-first): about 15 MB at most (`make bench`: bench/open_ended_bench.py). Memory shedding lowers
+first): about 14 MB at most (`make bench`: bench/open_ended_bench.py). Memory shedding lowers
 it with the flow table's cap, to MIN_OPEN_ENDED at least."""
 MIN_OPEN_ENDED = 1024
 
