@@ -77,6 +77,7 @@ bench: sysdeps-bench venv
 	$(PY) -m bench.scrape_bench
 	$(PY) -m bench.visibility_bench
 	$(PY) -m bench.live_loop_bench
+	$(PY) -m bench.open_ended_bench
 
 # The Debian package (dist/phonehome_*.deb) and its install/boot test alone.
 sysdeps-deb:

@@ -263,6 +263,9 @@ class Daemon:
             # set, but cutting it later reaches only the thread that does it.
             privileges.cut_bounding_set()
         self._build_stages()
+        # Conntrack's counters are cumulative: flows ended while their connection is still
+        # open are remembered from the first (sensor.flows.OpenEnded), before any dump.
+        self.pipeline.flows.remember_open = self.conntrack is not None
         self._note_own_addresses()
         self._start_policy()
         for ip, mac in links.neighbours(interfaces=self.interfaces).items():
@@ -678,7 +681,7 @@ class Daemon:
         self.pipeline.account_conntrack(
             e.proto, e.orig_src, e.orig_sport, e.orig_dst, e.orig_dport,
             e.bytes_orig, e.packets_orig, e.bytes_reply, e.packets_reply,
-            now, final=final,
+            now, final=final, ct_id=e.id,
         )  # fmt: skip
         self.conntrack_updates += 1
 

@@ -843,10 +843,12 @@ class Pipeline:
         packets_reply: int,
         now: float,
         final: bool = False,
+        ct_id: int = 0,
     ) -> None:
-        """Counters of one conntrack entry (original tuple = the opener, before NAT) into
-        the flow it belongs to; a flow we had not seen (its first packets were missed, or it
-        predates us) is created. `final` (a DESTROY event) ends the flow."""
+        """Counters of one conntrack entry (original tuple = the opener, before NAT; `ct_id`
+        its CTA_ID) into the flow it belongs to; a flow we had not seen (its first packets
+        were missed, or it predates us, or left the table while open) is created. `final` (a
+        DESTROY event) ends the flow."""
         if proto not in ("tcp", "udp"):
             return
         family = socket.AF_INET6 if ":" in src else socket.AF_INET
@@ -862,26 +864,28 @@ class Pipeline:
             return
         is_tcp = proto == "tcp"
         key = sb + db + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
-        h = (self.flows.tcp if is_tcp else self.flows.udp).get(key)
+        flows = self.flows
+        flows.remember_open = True  # counters are cumulative: see flows.OpenEnded
+        h = (flows.tcp if is_tcp else flows.udp).get(key)
+        counts = (bytes_orig, packets_orig, bytes_reply, packets_reply)
         if h is not None and h.entry.final is not None:
             ended = h.entry
             orig, reply = (ended.up, ended.down) if h.up else (ended.down, ended.up)
-            if final and (orig.nbytes, orig.packets, reply.nbytes, reply.packets) == (
-                bytes_orig,
-                packets_orig,
-                bytes_reply,
-                packets_reply,
-            ):
+            same = flows.conntrack_counts(ended, h.up, ct_id, counts)
+            if final and (orig.nbytes, orig.packets, reply.nbytes, reply.packets) == same:
                 return  # the same end again
             # Other counters for this tuple after its end: a new connection reusing it.
             self.flows.end(ended, "end")
             h = None
         if h is None:
-            if not (bytes_orig or bytes_reply):
+            if not flows.open_ended.worth_a_flow(key, counts, ct_id, final):
                 return
             entry = self._new_flow(now, sb, db, sport, dport, is_tcp, 0, None, True)
             h = entry.up if entry.key_up == key else entry.down
         entry = h.entry
+        bytes_orig, packets_orig, bytes_reply, packets_reply = flows.conntrack_counts(
+            entry, h.up, ct_id, counts
+        )
         orig, reply = (entry.up, entry.down) if h.up else (entry.down, entry.up)
         before = entry.up.nbytes
         for half, nbytes, npackets in (
@@ -952,6 +956,7 @@ class Pipeline:
             "flows": self.flows.created,
             "flows_evicted": {"idle": self.flows.evicted_idle, "cap": self.flows.evicted_cap},
             "flows_late_packets": self.flows.late_packets,
+            "flows_continued": self.flows.continued,
             "conntrack_not_lan": self.conntrack_not_lan,
             "devices": len(self.devices),
             "devices_dropped": self.devices_dropped,

@@ -174,3 +174,169 @@ def test_a_connection_known_only_from_conntrack_makes_its_neighbours_device() ->
     assert sink.flows[0].device_mac == "02:00:00:00:00:05"
     assert list(p.devices) == ["02:00:00:00:00:05"]
     assert p.devices["02:00:00:00:00:05"].ips == {PHONE}
+# --- connections whose flow left the table while still open -------------------------------------
+
+
+def _dump(p: Pipeline, port: int, up: tuple[int, int], down: tuple[int, int], now: float,
+          final: bool = False, ct_id: int = 0) -> None:  # fmt: skip
+    """One conntrack record (dump entry, or DESTROY with `final`) of the phone's connection
+    from `port`, its CTA_ID `ct_id` (default: one per port)."""
+    p.account_conntrack(
+        "tcp", PHONE, port, SERVER, 443, up[0], up[1], down[0], down[1], now, final,
+        ct_id=ct_id or port,
+    )  # fmt: skip
+
+
+def _flood(p: Pipeline, ports: range, now: float) -> None:
+    """Other connections, each reported once by conntrack, enough to fill the table."""
+    for port in ports:
+        p.account_conntrack("tcp", "192.168.1.9", port, SERVER, 80, 60, 1, 40, 1, now, ct_id=port)
+
+
+def _remembered(p: Pipeline, port: int) -> bool:
+    key = bytes([192, 168, 1, 5, 203, 0, 113, 7]) + port.to_bytes(2, "big") + bytes([1, 187])
+    return key in p.flows.open_ended.counted
+
+
+def _of(sink: _Collect, port: int) -> list[Flow]:
+    return [f for f in sink.flows if f.src_ip == PHONE and f.src_port == port]
+
+
+def test_an_open_connection_pushed_out_of_a_full_table_is_counted_once() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=16, end_grace=0.0)), sink)
+    phone = (40001, 40002)  # the phone's two long-lived connections
+    # Cumulative counters at each of ten periodic dumps: growing at some, not at others.
+    ups = [(713, 9), (713, 9), (900, 11), (900, 11), (900, 11), (1500, 15), (1500, 15),
+           (2100, 20), (2100, 20), (2100, 20)]  # fmt: skip
+    downs = [(4000, 8), (4000, 8), (5000, 10), (5000, 10), (5000, 10), (5000, 10), (6000, 12),
+             (6000, 12), (6000, 12), (6000, 12)]  # fmt: skip
+    for i, (up, down) in enumerate(zip(ups, downs, strict=True)):
+        now = T0 + 10 * i
+        for port in phone:
+            _dump(p, port, up, down, now)
+        # Between two dumps a flood fills the table: the phone's flows are pushed out.
+        _flood(p, range(50000 + 100 * i, 50000 + 100 * i + 40), now + 1)
+        assert not any(e.flow.src_ip == PHONE for e in p.flows.entries.values())
+    for port in phone:
+        _dump(p, port, ups[-1], downs[-1], T0 + 100, final=True)  # the end: nothing new
+    p.finish()
+    for port in phone:
+        records = _of(sink, port)
+        # One record per dump that found growth since the last, none for the others.
+        assert len(records) == 5
+        first, *rest = records
+        assert "continued_from" not in first.extra
+        assert all(r.extra["continued_from"] == first.uid for r in rest)
+        assert sum(r.bytes_up for r in records) == 2100
+        assert sum(r.packets_up for r in records) == 20
+        assert sum(r.bytes_down for r in records) == 6000
+        assert sum(r.packets_down for r in records) == 12
+        assert [r.bytes_up for r in records] == [713, 187, 600, 0, 600]
+    assert p.stats()["flows_continued"] == 8
+    assert not any(_remembered(p, port) for port in phone)  # their ends forgot them
+
+
+def test_the_end_of_a_pushed_out_connection_adds_what_came_since_and_closes_it() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=16)), sink)
+    _dump(p, 40001, (713, 9), (4000, 8), T0)
+    _flood(p, range(50000, 50040), T0 + 1)
+    _dump(p, 40001, (800, 10), (4100, 9), T0 + 2, final=True)
+    _dump(p, 40001, (800, 10), (4100, 9), T0 + 2, final=True)  # the same end, told twice
+    p.finish()
+    first, last = _of(sink, 40001)
+    assert (first.bytes_up, first.bytes_down) == (713, 4000)
+    assert (last.bytes_up, last.packets_up, last.bytes_down, last.packets_down) == (87, 1, 100, 1)
+    assert last.extra["continued_from"] == first.uid
+    assert not _remembered(p, 40001)
+
+
+def test_another_connection_on_the_same_addresses_and_ports_is_counted_whole() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=16, end_grace=0.0)), sink)
+    _dump(p, 40001, (713, 9), (4000, 8), T0, ct_id=1)
+    _flood(p, range(50000, 50040), T0 + 1)
+    # The first connection's end was lost (an event overrun); a new one took its tuple.
+    _dump(p, 40001, (300, 4), (500, 4), T0 + 2, ct_id=2)
+    p.finish()
+    _, second = _of(sink, 40001)
+    assert (second.bytes_up, second.bytes_down) == (300, 500)
+    assert "continued_from" not in second.extra
+
+
+def test_a_sampled_packet_of_a_pushed_out_connection_continues_it() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=16, end_grace=0.0)), sink)
+    p.account_conntrack("tcp", PHONE, 40000, SERVER, 80, 500, 5, 900, 5, T0, ct_id=9)
+    _flood(p, range(50000, 50040), T0 + 1)
+    p.run_packets([(T0 + 2, 1, REQUEST)])  # more of it, sampled
+    (live,) = [e for e in p.flows.entries.values() if e.flow.src_ip == PHONE]
+    assert live.flow.extra["continued_from"] == _of(sink, 40000)[0].uid
+    p.account_conntrack("tcp", PHONE, 40000, SERVER, 80, 600, 6, 950, 6, T0 + 3, True, ct_id=9)
+    p.finish()
+    _, cont = _of(sink, 40000)
+    assert (cont.bytes_up, cont.packets_up, cont.bytes_down, cont.packets_down) == (100, 1, 50, 1)
+    assert cont.server_name == "api.example.com"
+
+
+def test_an_idle_connection_swept_and_dumped_again_is_counted_once() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(tcp_idle_timeout=300, end_grace=0.0)), sink)
+    _dump(p, 40001, (713, 9), (4000, 8), T0)
+    p.advance(T0 + 1)  # the first sweep is scheduled
+    p.advance(T0 + 400)  # a push channel quiet for minutes: swept idle
+    assert len(_of(sink, 40001)) == 1
+    _dump(p, 40001, (713, 9), (4000, 8), T0 + 410)  # the next dump: nothing new
+    _dump(p, 40001, (800, 10), (4100, 9), T0 + 420)  # a heartbeat
+    p.finish()
+    first, cont = _of(sink, 40001)
+    assert (cont.bytes_up, cont.bytes_down) == (87, 100)
+    assert cont.extra["continued_from"] == first.uid
+
+
+def test_without_conntrack_nothing_is_remembered() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=16)), sink)
+    for port in range(40000, 40040):
+        p.run_packets([(T0, 1, _frame(True, dpkt.tcp.TH_SYN, 5, sport=port))])
+    p.run_packets([(T0 + 1, 1, _frame(True, dpkt.tcp.TH_ACK, 6, sport=40000))])
+    p.finish()
+    assert len(p.flows.open_ended) == 0
+    assert not any("continued_from" in f.extra for f in sink.flows)
+
+
+def test_connections_remembered_are_bounded() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=16, end_grace=0.0)), sink)
+    p.flows.open_ended.size = 32
+    _flood(p, range(50000, 50100), T0)
+    assert len(p.flows.open_ended) == 32
+    assert p.flows.open_ended.pushed_out == 100 - 16 - 32
+
+
+def test_memory_shedding_lowers_what_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flows, "MIN_OPEN_ENDED", 8)
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=64, end_grace=0.0)), sink)
+    _flood(p, range(50000, 50100), T0)
+    assert len(p.flows.open_ended) == 100 - 64
+    p.flows.shrink(20)  # the daemon's memory bound: the table keeps 20 flows
+    assert len(p.flows) == 20
+    assert len(p.flows.open_ended) == 20
+    assert p.flows.open_ended.size == 20
+
+
+def test_a_full_memory_still_continues_its_oldest_connection() -> None:
+    sink = _Collect()
+    p = Pipeline(Config(flows=FlowsConfig(max_flows=16, end_grace=0.0)), sink)
+    p.flows.open_ended.size = 4
+    _dump(p, 40001, (713, 9), (4000, 8), T0)
+    _flood(p, range(50000, 50019), T0 + 1)  # the phone's is the oldest of the four remembered
+    assert _remembered(p, 40001)
+    # Its continuation pushes a flow out of the table, which is remembered in turn.
+    _dump(p, 40001, (800, 10), (4100, 9), T0 + 2)
+    p.finish()
+    first, cont = _of(sink, 40001)
+    assert (cont.bytes_up, cont.bytes_down) == (87, 100)
+    assert cont.extra["continued_from"] == first.uid

@@ -1365,3 +1365,37 @@ def test_placeholders_and_thresholds_exported(wired: Wired, tmp_path: Path) -> N
     assert label_values(got, name, "reason") == set(wired.stages.detector.placeholders.reasons)
     # foreign_upload is off by default: only new_party_upload has a threshold.
     assert label_values(got, "phonehome_alert_threshold_bytes", "rule") == {"new_party_upload"}
+
+
+def test_an_open_connection_pushed_out_of_a_full_table_counts_once(tmp_path: Path) -> None:
+    """A phone's connection pushed out of the flow table by a flood, then seen again by each
+    periodic conntrack dump: one flow and conntrack's own bytes in the metrics, scraped
+    whether it is live or ended."""
+    state = tmp_path / "state"
+    state.mkdir()
+    w = Wired(home_config(state, flows={"max_flows": 16, "end_grace": 0}))
+    try:
+        p = w.pipeline
+        p.learn_neighbour(PHONE.ip, PHONE.mac)
+        t = 1_700_000_000.0
+        sent = [(713, 4000), (713, 4000), (900, 5000), (1500, 5000), (2100, 6000)]
+        prev: Series = {}
+        for i, (up, down) in enumerate(sent):
+            p.account_conntrack("tcp", PHONE.ip, 40001, AWS_SG_IP, 443, up, 9 + i, down, 8 + i,
+                                t + 10 * i, ct_id=7)  # fmt: skip
+            now = parse(w.exporter.render())
+            assert_monotonic(prev, now)
+            prev = now
+            for port in range(50000 + 100 * i, 50000 + 100 * i + 40):  # the flood
+                p.account_conntrack("tcp", LAPTOP.ip, port, "198.51.100.9", 80, 60, 1, 40, 1,
+                                    t + 10 * i + 1, ct_id=port)  # fmt: skip
+        p.account_conntrack("tcp", PHONE.ip, 40001, AWS_SG_IP, 443, 2100, 13, 6000, 12, t + 60,
+                            True, ct_id=7)  # fmt: skip
+        got = parse(w.exporter.render())
+        assert_monotonic(prev, got)
+        phone = {"device": PHONE.mac}  # known by its address only: no DHCP seen
+        assert total(got, "phonehome_flows_total", **phone) == 1
+        assert total(got, "phonehome_upload_bytes_total", **phone) == 2100
+        assert total(got, "phonehome_download_bytes_total", **phone) == 6000
+    finally:
+        w.close()

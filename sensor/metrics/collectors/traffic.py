@@ -122,7 +122,10 @@ class Accounting:
                     self._ended_during.add(flow.uid)
                 seen = self._live.pop(flow.uid, None)
                 if seen is None:
-                    self.traffic.add(dev, labels, (up, down, 1), up + down)
+                    # A continuation (a connection whose flow left the table while open) was
+                    # counted as a flow when it began.
+                    n = 0 if "continued_from" in flow.extra else 1
+                    self.traffic.add(dev, labels, (up, down, n), up + down)
                     self.visibility.add(dev, vis, up, down)
                 else:
                     du, dd = max(0, up - seen[0]), max(0, down - seen[1])
@@ -261,13 +264,13 @@ class Accounting:
                     live = self._live
                     add = self.traffic.add
                     add_vis = self.visibility.add
-                    for uid, dev, labels, up, down, vis in rows[i : i + APPLY_SLICE]:
+                    for uid, dev, labels, up, down, vis, n in rows[i : i + APPLY_SLICE]:
                         if uid in ended:
                             continue
                         seen = live.get(uid)
                         if seen is None:
                             live[uid] = [up, down, gen]
-                            add(dev, labels, (up, down, 1), up + down)
+                            add(dev, labels, (up, down, n), up + down)
                             add_vis(dev, vis, up, down)
                             continue
                         du, dd = up - seen[0], down - seen[1]
@@ -293,14 +296,14 @@ class Accounting:
 
     def _read_live(
         self, pipeline: PipelineView, gen: int
-    ) -> list[tuple[str, str, Labels, int, int, str | None]]:
-        """(uid, device, labels, bytes up, bytes down, visibility class) of the live flows that
-        sent something since they were last counted; the others are only marked as still
-        live."""
+    ) -> list[tuple[str, str, Labels, int, int, str | None, int]]:
+        """(uid, device, labels, bytes up, bytes down, visibility class, 1 or 0 for a
+        continuation) of the live flows that sent something since they were last counted; the
+        others are only marked as still live."""
         entries = copy_values(pipeline.flows.entries)
         enricher = self.enricher()
         live = self._live  # read without the lock: dict.get is atomic; only this thread adds
-        out: list[tuple[str, str, Labels, int, int, str | None]] = []
+        out: list[tuple[str, str, Labels, int, int, str | None, int]] = []
         append = out.append
         places: dict[tuple[str, int, str | None], Labels] = {}
         """Destinations placed in this scrape (flows share them), dropped after it."""
@@ -317,7 +320,8 @@ class Accounting:
             labels = places.get(where)
             if labels is None:
                 labels = places[where] = self._place(enricher, *where)
-            append((f.uid, f.device_mac or "", labels, up, down, vis))
+            n = 0 if "continued_from" in f.extra else 1
+            append((f.uid, f.device_mac or "", labels, up, down, vis, n))
         return out
 
     def _place(self, enricher: EnricherView | None, ip: str, port: int, name: str | None) -> Labels:
