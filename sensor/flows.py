@@ -20,18 +20,44 @@ from sensor.model import Flow, NameSource
 class Half:
     """One direction of a flow: what the fast path touches."""
 
-    __slots__ = ("entry", "ibytes", "inspect", "last", "nbytes", "packets", "up")
+    __slots__ = (
+        "ct_bytes",
+        "ct_packets",
+        "entry",
+        "ibytes",
+        "inspect",
+        "last",
+        "nbytes",
+        "packets",
+        "up",
+    )
 
     def __init__(self, entry: FlowEntry, up: bool, inspect: int, ts: float) -> None:
         self.entry = entry
         self.up = up
         self.packets = 0
         self.nbytes = 0
+        """Packets and bytes sampled (the packet loop counts them here)."""
+        self.ct_packets = 0
+        self.ct_bytes = 0
+        """Conntrack's latest reading of this direction (the flow's own: less a continuation's
+        base). Kept apart from the sampled counts: NFLOG hands packets over in batches (up to
+        its flush timeout later), so a dump may already hold packets still on their way to
+        us. The direction counts the larger of the two, never their sum."""
         self.last = ts
         self.inspect = inspect
         """Payload packets still to hand to the decoders; 0 = count only (the fast path)."""
         self.ibytes = 0
         """Payload bytes handed to the decoders so far."""
+
+    @property
+    def counted_packets(self) -> int:
+        """What the direction counts: the larger of the sampled and conntrack's (so bytes)."""
+        return max(self.packets, self.ct_packets)
+
+    @property
+    def counted_bytes(self) -> int:
+        return max(self.nbytes, self.ct_bytes)
 
 
 class FlowEntry:
@@ -88,9 +114,10 @@ class FlowEntry:
     def sync(self) -> Flow:
         """Copy the halves' counters into the flow record and return it."""
         f = self.flow
-        f.packets_up, f.bytes_up = self.up.packets, self.up.nbytes
-        f.packets_down, f.bytes_down = self.down.packets, self.down.nbytes
-        f.last_seen = self.last_seen if (self.up.packets or self.down.packets) else f.first_seen
+        up, down = self.up, self.down
+        f.packets_up, f.bytes_up = up.counted_packets, up.counted_bytes
+        f.packets_down, f.bytes_down = down.counted_packets, down.counted_bytes
+        f.last_seen = self.last_seen if (f.packets_up or f.packets_down) else f.first_seen
         return f
 
 
@@ -167,10 +194,10 @@ class OpenEnded:
         counted[entry.key_up] = Counted(
             base.first_uid if base is not None else flow.uid,
             entry.ct_id or (base.ct_id if base is not None else 0),
-            up.nbytes + (base.bytes_up if base is not None else 0),
-            up.packets + (base.packets_up if base is not None else 0),
-            down.nbytes + (base.bytes_down if base is not None else 0),
-            down.packets + (base.packets_down if base is not None else 0),
+            up.counted_bytes + (base.bytes_up if base is not None else 0),
+            up.counted_packets + (base.packets_up if base is not None else 0),
+            down.counted_bytes + (base.bytes_down if base is not None else 0),
+            down.counted_packets + (base.packets_down if base is not None else 0),
             flow.server_name,
             flow.name_source,
         )

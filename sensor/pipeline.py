@@ -872,7 +872,8 @@ class Pipeline:
             ended = h.entry
             orig, reply = (ended.up, ended.down) if h.up else (ended.down, ended.up)
             same = flows.conntrack_counts(ended, h.up, ct_id, counts)
-            if final and (orig.nbytes, orig.packets, reply.nbytes, reply.packets) == same:
+            held = (orig.counted_bytes, orig.counted_packets)
+            if final and (*held, reply.counted_bytes, reply.counted_packets) == same:
                 return  # the same end again
             # Other counters for this tuple after its end: a new connection reusing it.
             self.flows.end(ended, "end")
@@ -887,7 +888,7 @@ class Pipeline:
             entry, h.up, ct_id, counts
         )
         orig, reply = (entry.up, entry.down) if h.up else (entry.down, entry.up)
-        before = entry.up.nbytes
+        before = entry.up.counted_bytes
         for half, nbytes, npackets in (
             (orig, bytes_orig, packets_orig),
             (reply, bytes_reply, packets_reply),
@@ -896,13 +897,16 @@ class Pipeline:
                 # Conntrack's final counters hold every packet of the connection: exact, even
                 # when sampled packets were counted before (they are among them).
                 half.nbytes, half.packets = nbytes, npackets
+                half.ct_bytes, half.ct_packets = nbytes, npackets
                 half.last = max(half.last, now)
-            elif nbytes > half.nbytes or npackets > half.packets:
-                half.nbytes = max(half.nbytes, nbytes)
-                half.packets = max(half.packets, npackets)
+            elif nbytes > half.counted_bytes or npackets > half.counted_packets:
+                # Apart from the sampled counts, not onto them: sampled packets read after
+                # this reading may be among what it counted (see `Half.ct_bytes`).
+                half.ct_bytes = max(half.ct_bytes, nbytes)
+                half.ct_packets = max(half.ct_packets, npackets)
                 half.last = max(half.last, now)
-        if entry.up.nbytes > before:
-            self._progress(entry, entry.up.nbytes - before, now)
+        if entry.up.counted_bytes > before:
+            self._progress(entry, entry.up.counted_bytes - before, now)
         if final:
             grace = self.cfg.flows.end_grace
             if grace > 0:

@@ -4,6 +4,9 @@ its counters stay conntrack's final ones. The gateway's own connections are not 
 
 from __future__ import annotations
 
+import socket
+import struct
+
 import dpkt
 import pytest
 
@@ -11,6 +14,8 @@ from sensor import flows
 from sensor.config import Config, FlowsConfig
 from sensor.model import Device, Flow
 from sensor.pipeline import Pipeline
+from sensor.sources.nflog import NFULNL_MSG_PACKET, NflogParser
+from sensor.sources.pcap import Packet
 
 PHONE_MAC = b"\x02\x00\x00\x00\x00\x05"
 GW_MAC = b"\x02\x00\x00\x00\x00\x01"
@@ -340,3 +345,76 @@ def test_a_full_memory_still_continues_its_oldest_connection() -> None:
     first, cont = _of(sink, 40001)
     assert (cont.bytes_up, cont.bytes_down) == (87, 100)
     assert cont.extra["continued_from"] == first.uid
+
+
+# --- a conntrack dump that comes before the connection's sampled packets -------------------------
+
+
+def _nflog_datagram(frames: list[bytes]) -> bytes:
+    """One nfnetlink_log datagram holding `frames` (Ethernet, as `_frame` builds them), each
+    a packet message as the kernel sends it for the forward hook: no timestamp (the kernel
+    gives none unless something asked for packet timestamps), the sender's MAC."""
+
+    def attr(atype: int, data: bytes) -> bytes:
+        raw = struct.pack("=HH", 4 + len(data), atype) + data
+        return raw + b"\0" * (-len(raw) % 4)
+
+    out = b""
+    for seq, frame in enumerate(frames):
+        attrs = (
+            attr(1, struct.pack(">HBx", 0x0800, 2))
+            + attr(4, struct.pack(">I", 3))
+            + attr(5, struct.pack(">I", 4))
+            + attr(8, struct.pack(">HH8s", 6, 0, frame[6:12]))
+            + attr(12, struct.pack(">I", seq))
+            + attr(9, frame[14:])
+        )
+        body = struct.pack(">BBH", socket.AF_INET, 0, 7) + attrs
+        out += struct.pack("=IHHII", 16 + len(body), NFULNL_MSG_PACKET, 0, 0, 0) + body
+    return out
+
+
+def test_a_dump_before_the_connections_sampled_packets_counts_them_once() -> None:
+    # NFLOG hands packets over in batches (up to its flush timeout, 50 ms, later): a periodic
+    # dump in between already counts the whole connection, and its sampled packets, read
+    # after it, are among what it counted.
+    ack, psh, fin = dpkt.tcp.TH_ACK, dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, dpkt.tcp.TH_FIN
+    body = b"POST /pass/v2/register HTTP/1.1\r\nHost: api.example.com\r\n\r\n" + b"x" * 400
+    up = [
+        _frame(True, dpkt.tcp.TH_SYN, 1000),
+        _frame(True, ack, 1001),
+        _frame(True, psh, 1001, body),
+        _frame(True, ack, 1001 + len(body)),
+        _frame(True, fin | ack, 1001 + len(body)),
+        _frame(True, ack, 1002 + len(body)),
+    ]
+    down = [
+        _frame(False, dpkt.tcp.TH_SYN | ack, 5000),
+        _frame(False, psh, 5001, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        _frame(False, fin | ack, 5040),
+    ]
+    order = [up[0], down[0], up[1], up[2], down[1], up[3], up[4], down[2], up[5]]
+    truth = (
+        sum(len(f) - 14 for f in up),
+        len(up),
+        sum(len(f) - 14 for f in down),
+        len(down),
+    )
+    p, sink = _pipeline()
+    # The dump first: the connection, in TIME_WAIT, with all its packets.
+    p.account_conntrack("tcp", PHONE, 40000, SERVER, 80, *truth, T0 + 0.01, ct_id=7)
+    parser = NflogParser(now=lambda: T0 + 0.05)
+    packets: list[Packet] = []
+    data = _nflog_datagram(order)
+    parser.parse(data, len(data), packets)
+    assert len(packets) == len(order) and not parser.counters.malformed
+    p.run_packets(packets)  # then NFLOG's batch
+    (entry,) = p.flows.entries.values()
+    f = entry.sync()
+    assert entry.flow.server_name == "api.example.com"  # the packets reached the flow
+    assert (f.bytes_up, f.packets_up, f.bytes_down, f.packets_down) == truth
+    for i in range(3):  # later dumps, nothing new
+        p.account_conntrack("tcp", PHONE, 40000, SERVER, 80, *truth, T0 + 1 + i, ct_id=7)
+    p.finish()
+    (flow,) = sink.flows
+    assert (flow.bytes_up, flow.packets_up, flow.bytes_down, flow.packets_down) == truth

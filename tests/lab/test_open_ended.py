@@ -49,8 +49,9 @@ def test_an_open_connection_pushed_out_of_a_full_table_is_counted_once(
             return by_port
 
         def accounted() -> dict[int, list[dict[str, Any]]] | None:
-            """The leak's flow once it holds at least conntrack's counters (a dump reached
-            it; sampled packets may count more: NFLOG sometimes hands a packet over twice)."""
+            """The leak's flow once it holds conntrack's counters (a dump reached it; its
+            sampled packets alone may count fewer, and a dump read before them no longer
+            makes them count twice)."""
             listed = lab.gw_exec(
                 ["conntrack", "-L", "-o", "extended", "-p", "tcp", "-s", phone, "--dport", "80"]
             ).stdout

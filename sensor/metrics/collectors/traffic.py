@@ -309,7 +309,7 @@ class Accounting:
         """Destinations placed in this scrape (flows share them), dropped after it."""
         for e in entries:
             f = e.flow
-            up, down = e.up.nbytes, e.down.nbytes
+            up, down = e.up.counted_bytes, e.down.counted_bytes
             seen = live.get(f.uid)
             if seen is not None and seen[0] == up and seen[1] == down:
                 seen[2] = gen
