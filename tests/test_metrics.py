@@ -1393,7 +1393,7 @@ def test_an_open_connection_pushed_out_of_a_full_table_counts_once(tmp_path: Pat
                             True, ct_id=7)  # fmt: skip
         got = parse(w.exporter.render())
         assert_monotonic(prev, got)
-        phone = {"device": PHONE.mac}  # known by its address only: no DHCP seen
+        phone = {"device": "Redmi phone"}  # its MAC from the neighbour table, named in config
         assert total(got, "phonehome_flows_total", **phone) == 1
         assert total(got, "phonehome_upload_bytes_total", **phone) == 2100
         assert total(got, "phonehome_download_bytes_total", **phone) == 6000
