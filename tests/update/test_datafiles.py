@@ -326,7 +326,7 @@ def test_redirects(server: _Server, tmp_path: Path) -> None:
 
 def test_bad_urls(tmp_path: Path) -> None:
     urls = {"aws": "file:///etc/passwd", "google": "http://127.0.0.1:9/closed"}
-    results = by_name(update(tmp_path, urls, sources=["aws", "google"], timeout=5))
+    results = by_name(update(tmp_path, urls, sources=["aws", "google"], timeout=10))
     assert "unsupported URL scheme" in (results["aws"].error or "")
     assert "cannot fetch" in (results["google"].error or "")
 

@@ -341,7 +341,7 @@ def test_slow_server_times_out(server: _Server, tmp_path: Path, behaviour: Behav
     elapsed = time.monotonic() - t0
     print(f"\n{result.error} after {elapsed:.2f} s")
     assert_kept(tmp_path, before, result, "timed out")
-    assert 1.4 < elapsed < 10, elapsed  # not before the timeout; ended (liveness)
+    assert elapsed >= 1.4, elapsed  # not before the timeout (`bounded` is the liveness bound)
 
 
 # --- memory ----------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def test_endless_download_cut_at_the_cap(server: _Server, tmp_path: Path, use_ch
     )
     assert out["kept"] and f"larger than the limit of {MAX_BYTES} bytes" in out["error"]
     assert out["growth"] < 3 * MAX_BYTES, out
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10  # liveness: the server thread records what it sent
     while "/aws" not in server.sent and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.sent["/aws"] < MAX_BYTES + (32 << 20)  # the cap plus socket buffers
