@@ -11,6 +11,15 @@ from collections.abc import Sequence
 from sensor import __version__
 
 DEFAULT_CONFIG = "/etc/phonehome/phonehome.toml"
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` of the commands that read the installed configuration by default."""
+    parser.add_argument(
+        "--config", metavar="FILE", default=DEFAULT_CONFIG, help="TOML configuration"
+    )
+
+
 DEFAULT_TOP = 40
 
 
@@ -159,12 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_analyze)
 
     r = sub.add_parser("run", help="the live sensor on a gateway (systemd service)")
-    r.add_argument(
-        "--config",
-        metavar="FILE",
-        default=DEFAULT_CONFIG,
-        help="TOML configuration",
-    )
+    _config_option(r)
     r.set_defaults(func=_run)
 
     d = sub.add_parser(
@@ -173,12 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     c = sub.add_parser("check", help="validate configuration and data; say what run would do")
-    c.add_argument(
-        "--config",
-        metavar="FILE",
-        default=DEFAULT_CONFIG,
-        help="TOML configuration",
-    )
+    _config_option(c)
     c.set_defaults(func=_check)
 
     from sensor.update import datafiles
@@ -201,12 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument("action", choices=("list", "explain", "clear"))
     pol.add_argument("args", nargs="*", help="explain: DEVICE (MAC or name) DEST (IP or name)")
     pol.add_argument("--force", action="store_true", help="clear even with policy.fail = closed")
-    pol.add_argument(
-        "--config",
-        metavar="FILE",
-        default="/etc/phonehome/phonehome.toml",
-        help="TOML configuration",
-    )
+    _config_option(pol)
     pol.set_defaults(func=_policy)
 
     lab = sub.add_parser(

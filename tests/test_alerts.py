@@ -20,7 +20,7 @@ from sensor.alerts import (
 from sensor.config import ConfigError, _build
 from sensor.model import Alert, Destination, DeviceRef, Observation
 from sensor.sinks import Coverage
-from tests.sinks.samples import DST, FULL_IMEI, HASH, REDACTED
+from tests.sinks.samples import DST, FULL_IMEI, HASH, REDACTED, SG_CLOUD
 
 T0 = 1_700_000_000.0
 
@@ -206,16 +206,6 @@ def test_window_expiry_resolves_and_alerts_again() -> None:
     assert again is not None and again.ts == T0 + 700
 
 
-SG_CLOUD = Destination(
-    ip="198.51.100.20",
-    port=80,
-    server_name="data.example.com",
-    vendor="ExampleCorp",
-    provider="aws",
-    region="ap-southeast-1",
-    country="SG",
-    abroad=True,
-)
 
 
 def test_same_identifier_in_a_second_country_is_a_new_alert() -> None:

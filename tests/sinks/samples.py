@@ -101,3 +101,16 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     data = path.read_bytes()
     assert data == b"" or data.endswith(b"\n")
     return [json.loads(line) for line in data.splitlines()]
+
+
+SG_CLOUD = Destination(
+    ip="198.51.100.20",
+    port=80,
+    server_name="data.example.com",
+    vendor="ExampleCorp",
+    provider="aws",
+    region="ap-southeast-1",
+    country="SG",
+    abroad=True,
+)
+"""A destination in a cloud region abroad (the alert tests split alerts by region)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sensor.alerts import AlertsConfig, AlertStage
-from sensor.model import Alert, Destination, Observation
+from sensor.model import Alert, Observation
 from sensor.sinks import (
     Coverage,
     EventLog,
@@ -37,6 +37,7 @@ from tests.sinks.samples import (
     HASH,
     REDACTED,
     REPO,
+    SG_CLOUD,
     TV,
     make_alert,
     read_lines,
@@ -291,16 +292,7 @@ def test_eventlog_resolved_record_says_what_repeats_covered(tmp_path: Path) -> N
 
 def test_alertmanager_labels_carry_the_cloud_region() -> None:
     """Two regions of one cloud are two alerts in the stage; Alertmanager must see two."""
-    sg = Destination(
-        ip="198.51.100.20",
-        port=80,
-        server_name="data.example.com",
-        vendor="ExampleCorp",
-        provider="aws",
-        region="ap-southeast-1",
-        country="SG",
-        abroad=True,
-    )
+    sg = SG_CLOUD
     a = alertmanager_alert(dataclasses.replace(make_alert(), dst=sg), 3600.0)
     b = alertmanager_alert(
         dataclasses.replace(make_alert(), dst=dataclasses.replace(sg, region="ap-southeast-3")),
